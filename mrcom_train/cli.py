@@ -1,0 +1,139 @@
+"""The ``mrcom`` command line (click). Errors the user can fix print one line and exit with status 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import click
+
+from .errors import UserInputError
+
+
+def _quiet_third_party() -> None:
+    # dm_control imports glfw, which warns when there is no display; we never render.
+    os.environ.setdefault("MUJOCO_GL", "disable")
+    warnings.filterwarnings("ignore", module="glfw")
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _domains(value: str) -> tuple[str, ...]:
+    return tuple(d.strip() for d in value.split(",") if d.strip())
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="mrcom")
+def cli() -> None:
+    """MrCoM: one world model for many MuJoCo scenarios — collect data, train, export, roll out."""
+    _quiet_third_party()
+
+
+@cli.command()
+@click.option("--split", default="t1-a5b20", show_default=True, help="Named split (see `mrcom splits`).")
+@click.option("--range", "range_", default="train", show_default=True,
+              help="Which range of the split to draw scenarios from: train, in or ood.")
+@click.option("--domains", default="hopper,walker,cheetah", show_default=True,
+              help="Comma-separated domains to collect.")
+@click.option("--scenarios-per-domain", "-n", type=int, default=4, show_default=True)
+@click.option("--episodes-per-scenario", "-k", type=int, default=4, show_default=True)
+@click.option("--episode-length", type=int, default=1000, show_default=True, help="Steps per episode.")
+@click.option("--policy", default="random", show_default=True,
+              help="Behaviour policy: random, or sac (a SAC agent trained per scenario; its whole replay "
+                   "is recorded).")
+@click.option("--workers", "-w", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds scenario sampling and episodes.")
+@click.option("--alpha", type=float, default=None, help="Override the range's α (torso scale spread, %).")
+@click.option("--beta", type=float, default=None, help="Override the range's β (target speed, % of v_max).")
+@click.option("--obs-fn", default=None, help="Override the observation function: none, add-g, add-d, msk-r, "
+                                             "msk-f.")
+@click.option("--sac-hidden", type=int, default=256, show_default=True, help="SAC hidden layer width.")
+@click.option("--sac-learning-starts", type=int, default=1000, show_default=True,
+              help="Random-action steps before SAC updates begin, per scenario.")
+@click.option("--sac-update-every", type=int, default=1, show_default=True,
+              help="One SAC gradient update every this many env steps.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted collection in --out.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario, episode_length, policy,
+            workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, out,
+            resume, no_progress):
+    """Collect a multi-scenario dataset from the split's scenarios into OUT."""
+    from .collect import CollectConfig
+    from .collect import collect as run_collect
+
+    config = CollectConfig(split=split, range=range_, domains=_domains(domains),
+                           scenarios_per_domain=scenarios_per_domain,
+                           episodes_per_scenario=episodes_per_scenario, policy=policy,
+                           episode_length=episode_length, seed=seed, alpha=alpha, beta=beta, obs_fn=obs_fn,
+                           sac_hidden_dim=sac_hidden, sac_learning_starts=sac_learning_starts,
+                           sac_update_every=sac_update_every, workers=workers)
+    path = run_collect(config, out, resume=resume, progress=not no_progress, log=click.echo)
+    _print_dataset(path)
+
+
+@cli.command()
+@click.argument("name", required=False)
+@click.option("--sample", "-n", type=int, default=0, help="Also draw this many scenarios per domain.")
+@click.option("--range", "range_", default="train", show_default=True, help="Range to draw from.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def splits(name, sample, range_, seed):
+    """List the named splits, or show one (and a sample of its scenarios)."""
+    from .scenarios import DOMAINS, SPLITS, get_split, sample_scenarios
+
+    chosen = [get_split(name)] if name else list(SPLITS.values())
+    for split in chosen:
+        click.echo(f"{split.name:<11} {split.description}")
+        click.echo(f"{'':<11} train: {split.train.describe()}")
+        for key, rng in split.evaluate.items():
+            click.echo(f"{'':<11} {key + ':':<6} {rng.describe()}")
+    if name and sample:
+        for spec in sample_scenarios(chosen[0].range(range_), tuple(DOMAINS), sample, seed):
+            click.echo(f"  {spec.describe()}")
+
+
+@cli.command()
+@click.argument("path", type=click.Path())
+def info(path):
+    """Summarize the dataset at PATH."""
+    _print_dataset(path)
+
+
+def _print_dataset(path) -> None:
+    from .dataset import Dataset
+
+    ds = Dataset(path)
+    m = ds.manifest
+    click.echo(f"dataset {ds.root}: {len(ds.scenarios)} scenarios, {len(ds)} episodes, {ds.num_steps} steps; "
+               f"obs_dim {ds.obs_dim}, act_dim {ds.act_dim}; split {m['split']}/{m['range']}, "
+               f"policy {m['policy']}")
+    for domain in dict.fromkeys(s.domain for s in ds.scenarios):
+        rets = [e.ret for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
+        n = sum(1 for s in ds.scenarios if s.domain == domain)
+        click.echo(f"  {domain:<8} {n} scenarios, {len(rets)} episodes, "
+                   f"return mean {sum(rets) / len(rets):.1f} (min {min(rets):.1f}, max {max(rets):.1f})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input."""
+    try:
+        cli.main(args=argv, prog_name="mrcom", standalone_mode=False)
+    except UserInputError as e:
+        click.echo(f"mrcom: error: {e}", err=True)
+        sys.exit(2)
+    except click.ClickException as e:
+        click.echo(f"mrcom: error: {e.format_message()}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("mrcom: aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+
+
+if __name__ == "__main__":
+    main()

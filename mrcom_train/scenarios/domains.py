@@ -1,0 +1,202 @@
+"""The three dm_control domains of the paper (§5.1), rebuilt from their own XML with a scaled torso.
+
+One table (:data:`DOMAINS`) holds what differs per domain; :func:`build_dm_env` turns a scenario's
+physical parameters into a ``dm_control.rl.control.Environment``.
+
+Torso scaling, per domain (``length`` scales the long axis, ``size`` the capsule radius):
+
+* hopper: the torso capsule runs from z=-0.05 (where the pelvis hangs) to z=0.2. Its top end is scaled
+  about the bottom end, and the nose moves with the top end (and outwards with the radius).
+* walker: the torso capsule is centred on its body; its half-length scales, both thighs move to the
+  new bottom end, and the torso's initial height moves by the same amount so the feet start where
+  they did.
+* cheetah: the torso capsule runs along x from -0.5 to 0.5; both ends scale about the centre, the back
+  thigh and front thigh move to the new ends and the head moves with the front end.
+
+At scales (1, 1) the XML is numerically the suite's own, so the environment equals ``suite.load``.
+
+Target-speed reward (paper §5.1, objective ``v_i``): ``speed_term = tolerance(speed, bounds=(v_i, v_i),
+margin=speed_margin, sigmoid='linear', value_at_margin=0)``, i.e. 1 at exactly ``v_i`` falling linearly
+to 0 at ``|speed - v_i| = speed_margin``. hopper: dm_control's standing factor × speed_term; walker:
+dm_control's ``(3·standing + upright)/4`` × speed_term; cheetah: speed_term alone. ``target_speed=None``
+keeps the suite task's own reward (hopper-hop, walker-run, cheetah-run).
+"""
+
+from __future__ import annotations
+
+import math
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass
+from types import ModuleType
+
+from dm_control.rl import control
+from dm_control.suite import cheetah, common, hopper, walker
+from dm_control.utils import rewards
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    """What differs per domain. ``v_max`` is the suite's own saturation speed of the task reward
+    (hopper ``_HOP_SPEED``, walker ``_RUN_SPEED``, cheetah ``_RUN_SPEED``): our choice for the paper's
+    "fastest speed under default dynamics", overridable per split."""
+
+    module: ModuleType
+    task: str
+    xml_file: str
+    v_max: float
+    obs_dim: int
+    act_dim: int
+
+
+DOMAINS: dict[str, DomainInfo] = {
+    "hopper": DomainInfo(hopper, "hop", "hopper.xml", float(hopper._HOP_SPEED), 15, 4),
+    "walker": DomainInfo(walker, "run", "walker.xml", float(walker._RUN_SPEED), 24, 6),
+    "cheetah": DomainInfo(cheetah, "run", "cheetah.xml", float(cheetah._RUN_SPEED), 17, 6),
+}
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split()]
+
+
+def _fmt(values: list[float]) -> str:
+    return " ".join(repr(float(v)) for v in values)
+
+
+def _find(root: ET.Element, tag: str, name: str) -> ET.Element:
+    node = root.find(f".//{tag}[@name='{name}']")
+    if node is None:  # pragma: no cover - guards against a changed dm_control XML
+        raise RuntimeError(f"dm_control XML has no <{tag} name='{name}'>")
+    return node
+
+
+def _scale_hopper(root: ET.Element, length: float, size: float) -> None:
+    torso = _find(root, "geom", "torso")
+    x0, y0, z0, x1, y1, z1 = _floats(torso.get("fromto"))
+    new_z1 = z0 + (z1 - z0) * length
+    radius = _floats(torso.get("size"))[0]
+    torso.set("fromto", _fmt([x0, y0, z0, x1, y1, new_z1]))
+    torso.set("size", _fmt([radius * size]))
+    nose = _find(root, "geom", "nose")
+    a = _floats(nose.get("fromto"))
+    dx, dz = radius * (size - 1.0), new_z1 - z1
+    nose.set("fromto", _fmt([a[0] + dx, a[1], a[2] + dz, a[3] + dx, a[4], a[5] + dz]))
+
+
+def _scale_walker(root: ET.Element, length: float, size: float) -> None:
+    torso_geom = _find(root, "geom", "torso")
+    radius, half = _floats(torso_geom.get("size"))
+    torso_geom.set("size", _fmt([radius * size, half * length]))
+    for thigh in ("right_thigh", "left_thigh"):
+        body = _find(root, "body", thigh)
+        x, y, z = _floats(body.get("pos"))
+        body.set("pos", _fmt([x, y, z * length]))
+    torso_body = _find(root, "body", "torso")
+    x, y, z = _floats(torso_body.get("pos"))
+    torso_body.set("pos", _fmt([x, y, z + half * (length - 1.0)]))
+
+
+def _scale_cheetah(root: ET.Element, length: float, size: float) -> None:
+    torso = _find(root, "geom", "torso")
+    x0, y0, z0, x1, y1, z1 = _floats(torso.get("fromto"))
+    torso.set("fromto", _fmt([x0 * length, y0, z0, x1 * length, y1, z1]))
+    torso.set("size", _fmt([_floats(torso.get("size"))[0] * size]))
+    head = _find(root, "geom", "head")
+    hx, hy, hz = _floats(head.get("pos"))
+    head.set("pos", _fmt([hx + x1 * (length - 1.0), hy, hz]))
+    for thigh in ("bthigh", "fthigh"):
+        body = _find(root, "body", thigh)
+        x, y, z = _floats(body.get("pos"))
+        body.set("pos", _fmt([x * length, y, z]))
+
+
+_SCALERS = {"hopper": _scale_hopper, "walker": _scale_walker, "cheetah": _scale_cheetah}
+
+
+def scaled_xml(domain: str, length_scale: float, size_scale: float) -> str:
+    """The domain's suite XML with the torso length and radius scaled (see the module docstring)."""
+    info = DOMAINS[domain]
+    root = ET.fromstring(common.read_model(info.xml_file))
+    _SCALERS[domain](root, float(length_scale), float(size_scale))
+    return ET.tostring(root, encoding="unicode")
+
+
+class _SpeedTerm:
+    """``tolerance(speed, bounds=(v, v), margin, sigmoid='linear', value_at_margin=0)`` as a callable."""
+
+    def __init__(self, target_speed: float, margin: float):
+        self.target, self.margin = float(target_speed), float(margin)
+
+    def __call__(self, speed: float) -> float:
+        return rewards.tolerance(speed, bounds=(self.target, self.target), margin=self.margin,
+                                 sigmoid="linear", value_at_margin=0.0)
+
+
+class HopperTargetSpeed(hopper.Hopper):
+    """Hopper whose reward is standing × how close the forward speed is to the scenario's target."""
+
+    def __init__(self, target_speed: float, speed_margin: float, random=None):
+        super().__init__(hopping=True, random=random)
+        self._speed_term = _SpeedTerm(target_speed, speed_margin)
+
+    def get_reward(self, physics):
+        standing = rewards.tolerance(physics.height(), (hopper._STAND_HEIGHT, 2))
+        return standing * self._speed_term(physics.speed())
+
+
+class WalkerTargetSpeed(walker.PlanarWalker):
+    """Walker whose reward is dm_control's stand reward × closeness to the target speed."""
+
+    def __init__(self, target_speed: float, speed_margin: float, random=None):
+        super().__init__(move_speed=walker._RUN_SPEED, random=random)
+        self._speed_term = _SpeedTerm(target_speed, speed_margin)
+
+    def get_reward(self, physics):
+        standing = rewards.tolerance(physics.torso_height(), bounds=(walker._STAND_HEIGHT, float("inf")),
+                                     margin=walker._STAND_HEIGHT / 2)
+        upright = (1 + physics.torso_upright()) / 2
+        return (3 * standing + upright) / 4 * self._speed_term(physics.horizontal_velocity())
+
+
+class CheetahTargetSpeed(cheetah.Cheetah):
+    """Cheetah whose reward is closeness of its forward speed to the target speed."""
+
+    def __init__(self, target_speed: float, speed_margin: float, random=None):
+        super().__init__(random=random)
+        self._speed_term = _SpeedTerm(target_speed, speed_margin)
+
+    def get_reward(self, physics):
+        return self._speed_term(physics.speed())
+
+
+def _suite_task(domain: str, random):
+    if domain == "hopper":
+        return hopper.Hopper(hopping=True, random=random)
+    if domain == "walker":
+        return walker.PlanarWalker(move_speed=walker._RUN_SPEED, random=random)
+    return cheetah.Cheetah(random=random)
+
+
+_TARGET_TASKS = {"hopper": HopperTargetSpeed, "walker": WalkerTargetSpeed, "cheetah": CheetahTargetSpeed}
+_CONTROL_TIMESTEP = {"hopper": hopper._CONTROL_TIMESTEP, "walker": walker._CONTROL_TIMESTEP, "cheetah": None}
+
+
+def build_dm_env(domain: str, length_scale: float = 1.0, size_scale: float = 1.0,
+                 target_speed: float | None = None, speed_margin: float | None = None,
+                 random=None) -> control.Environment:
+    """A dm_control environment of ``domain`` with a scaled torso and (optionally) a target-speed reward.
+
+    The environment has no time limit of its own: :class:`~mrcom_train.scenarios.env.ScenarioEnv` counts
+    steps. ``random`` seeds the task (an int or ``numpy.random.RandomState``), as in ``suite.load``.
+    """
+    if domain not in DOMAINS:
+        raise KeyError(domain)
+    info = DOMAINS[domain]
+    physics = info.module.Physics.from_xml_string(scaled_xml(domain, length_scale, size_scale), common.ASSETS)
+    if target_speed is None:
+        task = _suite_task(domain, random)
+    else:
+        margin = info.v_max / 2 if speed_margin is None else speed_margin
+        task = _TARGET_TASKS[domain](target_speed, margin, random=random)
+    return control.Environment(physics, task, time_limit=math.inf,
+                               control_timestep=_CONTROL_TIMESTEP[domain])
