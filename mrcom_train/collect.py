@@ -30,6 +30,7 @@ from .dataset import (
     MANIFEST,
     VERSION,
     episode_dir,
+    make_manifest,
     observation_stats,
     remove_partial_writes,
     scan_episodes,
@@ -146,7 +147,7 @@ def run_unit(unit: Unit, report: Callable[[int, int, int, float], None]) -> None
             if ep in unit.done:
                 continue
             rng = np.random.default_rng([spec.seed, ep, 1])
-            obs, act, rew = _run_episode(env, spec, ep, lambda o: rng.uniform(-1, 1, spec.act_dim))
+            obs, act, rew = _run_episode(env, spec, ep, lambda o, rng=rng: rng.uniform(-1, 1, spec.act_dim))
             write_episode(unit.root, unit.scenario, ep, obs, act, rew)
             report(unit.scenario, ep, len(rew), float(rew.sum()))
     else:
@@ -229,21 +230,10 @@ def _worker_run(unit: Unit) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _manifest(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace, episodes: list[dict],
-              complete: bool, stats: dict | None = None) -> dict:
-    from . import __version__
-
-    return {
-        "format": FORMAT, "version": VERSION, "mrcom_version": __version__, "complete": complete,
-        "obs_dim": space.obs_dim, "act_dim": space.act_dim,
-        "split": config.split, "range": config.range, "scenario_range": asdict(config.scenario_range()),
-        "policy": config.policy, "collect_config": config.to_dict(),
-        "scenarios": [{"id": i, "spec": s.to_dict(), "obs_mask": space.obs_mask(s).astype(int).tolist(),
-                       "action_mask": space.action_mask(s).astype(int).tolist()} for i, s in enumerate(specs)],
-        "episodes": sorted(episodes, key=lambda e: (e["scenario"], e["episode"])),
-        "num_episodes": len(episodes), "num_steps": int(sum(e["length"] for e in episodes)),
-        "stats": stats,
-    }
+def _manifest(config: CollectConfig, specs, space, records: dict, complete: bool, stats: dict | None = None):
+    return make_manifest(specs, space, list(records.values()), complete=complete, stats=stats,
+                         split=config.split, range=config.range, policy=config.policy,
+                         scenario_range=asdict(config.scenario_range()), collect_config=config.to_dict())
 
 
 def _check_resumable(out: Path, config: CollectConfig) -> dict:
@@ -287,7 +277,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
     space = UnifiedSpace.of(specs)
     K = config.episodes_per_scenario
     records = _records_on_disk(out, len(specs), K)
-    write_json_atomic(out / MANIFEST, _manifest(config, specs, space, list(records.values()), False))
+    write_json_atomic(out / MANIFEST, _manifest(config, specs, space, records, False))
 
     units = [Unit(str(out), sid, spec.to_dict(), (space.obs_dim, space.act_dim), config.to_dict(),
                   tuple(ep for (s, ep) in records if s == sid))
@@ -311,7 +301,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
         bar.update(1)
         bar.set_postfix_str(f"{specs[sid].domain} s{sid} return {ret:.1f}")
         if time.monotonic() - last_write > 5:
-            write_json_atomic(out / MANIFEST, _manifest(config, specs, space, list(records.values()), False))
+            write_json_atomic(out / MANIFEST, _manifest(config, specs, space, records, False))
             last_write = time.monotonic()
 
     try:
@@ -329,7 +319,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
             _run_pool(units, config.workers, report)
     except KeyboardInterrupt:
         bar.close()
-        write_json_atomic(out / MANIFEST, _manifest(config, specs, space, list(records.values()), False))
+        write_json_atomic(out / MANIFEST, _manifest(config, specs, space, records, False))
         log(f"interrupted: {len(records)}/{total} episodes are safe in {out}; continue with --resume")
         raise
     bar.close()
@@ -344,7 +334,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
     rets = [r["return"] for r in records.values()]
     stats = {"obs_mean": mean.tolist(), "obs_std": std.tolist(),
              "return_mean": float(np.mean(rets)), "return_std": float(np.std(rets))}
-    write_json_atomic(out / MANIFEST, _manifest(config, specs, space, list(records.values()), True, stats))
+    write_json_atomic(out / MANIFEST, _manifest(config, specs, space, records, True, stats))
     return out
 
 

@@ -18,14 +18,14 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import UserInputError
-from .scenarios import ScenarioSpec
+from .scenarios import ScenarioSpec, UnifiedSpace
 
 FORMAT = "mrcom-dataset"
 VERSION = 1
@@ -90,6 +90,26 @@ def write_json_atomic(path: Path | str, data: dict) -> None:
         f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+
+
+def make_manifest(specs: Sequence[ScenarioSpec], space: UnifiedSpace, episodes: list[dict], *, complete: bool,
+                  stats: dict | None = None, **extra) -> dict:
+    """The manifest of a dataset of ``specs`` padded to ``space``.
+
+    ``episodes`` holds ``{"scenario", "episode", "length", "return"}`` records; ``stats`` the observation
+    statistics (``obs_mean``, ``obs_std``); ``extra`` is stored as is (split, policy, collect config…).
+    """
+    from . import __version__
+
+    return {
+        "format": FORMAT, "version": VERSION, "mrcom_version": __version__, "complete": complete,
+        "obs_dim": space.obs_dim, "act_dim": space.act_dim, **extra,
+        "scenarios": [{"id": i, "spec": s.to_dict(), "obs_mask": space.obs_mask(s).astype(int).tolist(),
+                       "action_mask": space.action_mask(s).astype(int).tolist()} for i, s in enumerate(specs)],
+        "episodes": sorted(episodes, key=lambda e: (e["scenario"], e["episode"])),
+        "num_episodes": len(episodes), "num_steps": int(sum(e["length"] for e in episodes)),
+        "stats": stats,
+    }
 
 
 @dataclass(frozen=True)
