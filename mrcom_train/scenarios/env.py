@@ -127,7 +127,7 @@ class ScenarioEnv(gym.Env):
         self._steps = 0
         self._needs_reset = False
         obs, true = self._observe(time_step.observation)
-        return obs, {"true_obs": true, "obs_mask": self.obs_mask, "action_mask": self.action_mask}
+        return obs, {"true_obs": true, "obs_mask": self.obs_mask.copy(), "action_mask": self.action_mask.copy()}
 
     def step(self, action):
         if self._needs_reset:
