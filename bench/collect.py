@@ -149,10 +149,10 @@ def bench_stepping(domain: str, steps: int, repeats: int, seed: int = 0) -> tupl
 
 # ------------------------------------------------------------------------------------------ collect
 def collect_shape(steps: int, workers: int) -> tuple[int, int, int]:
-    """(scenarios, episodes per scenario, episode length) of one collect measurement (~0.8·N steps)."""
-    scenarios = max(2, workers)
-    episodes = max(2, round(steps / 2500))
-    length = min(1000, max(1, steps // 5))
+    """(scenarios, episodes per scenario, episode length) of one collect measurement (about N steps)."""
+    scenarios = 2 * max(1, workers)
+    length = min(1000, max(1, steps // (2 * scenarios)))
+    episodes = max(1, round(steps / (scenarios * length)))
     return scenarios, episodes, length
 
 
@@ -191,6 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=_positive_int, default=2,
                         help="worker processes for the collect() measurement, besides W=1 (default 2)")
     parser.add_argument("--repeats", type=_positive_int, default=3, help="best of R repeats (default 3)")
+    parser.add_argument("--collect-steps", type=_positive_int, default=24000,
+                        help="env steps per collect() measurement (default 24000; one run each, W=1 and W)")
     args = parser.parse_args(argv)
 
     wall_start = time.perf_counter()
@@ -203,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     print("# MrCoM env-stepping and collect() benchmark\n")
     print("\n".join(machine_facts()))
     worker_counts = tuple(sorted({1, args.workers}))
-    scenarios, episodes, length = collect_shape(args.steps, args.workers)
-    print(f"- N = {args.steps} steps per stepping timing, best of R = {args.repeats}; collect: "
+    scenarios, episodes, length = collect_shape(args.collect_steps, args.workers)
+    print(f"- N = {args.steps} steps per stepping timing, best of R = {args.repeats}; collect (one run): "
           f"{scenarios} scenarios × {episodes} episodes × {length} steps = {scenarios * episodes * length} "
           f"env steps per measurement\n")
     sys.stdout.flush()
@@ -212,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for domain in DOMAIN_ORDER:
         raw_sps, wrapped_sps = bench_stepping(domain, args.steps, args.repeats)
-        coll = bench_collect(domain, args.steps, worker_counts, args.repeats, args.workers)
+        coll = bench_collect(domain, args.collect_steps, worker_counts, 1, args.workers)
         rows.append((domain, raw_sps, wrapped_sps, coll))
 
     collect_headers = [f"collect W={w} steps/s (s)³" for w in worker_counts]
@@ -239,11 +241,11 @@ def main(argv: list[str] | None = None) -> int:
           f"scaled-torso XML, target-speed reward, float32 observation padded to {UNIFIED[0]} dims; actions "
           f"zero-padded to {UNIFIED[1]} dims.")
     print(f"³ End-to-end wall time of `collect()` (random policy, split {COLLECT_SPLIT}/{COLLECT_RANGE}, "
-          f"that domain only) into a fresh temp dir, best of R: env steps / seconds, seconds in "
-          f"parentheses. Includes building the envs, per-step action sampling, writing episodes, the "
-          f"manifest and observation stats. W > 1 includes process start-up: spawning W worker processes "
-          f"that each import torch, dm_control and mrcom_train before stepping (with this little work "
-          f"per worker, start-up dominates). W = 1 runs in this process (no workers).")
+          f"that domain only) into a fresh temp dir, one run: env steps / seconds, seconds in "
+          f"parentheses. Includes building the envs, action sampling, writing episodes, the manifest and "
+          f"observation stats. W > 1 includes process start-up: spawning W worker processes that each "
+          f"import dm_control and mrcom_train (about a second) before stepping. W = 1 runs in this "
+          f"process (no workers).")
     print(f"\nTotal wall time: {time.perf_counter() - wall_start:.1f} s")
     return 0
 

@@ -146,8 +146,9 @@ def run_unit(unit: Unit, report: Callable[[int, int, int, float], None]) -> None
         for ep in range(K):
             if ep in unit.done:
                 continue
-            rng = np.random.default_rng([spec.seed, ep, 1])
-            obs, act, rew = _run_episode(env, spec, ep, lambda o, rng=rng: rng.uniform(-1, 1, spec.act_dim))
+            planned = iter(np.random.default_rng([spec.seed, ep, 1]).uniform(-1, 1, (spec.episode_length,
+                                                                                       spec.act_dim)))
+            obs, act, rew = _run_episode(env, spec, ep, lambda o, planned=planned: next(planned))
             write_episode(unit.root, unit.scenario, ep, obs, act, rew)
             report(unit.scenario, ep, len(rew), float(rew.sum()))
     else:
@@ -159,6 +160,17 @@ def _sac_state_path(root: str, scenario: int) -> Path:
 
 
 def _run_sac_unit(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> None:
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small MLPs: one thread is fastest and leaves the other cores to other workers
+    try:
+        _sac_episodes(unit, spec, env, report)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> None:
     import torch
 
     from .sac import SAC, ReplayBuffer, SACConfig
@@ -216,10 +228,12 @@ def _run_sac_unit(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
 _QUEUE = None
 
 
-def _worker_init(q) -> None:
-    import torch
+def _worker_init(q, policy: str) -> None:
+    # One thread per worker: W workers on W cores must not fight over intra-op threads.
+    if policy == "sac":
+        import torch
 
-    torch.set_num_threads(1)
+        torch.set_num_threads(1)
     global _QUEUE
     _QUEUE = q
 
@@ -306,17 +320,10 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
 
     try:
         if config.workers == 1 or len(units) <= 1:
-            import torch
-
-            threads = torch.get_num_threads()
-            torch.set_num_threads(1)
-            try:
-                for unit in units:
-                    run_unit(unit, report)
-            finally:
-                torch.set_num_threads(threads)
+            for unit in units:
+                run_unit(unit, report)
         else:
-            _run_pool(units, config.workers, report)
+            _run_pool(units, config.workers, config.policy, report)
     except KeyboardInterrupt:
         bar.close()
         write_json_atomic(out / MANIFEST, _manifest(config, specs, space, records, False))
@@ -347,13 +354,13 @@ def _records_on_disk(out: Path, num_scenarios: int, K: int) -> dict[tuple[int, i
     return records
 
 
-def _run_pool(units: list[Unit], workers: int, report) -> None:
+def _run_pool(units: list[Unit], workers: int, policy: str, report) -> None:
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
     with ProcessPoolExecutor(min(workers, len(units)), mp_context=ctx, initializer=_worker_init,
-                             initargs=(q,)) as pool:
+                             initargs=(q, policy)) as pool:
         pending = {pool.submit(_worker_run, u) for u in units}
         try:
             while pending:
