@@ -8,6 +8,8 @@ import warnings
 
 import click
 
+from mrcom_core.config import ConfigError
+
 from .errors import UserInputError
 
 
@@ -75,6 +77,40 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
 
 
 @cli.command()
+@click.option("--data", "-d", required=True, type=click.Path(), help="Dataset folder (from `mrcom collect`).")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Run folder.")
+@click.option("--preset", default=None, help="Model/training size: tiny, small or base [default: small; on "
+                                            "--resume the run's own].")
+@click.option("--steps", type=int, default=None, help="Gradient updates in total (a resumed run continues to N).")
+@click.option("--batch-size", type=int, default=None, help="Global batch size (split across torchrun ranks).")
+@click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
+@click.option("--ablation", "ablations", multiple=True,
+              help="Remove a component: no_d, no_context, no_ls, no_lv (repeat or comma-separate).")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="TOML file with preset, ablations, [model] and [train] tables.")
+@click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
+              help="Override one config field, e.g. --set model.u_dim=16 --set train.lr=1e-3.")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def train(data, out, preset, steps, batch_size, device, ablations, config_file, sets, resume, no_progress):
+    """Train the MrCoM world model on a collected dataset (under torchrun: DistributedDataParallel)."""
+    from .trainer import RunRequest, Trainer
+
+    names = tuple(a.strip() for item in ablations for a in item.split(",") if a.strip())
+    request = RunRequest.from_sources(preset, names, config_file, sets,
+                                      {"steps": steps, "batch_size": batch_size, "device": device})
+    trainer = Trainer(data, out, request, resume=resume, progress=not no_progress, log=click.echo)
+    result = trainer.run()
+    if trainer.rank == 0:
+        click.echo(f"done: {trainer.step} updates; run folder {out} (checkpoints/, metrics.csv, "
+                   f"config.json); TensorBoard: tensorboard --logdir {out}/tb")
+        if result:
+            from .trainer import format_eval
+
+            click.echo(f"final {trainer.config.eval_horizon}-step open-loop error: {format_eval(result)}")
+
+
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--sample", "-n", type=int, default=0, help="Also draw this many scenarios per domain.")
 @click.option("--range", "range_", default="train", show_default=True, help="Range to draw from.")
@@ -120,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input."""
     try:
         cli.main(args=argv, prog_name="mrcom", standalone_mode=False)
-    except UserInputError as e:
+    except (UserInputError, ConfigError) as e:
         click.echo(f"mrcom: error: {e}", err=True)
         sys.exit(2)
     except click.ClickException as e:
@@ -131,6 +167,13 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(130)
     except KeyboardInterrupt:
         sys.exit(130)
+    except RuntimeError as e:
+        from .trainer import TrainingDiverged
+
+        if not isinstance(e, TrainingDiverged):
+            raise
+        click.echo(f"mrcom: error: {e}", err=True)
+        sys.exit(1)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
 

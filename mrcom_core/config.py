@@ -1,0 +1,188 @@
+"""Validated model configuration, size presets and ablation switches.
+
+Sizes live in one table (:data:`PRESETS`), as TD-MPC2 keeps them: ``tiny`` for tests (seconds on a
+CPU), ``small`` the CPU default, ``base`` for a GPU. Every field can be overridden by name
+(:func:`apply_overrides`, used by the CLI's ``--set`` and TOML config files). Invalid values raise
+:class:`ConfigError` whose message names the field.
+
+Ablations (paper §5.3) really remove their component:
+
+==============  ===========================================================================
+``no_d``        no deterministic state: no GRU, ``d`` has 0 dims, latent ``s = [u, h]``
+``no_context``  no context encoder: the u/h heads see no ``c_t`` (and no prompt)
+``no_ls``       no meta-state regularization ``L_s`` (eq. 12)
+``no_lv``       no value heads, no meta-value, no ``L_v`` (eqs. 13–15)
+==============  ===========================================================================
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import types
+import typing
+from dataclasses import dataclass, fields
+
+ABLATIONS = ("no_d", "no_context", "no_ls", "no_lv")
+KL_DIRECTIONS = ("post_prior", "prior_post")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message names the field."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that shapes the world model and its losses.
+
+    Data-dependent fields (``obs_dim``, ``act_dim``, ``num_scenarios``) are filled in from the dataset.
+
+    Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is
+    part of each token — without it a reward head cannot tell scenarios with different target speeds
+    apart). The streaming encoder has ``ctx_layers`` pre-LN transformer blocks of width ``ctx_width``
+    with ``ctx_heads`` heads, causal attention restricted to the last m tokens (band mask) and a learned
+    relative-position bias; its output ``c_t`` has ``ctx_dim`` dims.
+
+    Latents: ``u_dim`` (stochastic), ``d_dim`` (GRU), ``h_dim`` (auxiliary); MLPs of ``hidden_layers``
+    × ``hidden_dim``; Gaussian std = softplus(raw) + ``min_std``.
+
+    Losses (eq. 16): ``L = lambda_var·L_var + lambda_s·L_s + lambda_v·L_v`` plus the value heads' own TD
+    and regression losses (weight ``value_loss_weight``; they only train the value heads).
+    ``kl_direction``: ``post_prior`` = KL(q‖p), the variational bound's direction (default);
+    ``prior_post`` = KL(p‖q) as eq. 10 is printed. ``kl_free_nats``: per-row KL below this many nats
+    gives no gradient (DreamerV3's free bits). ``gamma``: TD discount of the value heads (eq. 14).
+    """
+
+    obs_dim: int = 1
+    act_dim: int = 1
+    num_scenarios: int = 1
+    context_len: int = 32
+    context_reward: bool = True
+    ctx_width: int = 64
+    ctx_layers: int = 2
+    ctx_heads: int = 4
+    ctx_dim: int = 64
+    u_dim: int = 32
+    d_dim: int = 128
+    h_dim: int = 16
+    hidden_dim: int = 256
+    hidden_layers: int = 2
+    min_std: float = 0.1
+    no_d: bool = False
+    no_context: bool = False
+    no_ls: bool = False
+    no_lv: bool = False
+    lambda_var: float = 1.0
+    lambda_s: float = 0.1
+    lambda_v: float = 0.1
+    value_loss_weight: float = 1.0
+    kl_direction: str = "post_prior"
+    kl_free_nats: float = 1.0
+    reward_loss_weight: float = 1.0
+    gamma: float = 0.99
+
+    def __post_init__(self):
+        positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
+                    "ctx_dim", "u_dim", "h_dim", "hidden_dim", "hidden_layers")
+        for name in positive:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"model.{name} must be an integer >= 1, got {value!r}")
+        if isinstance(self.d_dim, bool) or not isinstance(self.d_dim, int) or self.d_dim < 1:
+            raise ConfigError(f"model.d_dim must be an integer >= 1, got {self.d_dim!r} (use no_d to remove d)")
+        if self.ctx_width % self.ctx_heads:
+            raise ConfigError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
+                              f"({self.ctx_heads})")
+        for name in ("min_std", "lambda_var", "lambda_s", "lambda_v", "value_loss_weight", "kl_free_nats",
+                     "reward_loss_weight"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+                raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}")
+        if not 0 <= self.gamma < 1:
+            raise ConfigError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
+        if self.kl_direction not in KL_DIRECTIONS:
+            raise ConfigError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
+                              f"got {self.kl_direction!r}")
+
+    # Derived sizes -------------------------------------------------------------------------------------
+    @property
+    def deter_dim(self) -> int:
+        """Dims of d actually present (0 under ``no_d``)."""
+        return 0 if self.no_d else self.d_dim
+
+    @property
+    def context_dim(self) -> int:
+        """Dims of c_t actually present (0 under ``no_context``)."""
+        return 0 if self.no_context else self.ctx_dim
+
+    @property
+    def latent_dim(self) -> int:
+        return self.u_dim + self.deter_dim + self.h_dim
+
+    @property
+    def token_dim(self) -> int:
+        return self.obs_dim + self.act_dim + (1 if self.context_reward else 0)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+PRESETS: dict[str, dict] = {
+    "tiny": dict(context_len=8, ctx_width=16, ctx_layers=1, ctx_heads=2, ctx_dim=16, u_dim=4, d_dim=16, h_dim=4,
+                 hidden_dim=32, hidden_layers=1),
+    "small": dict(context_len=32, ctx_width=64, ctx_layers=2, ctx_heads=4, ctx_dim=64, u_dim=32, d_dim=128,
+                  h_dim=16, hidden_dim=256, hidden_layers=2),
+    "base": dict(context_len=64, ctx_width=128, ctx_layers=3, ctx_heads=8, ctx_dim=128, u_dim=64, d_dim=512,
+                 h_dim=32, hidden_dim=512, hidden_layers=3),
+}
+
+
+def _coerce(cls, name: str, value, prefix: str):
+    """Convert ``value`` (possibly a string from the CLI) to the type of ``cls.name``."""
+    hints = typing.get_type_hints(cls)
+    if name not in hints:
+        known = ", ".join(f.name for f in fields(cls))
+        raise ConfigError(f"{prefix}: unknown field {name!r}; known fields: {known}")
+    kind = hints[name]
+    args = typing.get_args(kind)
+    if isinstance(kind, types.UnionType) and type(None) in args:
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null", "")):
+            return None
+        kind = next(a for a in args if a is not type(None))
+    if not isinstance(value, str):
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+    try:
+        if kind is bool:
+            if value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind is int:
+            return int(value)
+        if kind is float:
+            return float(value)
+    except ValueError:
+        raise ConfigError(f"{prefix}.{name}: cannot read {value!r} as {kind.__name__}") from None
+    return value
+
+
+def apply_overrides(config, overrides: dict, prefix: str = "model"):
+    """A copy of the dataclass ``config`` with ``overrides`` (field → value or string) applied, validated."""
+    changes = {name: _coerce(type(config), name, value, prefix) for name, value in overrides.items()}
+    return dataclasses.replace(config, **changes)
+
+
+def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] = (),
+                 overrides: dict | None = None, **data_dims) -> ModelConfig:
+    """Build a :class:`ModelConfig` from a preset, ablation names, field overrides and data dims."""
+    if preset not in PRESETS:
+        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    for name in ablations:
+        if name not in ABLATIONS:
+            raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    values = {**PRESETS[preset], **{name: True for name in ablations}, **data_dims}
+    config = apply_overrides(ModelConfig(), values)
+    return apply_overrides(config, overrides or {})

@@ -1,0 +1,146 @@
+"""Network builders: MLPs, an exportable GRU cell and the streaming context encoder.
+
+Everything here is written for export (ONNX / TorchScript): no Python branching on tensor values, no
+fused ``nn.GRUCell``, attention written out with plain matmuls.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+
+def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Sequential:
+    """``hidden_layers`` × (Linear → LayerNorm → SiLU), then a Linear to ``out_dim``."""
+    layers: list[nn.Module] = []
+    dim = in_dim
+    for _ in range(hidden_layers):
+        layers += [nn.Linear(dim, hidden_dim), nn.LayerNorm(hidden_dim), nn.SiLU()]
+        dim = hidden_dim
+    layers.append(nn.Linear(dim, out_dim))
+    return nn.Sequential(*layers)
+
+
+class GRUCell(nn.Module):
+    """A GRU cell from two Linears (PyTorch's gate layout), exportable where ``nn.GRUCell`` is not.
+
+    r = σ(W_r x + U_r h), z = σ(W_z x + U_z h), n = tanh(W_n x + r ⊙ (U_n h)), h' = (1 − z) ⊙ n + z ⊙ h.
+    """
+
+    def __init__(self, input_dim: int, hidden_dim: int):
+        super().__init__()
+        self.hidden_dim = hidden_dim
+        self.x2h = nn.Linear(input_dim, 3 * hidden_dim)
+        self.h2h = nn.Linear(hidden_dim, 3 * hidden_dim)
+        bound = 1.0 / math.sqrt(hidden_dim)
+        for p in self.parameters():
+            nn.init.uniform_(p, -bound, bound)
+
+    def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        xr, xz, xn = self.x2h(x).chunk(3, dim=-1)
+        hr, hz, hn = self.h2h(h).chunk(3, dim=-1)
+        r = torch.sigmoid(xr + hr)
+        z = torch.sigmoid(xz + hz)
+        n = torch.tanh(xn + r * hn)
+        return (1 - z) * n + z * h
+
+
+class KVCache(NamedTuple):
+    """Keys and values of the last m tokens of every layer: each ``(layers, B, heads, m, head_dim)``.
+
+    Slot ``m - 1`` is the newest token; stepping shifts every slot one place towards 0 (a FIFO), so a
+    slot's distance to the newest token is fixed and the relative-position bias needs no position input.
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+
+class _Block(nn.Module):
+    def __init__(self, width: int, heads: int, window: int):
+        super().__init__()
+        self.heads, self.head_dim, self.window = heads, width // heads, window
+        self.norm1 = nn.LayerNorm(width)
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+        self.norm2 = nn.LayerNorm(width)
+        self.ff = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+        # rel_bias[h, k] is added to the score of a key k steps older than the query (k < window).
+        self.rel_bias = nn.Parameter(torch.zeros(heads, window))
+
+    def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        B, T, _ = x.shape
+        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        shape = (B, T, self.heads, self.head_dim)
+        return (q.reshape(shape).transpose(1, 2), k.reshape(shape).transpose(1, 2), v.reshape(shape).transpose(1, 2))
+
+    def _finish(self, x: torch.Tensor, att: torch.Tensor) -> torch.Tensor:
+        B, _, T, _ = att.shape
+        x = x + self.proj(att.transpose(1, 2).reshape(B, T, -1))
+        return x + self.ff(self.norm2(x))
+
+    def forward_full(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """All T tokens at once; returns the output and this layer's keys/values of every token."""
+        T = x.shape[1]
+        q, k, v = self._split(x)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.head_dim)
+        pos = torch.arange(T, device=x.device)
+        dist = pos[:, None] - pos[None, :]  # query minus key position
+        allowed = (dist >= 0) & (dist < self.window)
+        bias = self.rel_bias[:, dist.clamp(0, self.window - 1)]  # (heads, T, T)
+        scores = (scores + bias).masked_fill(~allowed, float("-inf"))
+        return self._finish(x, torch.softmax(scores, dim=-1) @ v), k, v
+
+    def forward_step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
+        """One new token ``x`` (B, 1, W) against this layer's cached keys/values ``(B, heads, m, hd)``."""
+        q, k, v = self._split(x)
+        keys = torch.cat([keys[:, :, 1:], k], dim=2)
+        values = torch.cat([values[:, :, 1:], v], dim=2)
+        scores = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, 1, m)
+        scores = scores + self.rel_bias.flip(-1)[None, :, None, :]
+        return self._finish(x, torch.softmax(scores, dim=-1) @ values), keys, values
+
+
+class StreamingContextEncoder(nn.Module):
+    """Transformer over context tokens with causal attention limited to the last ``window`` tokens.
+
+    ``c_t`` is read out at the token of step ``t - 1``: it sees the ``window`` (= m) tokens of steps
+    ``t - m … t - 1`` (in deeper layers through their own windows, as any streaming transformer).
+
+    * :meth:`forward` encodes a whole token sequence in one pass (training: context + window), returning
+      a readout per token and the :class:`KVCache` of the last m tokens.
+    * :meth:`step` adds one token against that cache (imagination): a FIFO of keys/values per layer.
+
+    ``step`` after ``forward`` gives exactly what ``forward`` on the longer sequence gives (a test).
+    """
+
+    def __init__(self, token_dim: int, width: int, layers: int, heads: int, out_dim: int, window: int):
+        super().__init__()
+        self.window, self.width, self.heads = window, width, heads
+        self.embed = nn.Linear(token_dim, width)
+        self.blocks = nn.ModuleList(_Block(width, heads, window) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """``tokens`` (B, T, token_dim) with T ≥ window → readouts (B, T, out_dim) and the cache."""
+        x = self.embed(tokens)
+        keys, values = [], []
+        for block in self.blocks:
+            x, k, v = block.forward_full(x)
+            keys.append(k[:, :, -self.window :])
+            values.append(v[:, :, -self.window :])
+        return self.out(self.norm(x)), KVCache(torch.stack(keys), torch.stack(values))
+
+    def step(self, token: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One token (B, token_dim) → readout (B, out_dim) and the shifted cache."""
+        x = self.embed(token)[:, None]
+        keys, values = [], []
+        for i, block in enumerate(self.blocks):
+            x, k, v = block.forward_step(x, cache.keys[i], cache.values[i])
+            keys.append(k)
+            values.append(v)
+        return self.out(self.norm(x[:, 0])), KVCache(torch.stack(keys), torch.stack(values))
