@@ -322,7 +322,8 @@ class Trainer:
                     if main:
                         result = self.evaluate()
                         logger.write(self.step, result)
-                        bar.write(f"step {self.step}: open-loop error {format_eval(result)}")
+                        (bar.write if self.progress else self.log)(
+                            f"step {self.step}: open-loop error {format_eval(result)}")
                 if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                     if main:
                         self.save()

@@ -1,0 +1,236 @@
+import pytest
+import torch
+from conftest import make_batch, make_noise
+
+from mrcom_core.config import ABLATIONS, PRESETS, ConfigError, ModelConfig, apply_overrides, model_config
+from mrcom_core.layers import GRUCell, StreamingContextEncoder
+from mrcom_core.rollout import open_loop_error, open_loop_predictions
+from mrcom_core.world_model import LatentState, WorldModel
+
+torch.set_num_threads(1)
+DIMS = dict(obs_dim=10, act_dim=3, num_scenarios=3)
+
+
+def tiny(**overrides):
+    return model_config("tiny", overrides=overrides, **DIMS)
+
+
+def test_presets_validate_and_grow():
+    sizes = [sum(p.numel() for p in WorldModel(model_config(p, **DIMS)).parameters()) for p in PRESETS]
+    assert sizes == sorted(sizes) and sizes[0] < 50_000
+
+
+@pytest.mark.parametrize("overrides,field", [
+    ({"u_dim": 0}, "model.u_dim"), ({"ctx_width": 10, "ctx_heads": 4}, "model.ctx_width"),
+    ({"gamma": 1.0}, "model.gamma"), ({"min_std": -1.0}, "model.min_std"),
+    ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
+    ({"u_dim": "many"}, "model.u_dim"),
+])
+def test_bad_config_values_name_the_field(overrides, field):
+    with pytest.raises(ConfigError, match=field):
+        tiny(**overrides)
+
+
+def test_overrides_are_coerced_from_strings():
+    cfg = apply_overrides(ModelConfig(), {"u_dim": "7", "no_d": "true", "gamma": "0.9"})
+    assert (cfg.u_dim, cfg.no_d, cfg.gamma) == (7, True, 0.9)
+    with pytest.raises(ConfigError, match="unknown preset"):
+        model_config("huge")
+    with pytest.raises(ConfigError, match="unknown ablation"):
+        model_config("tiny", ["no_x"])
+
+
+def test_gru_cell_matches_torch_gru_cell():
+    torch.manual_seed(0)
+    ours, ref = GRUCell(5, 7), torch.nn.GRUCell(5, 7)
+    with torch.no_grad():
+        ref.weight_ih.copy_(ours.x2h.weight)
+        ref.bias_ih.copy_(ours.x2h.bias)
+        ref.weight_hh.copy_(ours.h2h.weight)
+        ref.bias_hh.copy_(ours.h2h.bias)
+    x, h = torch.randn(4, 5), torch.randn(4, 7)
+    torch.testing.assert_close(ours(x, h), ref(x, h))
+
+
+@pytest.mark.parametrize("layers,window", [(1, 4), (3, 6)])
+def test_incremental_context_step_equals_full_sequence(layers, window):
+    torch.manual_seed(0)
+    enc = StreamingContextEncoder(token_dim=9, width=16, layers=layers, heads=4, out_dim=8, window=window)
+    with torch.no_grad():
+        for block in enc.blocks:
+            block.rel_bias.normal_()  # make the relative-position bias matter
+    tokens = torch.randn(3, window + 7, 9)
+    full, _ = enc(tokens)
+    readout, cache = enc(tokens[:, :window])
+    steps = [readout[:, -1]]
+    for k in range(window, tokens.shape[1]):
+        c, cache = enc.step(tokens[:, k], cache)
+        steps.append(c)
+    torch.testing.assert_close(torch.stack(steps, 1), full[:, window - 1 :], atol=1e-5, rtol=1e-5)
+    assert cache.keys.shape == (layers, 3, 4, window, 4)
+
+
+def test_context_attention_is_limited_to_the_window():
+    torch.manual_seed(0)
+    enc = StreamingContextEncoder(token_dim=5, width=8, layers=1, heads=2, out_dim=4, window=3)
+    tokens = torch.randn(1, 10, 5)
+    base, _ = enc(tokens)
+    changed = tokens.clone()
+    changed[:, 2] += 5.0  # token 2 is outside the window of tokens 5..9 (one layer)
+    out, _ = enc(changed)
+    torch.testing.assert_close(out[:, 5:], base[:, 5:])
+    assert not torch.allclose(out[:, 2:5], base[:, 2:5])
+
+
+def test_observe_window_equals_step_by_step_observe_and_imagine():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = WorldModel(cfg)
+    B, L = 3, 5
+    batch, noise = make_batch(cfg, B, L), make_noise(model, B, L)
+    post = model.observe_window(batch, noise)
+    m = cfg.context_len
+    obs_n = model.normalize(batch["obs"])
+    tokens = torch.cat([model.tokens(model.normalize(batch["context_obs"]), batch["context_action"],
+                                     batch["context_reward"]),
+                        model.tokens(obs_n[:, :-1], batch["action"], batch["reward"])], 1)
+    readout, _ = model.encode_context(tokens)
+    state = model.initial_state(B)
+    prev = torch.cat([batch["context_action"][:, -1:], batch["action"]], 1)
+    for j in range(L + 1):
+        c = readout[:, m - 1 + j]
+        predicted = model.imagine_step(state, c, prev[:, j], noise["u_prior"][:, j], noise["h_prior"][:, j])
+        state = model.observe_step(state, c, prev[:, j], obs_n[:, j], noise["u"][:, j], noise["h"][:, j])
+        for a, b in zip(state, post.state, strict=True):
+            torch.testing.assert_close(a, b[:, j], atol=1e-5, rtol=1e-5)
+        for a, b in zip(predicted, post.prior_state, strict=True):
+            torch.testing.assert_close(a, b[:, j], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ablation", [(), *((a,) for a in ABLATIONS)])
+def test_step_shapes_and_finite_values(ablation):
+    cfg = model_config("tiny", ablation, **DIMS)
+    model = WorldModel(cfg)
+    B = 5
+    state = model.initial_state(B)
+    c = torch.randn(B, cfg.context_dim)
+    a, o = torch.rand(B, cfg.act_dim), torch.randn(B, cfg.obs_dim)
+    noise = torch.randn(B, cfg.u_dim), torch.randn(B, cfg.h_dim)
+    post = model.observe_step(state, c, a, o, *noise)
+    prior = model.imagine_step(post, c, a, *noise)
+    for s in (post, prior):
+        assert isinstance(s, LatentState)
+        assert [x.shape for x in s] == [(B, cfg.u_dim), (B, cfg.deter_dim), (B, cfg.h_dim)]
+        assert all(torch.isfinite(x).all() for x in s) and all(x.dtype == torch.float32 for x in s)
+    assert model.decode(prior).shape == (B, cfg.obs_dim)
+    assert model.reward(prior, a).shape == (B,)
+
+
+def test_every_parameter_gets_a_gradient():
+    cfg = tiny()
+    model = WorldModel(cfg)
+    out = model(make_batch(cfg), make_noise(model))
+    out["loss"].backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+    assert all(torch.isfinite(v) for v in out.values())
+
+
+def test_reconstruction_ignores_padded_obs_dims():
+    from mrcom_core.losses import loss_var
+
+    cfg = tiny()
+    model = WorldModel(cfg)
+    batch = make_batch(cfg)  # row 0 has its last two obs dims padded
+    post = model.observe_window(batch, make_noise(model))
+    base = loss_var(model, post, batch)["recon"]
+    changed = dict(batch, obs=batch["obs"].clone())
+    changed["obs"][0, :, -2:] += 100.0  # what sits in padded dims is never reconstructed
+    torch.testing.assert_close(loss_var(model, post, changed)["recon"], base)
+    changed["obs"][1, :, -2:] += 100.0  # ...but real dims are
+    assert loss_var(model, post, changed)["recon"].item() > base.item() + 10
+
+
+def test_ablations_really_remove_their_components():
+    full = WorldModel(tiny())
+    names = {n.split(".")[0] for n, _ in full.named_parameters()}
+    assert {"encoder", "gru", "value_heads", "meta_value"} <= names
+    no_d = WorldModel(model_config("tiny", ["no_d"], **DIMS))
+    assert no_d.gru is None and no_d.config.latent_dim == no_d.config.u_dim + no_d.config.h_dim
+    no_c = WorldModel(model_config("tiny", ["no_context"], **DIMS))
+    assert no_c.encoder is None and no_c.u_prior[0].in_features == DIMS["act_dim"]
+    no_lv = WorldModel(model_config("tiny", ["no_lv"], **DIMS))
+    assert no_lv.value_heads is None and no_lv.meta_value is None
+    batch = make_batch(full.config)
+    keys = {}
+    for name, model in [("full", full), ("no_ls", WorldModel(model_config("tiny", ["no_ls"], **DIMS))),
+                        ("no_lv", no_lv)]:
+        keys[name] = set(model(batch, make_noise(model)))
+    assert {"s", "v", "value", "value_i"} <= keys["full"]
+    assert "s" not in keys["no_ls"] and not {"v", "value", "value_i"} & keys["no_lv"]
+    # no_ls: lambda_s no longer matters
+    a = WorldModel(model_config("tiny", ["no_ls"], {"lambda_s": 0.0}, **DIMS))
+    b = WorldModel(model_config("tiny", ["no_ls"], {"lambda_s": 5.0}, **DIMS))
+    b.load_state_dict(a.state_dict())
+    assert a(batch, make_noise(a))["loss"].item() == b(batch, make_noise(b))["loss"].item()
+
+
+def test_no_context_ignores_the_context():
+    model = WorldModel(model_config("tiny", ["no_context"], **DIMS))
+    batch, noise = make_batch(model.config), make_noise(model)
+    base = model(batch, noise)["loss"]
+    batch["context_obs"] += 3.0
+    assert model(batch, noise)["loss"].item() == base.item()
+
+
+def _train(model, batch, noise, steps=150, lr=3e-3):
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    history = []
+    for _ in range(steps):
+        out = model(batch, noise)
+        opt.zero_grad()
+        out["loss"].backward()
+        opt.step()
+        history.append({k: v.item() for k, v in out.items()})
+    return history
+
+
+@pytest.mark.parametrize("term,weights", [
+    ("recon", {}), ("reward", {}), ("var", {}),
+    ("s", {"lambda_var": 0.0, "lambda_v": 0.0}),
+    ("v", {"lambda_var": 0.0, "lambda_s": 0.0, "value_loss_weight": 0.0}),
+    ("value_i", {"gamma": 0.5}), ("value", {"gamma": 0.5}),
+])
+def test_each_loss_term_falls_on_tiny_data(term, weights):
+    torch.manual_seed(0)
+    cfg = tiny(kl_free_nats=0.0, **weights)
+    model = WorldModel(cfg)
+    batch, noise = make_batch(cfg, 8, 6), make_noise(model, 8, 6)
+    history = _train(model, batch, noise)
+    start = sum(h[term] for h in history[:5]) / 5
+    end = sum(h[term] for h in history[-5:]) / 5
+    assert end < 0.7 * start, (term, start, end)
+
+
+def test_kl_direction_switch_changes_the_kl():
+    batch = make_batch(tiny())
+    a = WorldModel(tiny(kl_direction="post_prior"))
+    b = WorldModel(tiny(kl_direction="prior_post"))
+    b.load_state_dict(a.state_dict())
+    ka, kb = a(batch, make_noise(a))["kl_u"], b(batch, make_noise(b))["kl_u"]
+    assert ka.item() > 0 and kb.item() > 0 and ka.item() != pytest.approx(kb.item())
+
+
+def test_open_loop_rollout_uses_predicted_observations():
+    torch.manual_seed(0)
+    cfg = tiny()
+    model = WorldModel(cfg)
+    batch = make_batch(cfg, 4, 6)
+    pred = open_loop_predictions(model, batch, 5)
+    err = open_loop_error(model, batch, 5)
+    assert pred.shape == (4, 5, cfg.obs_dim) and err.shape == (4,) and torch.isfinite(err).all()
+    changed = {k: v.clone() for k, v in batch.items()}
+    changed["obs"][:, 1:] += 10.0  # future observations must not leak into the open-loop predictions
+    torch.testing.assert_close(open_loop_predictions(model, changed, 5), pred)
+    with pytest.raises(ValueError, match="horizon"):
+        open_loop_predictions(model, batch, 7)

@@ -1,0 +1,159 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from mrcom_train.checkpoint import latest_checkpoint, read_state
+from mrcom_train.collect import CollectConfig, collect
+from mrcom_train.errors import UserInputError
+from mrcom_train.trainer import RunRequest, Trainer, TrainingDiverged
+
+ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
+QUIET = dict(progress=False, log=lambda s: None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    out = tmp_path_factory.mktemp("data") / "ds"
+    collect(CollectConfig(scenarios_per_domain=1, episodes_per_scenario=3, episode_length=60), out, **QUIET)
+    return out
+
+
+def _request(steps, **train):
+    return RunRequest(preset="tiny", train={"steps": steps, "eval_every": 1000, "checkpoint_every": 1000, **train})
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_training_runs_logs_and_checkpoints(data, tmp_path):
+    run = tmp_path / "run"
+    trainer = Trainer(data, run, _request(20, eval_every=10, checkpoint_every=10, log_every=5), **QUIET)
+    result = trainer.run()
+    assert set(result) == {"eval_open_loop", "eval_open_loop_hopper", "eval_open_loop_walker",
+                           "eval_open_loop_cheetah"}
+    lines = (run / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0].startswith("step,loss,var") and len(lines) == 1 + 1 + 4 + 2  # header, eval@0, 4 logs, 2 evals
+    assert list((run / "tb").glob("events.out.tfevents.*"))
+    ckpt = latest_checkpoint(run)
+    assert ckpt.name == "step_00000020"
+    # everything loads without unpickling: safetensors + JSON
+    weights = load_file(str(ckpt / "model.safetensors"))
+    assert "obs_mean" in weights and "encoder.embed.weight" in weights
+    state = json.loads((ckpt / "state.json").read_text())
+    assert state["step"] == 20 and state["model_config"]["u_dim"] == 4 and state["preset"] == "tiny"
+    assert json.loads((run / "config.json").read_text())["train"]["steps"] == 20
+
+
+def test_resume_continues_exactly(data, tmp_path):
+    straight = Trainer(data, tmp_path / "a", _request(12), **QUIET)
+    straight.run()
+    first = Trainer(data, tmp_path / "b", _request(6), **QUIET)
+    first.run()
+    second = Trainer(data, tmp_path / "b", RunRequest(train={"steps": 12}), resume=True, **QUIET)
+    assert second.step == 6
+    second.run()
+    a, b = _params(straight.model), _params(second.model)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    sa, sb = straight.optimizer.state_dict()["state"], second.optimizer.state_dict()["state"]
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k]["exp_avg_sq"], sb[k]["exp_avg_sq"]) and torch.equal(sa[k]["step"], sb[k]["step"])
+
+
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
+    trainer = Trainer(data, tmp_path / "run", _request(10, checkpoint_every=4), **QUIET)
+    real_forward = type(trainer.model).forward
+    calls = {"n": 0}
+
+    def poisoned(self, batch, noise):
+        calls["n"] += 1
+        out = real_forward(self, batch, noise)
+        if calls["n"] == 7:
+            out["loss"] = out["loss"] * float("nan")
+        return out
+
+    monkeypatch.setattr(type(trainer.model), "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"step 7: the loss became nan; the last good checkpoint \(step 4\)"):
+        trainer.run()
+    ckpt = latest_checkpoint(tmp_path / "run")
+    assert read_state(ckpt)["step"] == 4
+    assert all(torch.isfinite(v).all() for v in load_file(str(ckpt / "model.safetensors")).values())
+
+
+def test_ablation_and_config_file_reach_the_model(data, tmp_path):
+    cfg = tmp_path / "cfg.toml"
+    cfg.write_text('preset = "tiny"\nablations = ["no_d"]\n[model]\nu_dim = 3\n[train]\nsteps = 2\n')
+    request = RunRequest.from_sources(None, ("no_lv",), str(cfg), ("model.h_dim=5",), {"batch_size": 4})
+    trainer = Trainer(data, tmp_path / "run", request, **QUIET)
+    c = trainer.model_config
+    assert (c.no_lv, c.no_d, c.u_dim, c.h_dim) == (True, False, 3, 5)  # CLI ablations replace the file's
+    assert trainer.config.batch_size == 4 and trainer.config.steps == 2
+    assert trainer.model.value_heads is None
+    trainer.run()
+
+
+def test_resume_refuses_another_model_config(data, tmp_path):
+    Trainer(data, tmp_path / "run", _request(2), **QUIET).run()
+    with pytest.raises(UserInputError, match="model.u_dim=4, this run asks for 6"):
+        Trainer(data, tmp_path / "run", RunRequest(model={"u_dim": 6}), resume=True, **QUIET)
+    with pytest.raises(UserInputError, match="not empty; pass --resume"):
+        Trainer(data, tmp_path / "run", _request(2), **QUIET)
+
+
+def test_ddp_two_gloo_processes_match_one_process_on_the_same_batch(data, tmp_path):
+    # The key bias of attention has a mathematically zero gradient (softmax ignores a shift shared by all
+    # keys); Adam would turn its float-rounding noise into ±lr steps, so eps is raised above that noise.
+    args = ["train", "--data", str(data), "--preset", "tiny", "--steps", "4", "--batch-size", "8",
+            "--set", "train.eval_every=1000", "--set", "train.adam_eps=1e-6", "--no-progress"]
+    single = subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args, "--out", str(tmp_path / "one")],
+                            env=ENV, capture_output=True, text=True, timeout=300)
+    assert single.returncode == 0, single.stderr
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                          "-m", "mrcom_train.cli", *args, "--out", str(tmp_path / "two")],
+                         env=ENV, capture_output=True, text=True, timeout=300)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    assert json.loads((tmp_path / "two" / "config.json").read_text())["world_size"] == 2
+    one = load_file(str(latest_checkpoint(tmp_path / "one") / "model.safetensors"))
+    two = load_file(str(latest_checkpoint(tmp_path / "two") / "model.safetensors"))
+    for k in one:
+        torch.testing.assert_close(one[k], two[k], atol=2e-5, rtol=1e-4)
+
+
+def _mrcom(*args):
+    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], capture_output=True, text=True,
+                          env=ENV, timeout=120)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--data", "{tmp}/none"], "manifest.json is missing"),
+    (["--data", "{tmp}/old"], "format version 0"),
+    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--ablation", "no_x"], "unknown ablation 'no_x'"),
+    (["--set", "model.u_dim=lots"], "model.u_dim: cannot read 'lots'"),
+    (["--set", "u_dim=3"], "expected model.FIELD=VALUE"),
+    (["--config", "{tmp}/missing.toml"], "missing.toml not found"),
+    (["--device", "tpu"], "train.device must be auto, cpu or cuda"),
+    (["--resume", "--out", "{tmp}/ckpt", "--set", "model.h_dim=9"], "model.h_dim=4, this run asks for 9"),
+])
+def test_bad_train_input_exits_2_with_one_line(data, tmp_path, args, message):
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "manifest.json").write_text(json.dumps({"format": "mrcom-dataset", "version": 0}))
+    if "{tmp}/ckpt" in args:
+        Trainer(data, tmp_path / "ckpt", _request(1), **QUIET).run()
+    full = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--preset", "tiny", "--steps", "1"]
+    full += [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "--resume":
+        full.remove("--preset")
+        full.remove("tiny")
+    r = _mrcom(*full)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mrcom: error: ") and message in lines[0], r.stderr
