@@ -41,7 +41,9 @@ class ModelConfig:
     part of each token — without it a reward head cannot tell scenarios with different target speeds
     apart). The streaming encoder has ``ctx_layers`` pre-LN transformer blocks of width ``ctx_width``
     with ``ctx_heads`` heads, causal attention restricted to the last m tokens (band mask) and a learned
-    relative-position bias; its output ``c_t`` has ``ctx_dim`` dims.
+    relative-position bias; its output ``c_t`` has ``ctx_dim`` dims. ``ctx_reencode`` instead encodes
+    every step's m-token window from scratch during training (the literal ``Enc(C_t)``; several times
+    slower, kept for comparison by ``bench/train.py``).
 
     Latents: ``u_dim`` (stochastic), ``d_dim`` (GRU), ``h_dim`` (auxiliary); MLPs of ``hidden_layers``
     × ``hidden_dim``; Gaussian std = softplus(raw) + ``min_std``.
@@ -58,6 +60,7 @@ class ModelConfig:
     num_scenarios: int = 1
     context_len: int = 32
     context_reward: bool = True
+    ctx_reencode: bool = False
     ctx_width: int = 64
     ctx_layers: int = 2
     ctx_heads: int = 4

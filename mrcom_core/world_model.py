@@ -166,8 +166,14 @@ class WorldModel(nn.Module):
         ctx_tokens = self.tokens(self.normalize(batch["context_obs"]), batch["context_action"],
                                  batch["context_reward"])
         win_tokens = self.tokens(obs_n[:, :-1], batch["action"], batch["reward"])
-        readout, _ = self.encode_context(torch.cat([ctx_tokens, win_tokens], dim=1))
-        context = readout[:, m - 1 :]  # (B, L+1, ctx)
+        tokens = torch.cat([ctx_tokens, win_tokens], dim=1)
+        if c.ctx_reencode and self.encoder is not None:  # each step's window from scratch (slow reference)
+            windows = tokens.unfold(1, m, 1).transpose(-1, -2)  # (B, L+1, m, E)
+            readout, _ = self.encode_context(windows.reshape(B * T1, m, -1))
+            context = readout[:, -1].reshape(B, T1, -1)
+        else:
+            readout, _ = self.encode_context(tokens)
+            context = readout[:, m - 1 :]  # (B, L+1, ctx)
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
 
         reverse = c.kl_direction == "prior_post"

@@ -52,7 +52,7 @@ class TrainConfig:
     eval_batch_size: int = 64
     eval_batches: int = 2
     eval_horizon: int = 15
-    holdout_fraction: float = 0.1
+    holdout_fraction: float = 0.2
     checkpoint_every: int = 250
     log_every: int = 10
     seed: int = 0
@@ -177,7 +177,7 @@ class Trainer:
             raise UserInputError(f"run folder {self.run_dir} is not empty; pass --resume to continue it, or "
                                  f"choose another --out")
         if resume and ckpt is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise UserInputError(f"nothing to resume in {self.run_dir}: it has no checkpoint")
+            log(f"note: {self.run_dir} has no checkpoint yet; starting from scratch")
         saved = read_state(ckpt) if ckpt else None
         self.model_config, self.config, self.preset = _resolve(request, self.dataset, saved)
         if self.config.batch_size % self.world:

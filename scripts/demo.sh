@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
-# The main job on a small default: set up, then collect a multi-scenario dataset (hopper, walker, cheetah;
-# Table 1 (a)'s training range) with per-scenario SAC behaviour policies. Rerunning resumes/finishes it.
+# The main job on a small default: set up, collect a multi-scenario dataset (hopper, walker, cheetah;
+# Table 1 (a)'s training range) with per-scenario SAC behaviour policies, then train the `small` world
+# model on it for a few minutes on the CPU. Rerunning resumes (or, when finished, only summarizes) both.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 OUT="${MRCOM_DEMO_OUT:-runs/demo}"
-.venv/bin/mrcom collect --split t1-a5b20 --scenarios-per-domain 2 --episodes-per-scenario 4 \
+.venv/bin/mrcom collect --split t1-a5b20 --scenarios-per-domain 2 --episodes-per-scenario 5 \
   --policy sac --sac-update-every 2 --workers 2 --out "$OUT/data" --resume
-echo "demo: dataset in $OUT/data (inspect it with: .venv/bin/mrcom info $OUT/data)"
+.venv/bin/mrcom train --data "$OUT/data" --out "$OUT/run" --preset small --steps "${MRCOM_DEMO_STEPS:-1500}" \
+  --resume
+echo "demo: dataset in $OUT/data, world model run in $OUT/run (metrics.csv, checkpoints/, tb/)"

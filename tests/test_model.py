@@ -234,3 +234,12 @@ def test_open_loop_rollout_uses_predicted_observations():
     torch.testing.assert_close(open_loop_predictions(model, changed, 5), pred)
     with pytest.raises(ValueError, match="horizon"):
         open_loop_predictions(model, batch, 7)
+
+
+def test_streaming_context_equals_reencoding_each_window_for_one_layer():
+    # With one attention layer, the band-masked pass over context+window is exactly Enc(C_t) per step.
+    a = WorldModel(tiny())
+    b = WorldModel(tiny(ctx_reencode=True))
+    b.load_state_dict(a.state_dict())
+    batch = make_batch(a.config)
+    torch.testing.assert_close(a(batch, make_noise(a))["loss"], b(batch, make_noise(b))["loss"])
