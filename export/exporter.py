@@ -1,0 +1,172 @@
+"""Freeze a trained world model (and optionally a SAC policy) into ONNX and TorchScript graphs.
+
+:func:`export_model` writes one file per graph of :mod:`.graphs` and format, then checks itself: the ONNX
+checker (full check), then parity of every graph with eager PyTorch on random inputs at several batch
+sizes, recorded in ``manifest.json`` with names, shapes and dtypes of every input and output,
+observation statistics, versions and the SHA-256 of every file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrcom_core.world_model import WorldModel
+
+from . import graphs as G
+from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256
+
+FORMATS = ("onnx", "torchscript")
+OPSET = 18
+PARITY_BATCHES = (1, 7, 256)
+PARITY_TOLERANCE = 1e-4
+
+
+def _build(name: str, model: WorldModel, horizon: int, policy: G.PolicyActor | None) -> torch.nn.Module:
+    if name == "rollout":
+        return G.Rollout(model, horizon)
+    if name == "policy":
+        return G.Policy(policy)
+    if name == "policy_rollout":
+        return G.PolicyRollout(model, policy, horizon)
+    return G.GRAPHS[name](model)
+
+
+def _export_onnx(module: torch.nn.Module, inputs: tuple, path: Path) -> None:
+    spec = module.spec
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
+    batch = torch.export.Dim("batch", min=1, max=1 << 20)
+    dynamic = {n: {spec.batch_axis[n]: batch} for n in spec.inputs}
+    with contextlib.redirect_stdout(io.StringIO()):
+        torch.onnx.export(module, inputs, str(path), input_names=list(spec.inputs), output_names=list(spec.outputs),
+                          dynamic_shapes=dynamic, dynamo=True, opset_version=OPSET, verbose=False,
+                          external_data=False)
+
+
+def _io_spec(spec: G.GraphSpec, tensors, names) -> list[dict]:
+    out = []
+    for name, t in zip(names, tensors, strict=True):
+        shape: list = list(t.shape)
+        shape[spec.batch_axis[name]] = "batch"
+        out.append({"name": name, "shape": shape, "dtype": "float32"})
+    return out
+
+
+def _max_error(a, b) -> float:
+    return max(float(np.abs(np.asarray(x) - np.asarray(y)).max()) if np.asarray(x).size else 0.0
+               for x, y in zip(a, b, strict=True))
+
+
+def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, ...] = FORMATS, horizon: int = 15,
+                 policy: G.PolicyActor | None = None, source: dict | None = None,
+                 log: Callable[[str], None] = print) -> dict:
+    """Export ``model`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
+
+    ``horizon`` is the number of steps fused into the ``rollout`` graphs; ``policy`` (a
+    :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
+    :class:`ExportError` if a graph fails the checker or the parity check (max abs error >
+    :data:`PARITY_TOLERANCE`).
+    """
+    import onnx
+    import onnxruntime as ort
+
+    unknown = set(formats) - set(FORMATS)
+    if unknown or not formats:
+        raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
+    if horizon < 1:
+        raise ExportError(f"rollout horizon must be >= 1, got {horizon}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model = model.float().eval().cpu()
+    names = ["context_full", "context_step", "observe", "imagine", "reward", "step", "rollout"]
+    if policy is not None:
+        policy = policy.float().eval().cpu()
+        names += ["policy", "policy_rollout"]
+    policy_act = policy.act_dim if policy is not None else 0
+    gen = torch.Generator().manual_seed(0)
+    graphs_meta, parity = {}, {}
+    for name in names:
+        start = time.perf_counter()
+        module = _build(name, model, horizon, policy).eval()
+        spec = module.spec
+        example = G.example_inputs(name, model, 7, horizon, policy_act, gen)
+        with torch.no_grad():
+            example_out = module(*example)
+        example_out = example_out if isinstance(example_out, tuple) else (example_out,)
+        meta = {"inputs": _io_spec(spec, example, spec.inputs), "outputs": _io_spec(spec, example_out, spec.outputs)}
+        sessions = {}
+        if "onnx" in formats:
+            path = out / f"{name}.onnx"
+            try:
+                _export_onnx(module, example, path)
+                onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+            except Exception as e:  # surface which graph failed, with the exporter's first line
+                raise ExportError(f"ONNX export of graph {name!r} failed: {str(e).strip().splitlines()[0]}") from e
+            meta["onnx"] = path.name
+            sessions["onnx"] = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        if "torchscript" in formats:
+            path = out / f"{name}.pt"
+            with torch.no_grad():
+                traced = torch.jit.trace(module, example, check_trace=False)
+            traced.save(str(path))
+            meta["torchscript"] = path.name
+            sessions["torchscript"] = torch.jit.load(str(path))
+        errors = {}
+        for batch in PARITY_BATCHES:
+            inputs = G.example_inputs(name, model, batch, horizon, policy_act, gen)
+            with torch.no_grad():
+                ref = module(*inputs)
+            ref = [t.numpy() for t in (ref if isinstance(ref, tuple) else (ref,))]
+            for fmt, sess in sessions.items():
+                if fmt == "onnx":
+                    got = sess.run(None, {n: t.numpy() for n, t in zip(spec.inputs, inputs, strict=True)})
+                else:
+                    with torch.no_grad():
+                        got = sess(*inputs)
+                    got = [t.numpy() for t in (got if isinstance(got, tuple) else (got,))]
+                errors[f"{fmt}@{batch}"] = _max_error(got, ref)
+        worst = max(errors.values())
+        if worst > PARITY_TOLERANCE:
+            bad = {k: v for k, v in errors.items() if v > PARITY_TOLERANCE}
+            raise ExportError(f"graph {name!r} differs from eager PyTorch beyond {PARITY_TOLERANCE}: {bad}")
+        parity[name] = errors
+        graphs_meta[name] = meta
+        log(f"  {name:<15} {', '.join(formats)}  parity max |Δ| {worst:.1e} at batch {PARITY_BATCHES}  "
+            f"({time.perf_counter() - start:.1f}s)")
+
+    import onnxruntime
+
+    c = model.config
+    manifest = {
+        "format": FORMAT, "version": VERSION,
+        "model_config": c.to_dict(),
+        "obs_dim": c.obs_dim, "act_dim": c.act_dim, "context_len": c.context_len,
+        "context_reward": c.context_reward,
+        "latent": {"u": c.u_dim, "d": c.deter_dim, "h": c.h_dim},
+        "kv_shape": list(G.kv_shape(model, 1)[:1]) + ["batch"] + list(G.kv_shape(model, 1)[2:]),
+        "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
+        "rollout_horizon": horizon,
+        "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
+        "graphs": graphs_meta, "parity": parity, "parity_tolerance": PARITY_TOLERANCE,
+        "formats": list(formats), "opset": OPSET,
+        "exporter": "torch.onnx.export(dynamo=True)" if "onnx" in formats else None,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+                     "python": platform.python_version()},
+        "source": source or {},
+    }
+    files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".pt") and p.stem in graphs_meta)
+    manifest["files"] = {name: sha256(out / name) for name in files}
+    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(manifest, indent=1))
+    os.replace(tmp, out / MANIFEST)
+    return manifest

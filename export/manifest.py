@@ -1,0 +1,48 @@
+"""The export folder's ``manifest.json``: reading, validating and checksum verification (numpy-free, torch-free)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+FORMAT = "mrcom-export"
+VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class ExportError(ValueError):
+    """An export folder or a runtime input is unusable; the message says what and where."""
+
+
+def sha256(path: Path | str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(export_dir: Path | str, verify: bool = True) -> dict:
+    """Load and validate ``export_dir/manifest.json``; with ``verify``, check every file's SHA-256."""
+    root = Path(export_dir)
+    path = root / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"no MrCoM export at {root}: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{path} is not an MrCoM export manifest (format {manifest.get('format')!r})")
+    if manifest.get("version") != VERSION:
+        raise ExportError(f"{path} has export format version {manifest.get('version')!r}; this runtime reads "
+                          f"version {VERSION} (export the model again)")
+    if verify:
+        for name, expected in manifest["files"].items():
+            file = root / name
+            if not file.is_file():
+                raise ExportError(f"export {root} lists {name}, which is missing")
+            if sha256(file) != expected:
+                raise ExportError(f"checksum mismatch for {file}: the file changed after export")
+    return manifest
