@@ -104,13 +104,15 @@ class Runtime:
         return array
 
     # ---------------------------------------------------------------------------------------------- API
-    def reset(self, prompt_obs, prompt_act, prompt_rew=None, *, batch: int | None = None) -> np.ndarray:
+    def reset(self, prompt_obs, prompt_act, prompt_rew=None, *, batch: int | None = None,
+              noise: dict[str, np.ndarray] | None = None) -> np.ndarray:
         """Start ``B`` rollouts from prompt trajectories of the target scenario; returns the last observation.
 
         ``prompt_obs`` ``(B, T+1, obs_dim)``, ``prompt_act`` ``(B, T, act_dim)``, ``prompt_rew`` ``(B, T)``
         with T ≥ context length m (observations and actions zero-padded to the export's dims); or the
         same without the leading B plus ``batch=B`` to start B rollouts from one prompt. The first m steps
         fill the context FIFO; the posterior then observes every later step, so the state starts at o_T.
+        ``noise`` (``{"u": (B, T-m+1, u), "h": (B, T-m+1, h)}``) replaces the posterior's seeded noise.
         """
         obs, act = np.asarray(prompt_obs, dtype=np.float32), np.asarray(prompt_act, dtype=np.float32)
         rew = None if prompt_rew is None else np.asarray(prompt_rew, dtype=np.float32)
@@ -145,9 +147,10 @@ class Runtime:
                 nxt = self._run("context_step", {"keys": keys, "values": values},
                                 {"obs": obs[:, k - 1], "action": act[:, k - 1], "reward": rew[:, k - 1]})
                 context, keys, values = nxt["context"], nxt["keys_next"], nxt["values_next"]
+            nu = self._noise(B, lat["u"]) if noise is None else noise["u"][:, k - m]
+            nh = self._noise(B, lat["h"]) if noise is None else noise["h"][:, k - m]
             out = self._run("observe", {**state, "context": context},
-                            {"prev_action": act[:, k - 1], "obs": obs[:, k], "noise_u": self._noise(B, lat["u"]),
-                             "noise_h": self._noise(B, lat["h"])})
+                            {"prev_action": act[:, k - 1], "obs": obs[:, k], "noise_u": nu, "noise_h": nh})
             state = {name: out[f"{name}_next"] for name in _STATE}
         self._state = {**state, "keys": keys, "values": values, "obs": self._ortvalue(obs[:, T])}
         self.batch = B
@@ -159,30 +162,33 @@ class Runtime:
         self._require_reset()
         return np.concatenate([self._state[k].numpy() for k in _STATE], axis=-1)
 
-    def step(self, actions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def step(self, actions, noise: dict[str, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Take ``actions`` ``(B, act_dim)`` in every rollout → ``(next_obs, reward, latent)``.
 
-        ``reward[b]`` is the predicted reward of taking ``actions[b]`` in the current state.
+        ``reward[b]`` is the predicted reward of taking ``actions[b]`` in the current state. ``noise``
+        (``{"u": (B, u), "h": (B, h)}``) replaces the seeded latent noise.
         """
         self._require_reset()
         B = self.batch
         actions = self._check("actions", actions, (B, self.act_dim))
+        noise = noise or {"u": self._noise(B, self.latent["u"]), "h": self._noise(B, self.latent["h"])}
         out = self._run("step", {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")},
-                        {"action": actions, "noise_u": self._noise(B, self.latent["u"]),
-                         "noise_h": self._noise(B, self.latent["h"])})
+                        {"action": actions, "noise_u": noise["u"], "noise_h": noise["h"]})
         self._state = {**{k: out[f"{k}_next"] for k in _STATE}, "obs": out["obs_next"], "keys": out["keys_next"],
                        "values": out["values_next"]}
         return out["obs_next"].numpy(), out["reward"].numpy(), self.latent_state
 
     def rollout(self, policy_or_actions: np.ndarray | Callable[[np.ndarray], np.ndarray] | str,
-                horizon: int | None = None, *, fused: bool | None = None) -> dict[str, np.ndarray]:
+                horizon: int | None = None, *, fused: bool | None = None,
+                noise: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
         """``horizon`` imagined steps for all B rollouts; returns ``obs`` (B, H, D), ``reward`` (B, H),
         ``actions`` (B, H, A) and the final ``latent``.
 
         ``policy_or_actions``: an array ``(B, H, act_dim)`` of actions; a callable mapping observations
         ``(B, obs_dim)`` to actions ``(B, act_dim)``; or ``"exported"`` for the policy exported with the
         model. Array and exported-policy rollouts whose H equals the export's fused horizon run as one
-        graph call unless ``fused=False``.
+        graph call unless ``fused=False``. ``noise`` (``{"u": (B, H, u), "h": (B, H, h)}``, plus ``"action"``
+        ``(B, H, policy act_dim)`` for the exported policy) replaces the seeded noise.
         """
         self._require_reset()
         B = self.batch
@@ -201,14 +207,16 @@ class Runtime:
                               f"exported policy, got horizon={horizon}")
         use_fused = can_fuse if fused is None else fused
         lat = self.latent
+        noise = dict(noise or {})
+        noise.setdefault("u", self._noise(B, horizon, lat["u"]))
+        noise.setdefault("h", self._noise(B, horizon, lat["h"]))
         state_in = {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")}
         if isinstance(policy_or_actions, str):
             pol = self.manifest["policy"]
-            noise_a = self._noise(B, horizon, pol["act_dim"])
+            noise_a = noise["action"] if "action" in noise else self._noise(B, horizon, pol["act_dim"])
             if use_fused:
-                out = self._run("policy_rollout", state_in, {"noise_action": noise_a,
-                                                             "noise_u": self._noise(B, horizon, lat["u"]),
-                                                             "noise_h": self._noise(B, horizon, lat["h"])})
+                out = self._run("policy_rollout", state_in, {"noise_action": noise_a, "noise_u": noise["u"],
+                                                             "noise_h": noise["h"]})
                 return self._finish(out, out["action_seq"].numpy())
 
             noise_steps = iter(noise_a.transpose(1, 0, 2))
@@ -216,16 +224,15 @@ class Runtime:
             def exported_policy(obs: np.ndarray) -> np.ndarray:
                 return self._run("policy", {}, {"obs": obs, "noise_action": next(noise_steps)})["action"].numpy()
 
-            return self._loop(exported_policy, horizon)
+            return self._loop(exported_policy, horizon, noise)
         if callable(policy_or_actions):
-            return self._loop(policy_or_actions, horizon)
+            return self._loop(policy_or_actions, horizon, noise)
         actions = self._check("actions", policy_or_actions, (B, horizon, self.act_dim))
         if use_fused:
-            out = self._run("rollout", state_in, {"actions": actions, "noise_u": self._noise(B, horizon, lat["u"]),
-                                                  "noise_h": self._noise(B, horizon, lat["h"])})
+            out = self._run("rollout", state_in, {"actions": actions, "noise_u": noise["u"], "noise_h": noise["h"]})
             return self._finish(out, actions)
         planned = iter(actions.transpose(1, 0, 2))
-        return self._loop(lambda obs: next(planned), horizon)
+        return self._loop(lambda obs: next(planned), horizon, noise)
 
     def _finish(self, out: dict, actions: np.ndarray) -> dict[str, np.ndarray]:
         self._state = {**{k: out[f"{k}_next"] for k in _STATE}, "keys": out["keys_next"],
@@ -235,12 +242,13 @@ class Runtime:
         return {"obs": obs, "reward": out["reward_seq"].numpy(), "actions": np.asarray(actions),
                 "latent": self.latent_state}
 
-    def _loop(self, policy: Callable[[np.ndarray], np.ndarray], horizon: int) -> dict[str, np.ndarray]:
+    def _loop(self, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
+              noise: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         obs = self._state["obs"].numpy()
         observations, rewards, actions = [], [], []
-        for _ in range(horizon):
+        for t in range(horizon):
             a = np.asarray(policy(obs), dtype=np.float32)
-            obs, reward, _ = self.step(a)
+            obs, reward, _ = self.step(a, {"u": noise["u"][:, t], "h": noise["h"][:, t]})
             observations.append(obs)
             rewards.append(reward)
             actions.append(a)

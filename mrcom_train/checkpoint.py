@@ -120,3 +120,43 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
     optimizer.load_state_dict(opt_state)
     generator.set_state(load_file(str(path / "rng.safetensors"))["torch_generator"])
     return state
+
+
+def load_model(run_dir: Path | str):
+    """The world model of a training run's latest checkpoint (eval mode, CPU) and its ``state.json``."""
+    from mrcom_core.config import ModelConfig, apply_overrides
+    from mrcom_core.world_model import WorldModel
+
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise UserInputError(f"no training run at {run_dir}")
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        raise UserInputError(f"run {run_dir} has no checkpoint yet (checkpoints/{LATEST} is missing)")
+    state = read_state(path)
+    model = WorldModel(apply_overrides(ModelConfig(), state["model_config"]))
+    load_weights(path, model)
+    return model.eval(), state
+
+
+def load_actor(path: Path | str):
+    """A SAC actor from a saved agent (``{"agent": SAC.state_dict(), …}`` as ``mrcom collect`` writes, or a bare
+    ``SAC.state_dict()``); returns ``(actor, obs_dim, act_dim)``. Loaded with ``weights_only=True``."""
+    from .sac import Actor
+
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserInputError(f"policy checkpoint {path} not found") from None
+    except Exception as e:
+        raise UserInputError(f"cannot read policy checkpoint {path}: {str(e).splitlines()[0]}") from None
+    weights = state.get("agent", state).get("actor") if isinstance(state, dict) else None
+    if not isinstance(weights, dict) or "net.0.weight" not in weights:
+        raise UserInputError(f"{path} holds no SAC actor (expected a SAC state_dict with an 'actor' entry)")
+    linear = sorted((k for k in weights if k.endswith(".weight") and weights[k].dim() == 2),
+                    key=lambda k: int(k.split(".")[1]))
+    hidden, obs_dim = weights["net.0.weight"].shape
+    act_dim = weights[linear[-1]].shape[0] // 2
+    actor = Actor(obs_dim, act_dim, hidden, len(linear) - 1)
+    actor.load_state_dict(weights)
+    return actor.eval(), obs_dim, act_dim

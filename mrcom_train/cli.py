@@ -9,6 +9,7 @@ import warnings
 import click
 
 from mrcom_core.config import ConfigError
+from mrcom_export.manifest import ExportError
 
 from .errors import UserInputError
 
@@ -110,6 +111,53 @@ def train(data, out, preset, steps, batch_size, device, ablations, config_file, 
             click.echo(f"final {trainer.config.eval_horizon}-step open-loop error: {format_eval(result)}")
 
 
+@cli.command("export")
+@click.argument("run", type=click.Path())
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Export folder.")
+@click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or all.")
+@click.option("--horizon", type=int, default=15, show_default=True, help="Steps fused into the rollout graphs.")
+@click.option("--policy", type=click.Path(dir_okay=False), default=None,
+              help="A SAC agent checkpoint (e.g. DATA/sac/s0000.pt) to export and fuse into policy rollouts.")
+def export_cmd(run, out, fmt, horizon, policy):
+    """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json."""
+    from mrcom_export.exporter import FORMATS, export_model
+    from mrcom_export.graphs import PolicyActor
+
+    from .checkpoint import load_actor, load_model
+
+    formats = FORMATS if fmt == "all" else (fmt,)
+    if fmt != "all" and fmt not in FORMATS:
+        raise UserInputError(f"--format: unknown format {fmt!r}; choose onnx, torchscript or all")
+    model, state = load_model(run)
+    actor = None
+    if policy:
+        net, obs_dim, act_dim = load_actor(policy)
+        if obs_dim > model.config.obs_dim or act_dim > model.config.act_dim:
+            raise UserInputError(f"policy {policy} has obs/action dims {obs_dim}/{act_dim}, more than the model's "
+                                 f"{model.config.obs_dim}/{model.config.act_dim}")
+        actor = PolicyActor(net, obs_dim, act_dim, model.config.act_dim)
+    click.echo(f"exporting {run} (step {state['step']}) as {', '.join(formats)} into {out}")
+    source = {"run": str(run), "step": state["step"], "data": state["data"]["path"], "policy": policy}
+    export_model(model, out, formats=formats, horizon=horizon, policy=actor, source=source, log=click.echo)
+    click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")
+
+
+@cli.command()
+@click.argument("export_dir", type=click.Path())
+@click.option("--data", "-d", type=click.Path(), default=None,
+              help="Dataset to take prompts (and real actions) from [default: the one the model trained on].")
+@click.option("--batch", "-b", type=int, default=64, show_default=True, help="Parallel rollouts.")
+@click.option("--horizon", "-H", type=int, default=15, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--bench", is_flag=True, help="Also time per-step and fused rollouts (samples × steps / s).")
+@click.option("--provider", default=None, help="ONNX Runtime provider, e.g. CPUExecutionProvider.")
+def rollout(export_dir, data, batch, horizon, seed, bench, provider):
+    """Imagine B rollouts from dataset prompts with the real actions; print the error vs the real data."""
+    from .rollout_cli import run_rollout
+
+    run_rollout(export_dir, data, batch, horizon, seed, bench, provider, click.echo)
+
+
 @cli.command()
 @click.argument("name", required=False)
 @click.option("--sample", "-n", type=int, default=0, help="Also draw this many scenarios per domain.")
@@ -156,7 +204,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input."""
     try:
         cli.main(args=argv, prog_name="mrcom", standalone_mode=False)
-    except (UserInputError, ConfigError) as e:
+    except (UserInputError, ConfigError, ExportError) as e:
         click.echo(f"mrcom: error: {e}", err=True)
         sys.exit(2)
     except click.ClickException as e:

@@ -275,7 +275,7 @@ class Trainer:
         state = {"preset": self.preset, "model_config": self.model_config.to_dict(),
                  "train_config": dataclasses.asdict(self.config),
                  "sampler_rng": self.sampler.rng.bit_generator.state,
-                 "data": {"path": str(self.dataset.root), "obs_dim": self.dataset.obs_dim,
+                 "data": {"path": str(self.dataset.root.resolve()), "obs_dim": self.dataset.obs_dim,
                           "act_dim": self.dataset.act_dim, "num_scenarios": len(self.dataset.scenarios),
                           "domains": self.domains}}
         self.last_good = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.generator, state)
@@ -293,7 +293,7 @@ class Trainer:
         if main:
             write_json_atomic(self.run_dir / "config.json", {
                 "preset": self.preset, "model": self.model_config.to_dict(), "train": dataclasses.asdict(c),
-                "data": str(self.dataset.root), "world_size": self.world, "device": str(self.device)})
+                "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
             params = sum(p.numel() for p in self.model.parameters())
             self.log(f"training {self.preset} MrCoM ({params / 1e6:.2f}M parameters) on {self.dataset.root} "
                      f"({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} steps) for {c.steps} "

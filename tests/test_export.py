@@ -1,0 +1,244 @@
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from mrcom_core.config import model_config
+from mrcom_core.world_model import WorldModel
+from mrcom_export import graphs as G
+from mrcom_export.exporter import PARITY_TOLERANCE, export_model
+from mrcom_export.manifest import ExportError, read_manifest
+from mrcom_export.runtime import Runtime
+from mrcom_export.vector_env import ImaginedVectorEnv
+from mrcom_train.sac import SAC, SACConfig
+
+H = 3
+ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
+
+
+def _model(**overrides) -> WorldModel:
+    torch.manual_seed(0)
+    cfg = model_config("tiny", overrides=overrides, obs_dim=10, act_dim=3, num_scenarios=2)
+    g = torch.Generator().manual_seed(1)
+    return WorldModel(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("export") / "exp"
+    model = _model()
+    actor = SAC(8, 2, SACConfig(hidden_dim=16, hidden_layers=1), seed=0).actor
+    manifest = export_model(model, out, formats=("onnx", "torchscript"), horizon=H,
+                            policy=G.PolicyActor(actor, 8, 2, 3), log=lambda s: None)
+    return out, model, manifest
+
+
+def _prompt(model, B=4, T=None, seed=0):
+    rng = np.random.default_rng(seed)
+    c = model.config
+    T = T or c.context_len + 3
+    obs = rng.standard_normal((B, T + 1, c.obs_dim)).astype(np.float32)
+    act = np.tanh(rng.standard_normal((B, T, c.act_dim))).astype(np.float32)
+    rew = rng.random((B, T)).astype(np.float32)
+    return obs, act, rew
+
+
+def test_manifest_describes_every_graph(exported):
+    out, model, manifest = exported
+    assert set(manifest["graphs"]) == {"context_full", "context_step", "observe", "imagine", "reward", "step",
+                                       "rollout", "policy", "policy_rollout"}
+    step = manifest["graphs"]["step"]
+    assert [i["name"] for i in step["inputs"]] == ["u", "d", "h", "obs", "action", "keys", "values", "noise_u",
+                                                   "noise_h"]
+    assert step["inputs"][3] == {"name": "obs", "shape": ["batch", 10], "dtype": "float32"}
+    assert step["inputs"][5]["shape"][1] == "batch"
+    assert manifest["rollout_horizon"] == H and manifest["policy"] == {"obs_dim": 8, "act_dim": 2}
+    assert manifest["latent"] == {"u": 4, "d": 16, "h": 4} and manifest["context_len"] == 8
+    assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime"} and manifest["opset"] == 18
+    np.testing.assert_allclose(manifest["obs_std"], model.obs_std.numpy(), rtol=1e-6)
+    assert len(manifest["files"]) == 18 and all(len(h) == 64 for h in manifest["files"].values())
+    for name, errors in manifest["parity"].items():
+        assert set(errors) == {f"{f}@{b}" for f in ("onnx", "torchscript") for b in (1, 7, 256)}, name
+        assert max(errors.values()) <= PARITY_TOLERANCE
+    onnx.checker.check_model(onnx.load(str(out / "rollout.onnx")), full_check=True)
+    assert read_manifest(out)["format"] == "mrcom-export"
+
+
+def _eager_rollout(model, prompt, actions, reset_noise, noise):
+    """Eager PyTorch, re-encoding the *whole* token sequence at every step (no key/value cache)."""
+    obs, act, rew = (torch.from_numpy(x) for x in prompt)
+    m, T = model.config.context_len, act.shape[1]
+    with torch.no_grad():
+        obs_n = model.normalize(obs)
+        tokens = model.tokens(obs_n[:, :T], act, rew)
+        state = model.initial_state(obs.shape[0])
+        for k in range(m, T + 1):
+            c = model.encode_context(tokens[:, :k])[0][:, -1]
+            nu, nh = (torch.from_numpy(reset_noise[x][:, k - m]) for x in ("u", "h"))
+            state = model.observe_step(state, c, act[:, k - 1], obs_n[:, k], nu, nh)
+        last = obs_n[:, T]
+        observations, rewards = [], []
+        for t in range(actions.shape[1]):
+            a = torch.from_numpy(actions[:, t])
+            r = model.reward(state, a)
+            tokens = torch.cat([tokens, model.tokens(last, a, r)[:, None]], 1)
+            c = model.encode_context(tokens)[0][:, -1]
+            nu, nh = (torch.from_numpy(noise[x][:, t]) for x in ("u", "h"))
+            state = model.imagine_step(state, c, a, nu, nh)
+            last = model.decode(state)
+            observations.append(model.denormalize(last))
+            rewards.append(r)
+    return torch.stack(observations, 1).numpy(), torch.stack(rewards, 1).numpy()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_runtime_rollout_equals_eager_full_reencoding_rollout(exported, fused):
+    out, model, _ = exported
+    B, c = 5, model.config
+    prompt = _prompt(model, B)
+    rng = np.random.default_rng(3)
+    n_obs = prompt[1].shape[1] - c.context_len + 1
+    reset_noise = {"u": rng.standard_normal((B, n_obs, c.u_dim), np.float32),
+                   "h": rng.standard_normal((B, n_obs, c.h_dim), np.float32)}
+    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
+             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
+    actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
+    ref_obs, ref_rew = _eager_rollout(model, prompt, actions, reset_noise, noise)
+    rt = Runtime(out)
+    first = rt.reset(*prompt, noise=reset_noise)
+    np.testing.assert_array_equal(first, prompt[0][:, -1])
+    got = rt.rollout(actions, H, fused=fused, noise=noise)
+    std = model.obs_std.numpy()
+    assert np.abs((got["obs"] - ref_obs) / std).max() <= 1e-4
+    assert np.abs(got["reward"] - ref_rew).max() <= 1e-4
+    assert got["latent"].shape == (B, c.latent_dim)
+
+
+def test_runtime_is_seeded_and_batches_one_prompt(exported):
+    out, model, _ = exported
+    obs, act, rew = _prompt(model, 1)
+    a, b = Runtime(out, seed=7), Runtime(out, seed=7)
+    actions = np.zeros((6, H, 3), np.float32)
+    a.reset(obs[0], act[0], rew[0], batch=6)
+    b.reset(obs[0], act[0], rew[0], batch=6)
+    ra, rb = a.rollout(actions), b.rollout(actions)
+    np.testing.assert_array_equal(ra["obs"], rb["obs"])
+    assert not np.allclose(ra["obs"][0], ra["obs"][1])  # each rollout gets its own noise
+    policy = a.rollout("exported")
+    assert policy["actions"].shape == (6, H, 3) and np.all(policy["actions"][..., 2] == 0)  # padded action dim
+    step_obs, reward, latent = a.step(np.zeros((6, 3), np.float32))
+    assert step_obs.shape == (6, 10) and reward.shape == (6,) and latent.shape == (6, 24)
+    looped = a.rollout(lambda o: np.zeros((6, 3), np.float32), 5)
+    assert looped["obs"].shape == (6, 5, 10) and np.isfinite(looped["obs"]).all()
+
+
+def test_runtime_imports_and_runs_without_torch(exported):
+    out, model, _ = exported
+    np.savez(out.parent / "prompt.npz", *_prompt(model, 2))
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["torch"] = None  # any 'import torch' now fails
+        import numpy as np
+        from mrcom_export.runtime import Runtime
+        from mrcom_export.vector_env import ImaginedVectorEnv
+        p = np.load({str(out.parent / "prompt.npz")!r})
+        rt = Runtime({str(out)!r})
+        rt.reset(p["arr_0"], p["arr_1"], p["arr_2"])
+        r = rt.rollout(np.zeros((2, {H}, 3), np.float32))
+        assert r["obs"].shape == (2, {H}, 10)
+        assert not any(name == "torch" or name.startswith("torch.") for name, mod in sys.modules.items()
+                       if mod is not None)
+        print("ok")
+    """)
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def test_torchscript_round_trip(exported):
+    out, model, _ = exported
+    for name in ("step", "rollout", "context_full"):
+        loaded = torch.jit.load(str(out / f"{name}.pt"))
+        module = G.Rollout(model, H) if name == "rollout" else G.GRAPHS[name](model)
+        inputs = G.example_inputs(name, model, 9, H, generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            for a, b in zip(loaded(*inputs), module(*inputs), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_ablated_models_export_too(tmp_path):
+    model = _model(no_context=True, no_d=True)
+    manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, log=lambda s: None)
+    rt = Runtime(tmp_path)
+    rt.reset(*_prompt(model, 3))
+    assert rt.rollout(np.zeros((3, 2, 3), np.float32))["obs"].shape == (3, 2, 10)
+    assert manifest["latent"]["d"] == 0
+
+
+def test_vector_env_runs_episodes_in_the_model(exported):
+    out, model, _ = exported
+    env = ImaginedVectorEnv(out, _prompt(model, 10), num_envs=4, horizon=2, seed=0)
+    obs, info = env.reset(seed=1)
+    assert obs.shape == (4, 10) and env.action_space.shape == (4, 3)
+    _, r, term, trunc, _ = env.step(env.action_space.sample())
+    assert r.shape == (4,) and not term.any() and not trunc.any()
+    _, _, _, trunc, _ = env.step(env.action_space.sample())
+    assert trunc.all()
+    obs, r, _, trunc, _ = env.step(env.action_space.sample())  # autoreset step
+    assert not trunc.any() and np.all(r == 0)
+
+
+def test_runtime_rejects_bad_input(exported, tmp_path):
+    out, model, _ = exported
+    with pytest.raises(ExportError, match="manifest.json is missing"):
+        Runtime(tmp_path / "nothing")
+    copy = tmp_path / "copy"
+    shutil.copytree(out, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    (copy / "manifest.json").write_text(json.dumps({**manifest, "version": 99}))
+    with pytest.raises(ExportError, match="version 99"):
+        Runtime(copy)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with open(copy / "step.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(ExportError, match="checksum mismatch for .*step.onnx"):
+        Runtime(copy)
+    rt = Runtime(out)
+    obs, act, rew = _prompt(model, 2)
+    with pytest.raises(ExportError, match="reset"):
+        rt.step(np.zeros((2, 3)))
+    with pytest.raises(ExportError, match=r"prompt_obs must have shape \(2, 12, 10\)"):
+        rt.reset(obs[..., :9], act, rew)
+    with pytest.raises(ExportError, match="at least one rollout"):
+        rt.reset(obs[:0], act[:0], rew[:0])
+    with pytest.raises(ExportError, match="context_len=8"):
+        rt.reset(obs[:, :5], act[:, :4], rew[:, :4])
+    with pytest.raises(ExportError, match="pass prompt_rew"):
+        rt.reset(obs, act)
+    rt.reset(obs, act, rew)
+    with pytest.raises(ExportError, match=r"actions must have shape \(2, 3\)"):
+        rt.step(np.zeros((2, 4)))
+    with pytest.raises(ExportError, match="NaN"):
+        rt.step(np.full((2, 3), np.nan))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["export", "{tmp}/norun", "--out", "{tmp}/e"], "no training run"),
+    (["rollout", "{tmp}/noexport"], "manifest.json is missing"),
+    (["rollout", "{exp}", "--batch", "0"], "--batch must be >= 1"),
+    (["rollout", "{exp}", "--data", "{tmp}/nodata"], "manifest.json is missing"),
+])
+def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, message):
+    out, _, _ = exported
+    full = [a.replace("{tmp}", str(tmp_path)).replace("{exp}", str(out)) for a in args]
+    r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", *full], capture_output=True, text=True, env=ENV,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
