@@ -2,6 +2,8 @@ import logging
 import os
 import warnings
 
+import pytest
+
 os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering in tests; silences glfw's display warning
 warnings.filterwarnings("ignore", module="glfw")
 logging.getLogger("absl").setLevel(logging.ERROR)
@@ -33,3 +35,46 @@ def make_noise(model, batch=4, window=6, seed=1):
 
     g = torch.Generator().manual_seed(seed)
     return {k: torch.randn(s, generator=g) for k, s in model.noise_shapes(batch, window).items()}
+
+
+EXPORT_HORIZON = 3
+
+
+def export_model_for_tests(**overrides):
+    """A tiny world model with random weights and non-trivial observation statistics."""
+    import torch
+
+    from mrcom_core.config import model_config
+    from mrcom_core.world_model import WorldModel
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny", overrides=overrides, obs_dim=10, act_dim=3, num_scenarios=2)
+    g = torch.Generator().manual_seed(1)
+    return WorldModel(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
+
+
+def prompt_for(model, B=4, T=None, seed=0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    c = model.config
+    T = T or c.context_len + 3
+    obs = rng.standard_normal((B, T + 1, c.obs_dim)).astype(np.float32)
+    act = np.tanh(rng.standard_normal((B, T, c.act_dim))).astype(np.float32)
+    rew = rng.random((B, T)).astype(np.float32)
+    return obs, act, rew
+
+
+@pytest.fixture(scope="session")
+def exported(tmp_path_factory):
+    """One ONNX + TorchScript export (with a SAC policy) shared by the export and C++ tests."""
+    from mrcom_export import graphs as G
+    from mrcom_export.exporter import export_model
+    from mrcom_train.sac import SAC, SACConfig
+
+    out = tmp_path_factory.mktemp("export") / "exp"
+    model = export_model_for_tests()
+    actor = SAC(8, 2, SACConfig(hidden_dim=16, hidden_layers=1), seed=0).actor
+    manifest = export_model(model, out, formats=("onnx", "torchscript"), horizon=EXPORT_HORIZON,
+                            policy=G.PolicyActor(actor, 8, 2, 3), log=lambda s: None)
+    return out, model, manifest

@@ -9,45 +9,17 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import EXPORT_HORIZON as H
+from conftest import export_model_for_tests as _model
+from conftest import prompt_for as _prompt
 
-from mrcom_core.config import model_config
-from mrcom_core.world_model import WorldModel
 from mrcom_export import graphs as G
 from mrcom_export.exporter import PARITY_TOLERANCE, export_model
 from mrcom_export.manifest import ExportError, read_manifest
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
-from mrcom_train.sac import SAC, SACConfig
 
-H = 3
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
-
-
-def _model(**overrides) -> WorldModel:
-    torch.manual_seed(0)
-    cfg = model_config("tiny", overrides=overrides, obs_dim=10, act_dim=3, num_scenarios=2)
-    g = torch.Generator().manual_seed(1)
-    return WorldModel(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
-
-
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    out = tmp_path_factory.mktemp("export") / "exp"
-    model = _model()
-    actor = SAC(8, 2, SACConfig(hidden_dim=16, hidden_layers=1), seed=0).actor
-    manifest = export_model(model, out, formats=("onnx", "torchscript"), horizon=H,
-                            policy=G.PolicyActor(actor, 8, 2, 3), log=lambda s: None)
-    return out, model, manifest
-
-
-def _prompt(model, B=4, T=None, seed=0):
-    rng = np.random.default_rng(seed)
-    c = model.config
-    T = T or c.context_len + 3
-    obs = rng.standard_normal((B, T + 1, c.obs_dim)).astype(np.float32)
-    act = np.tanh(rng.standard_normal((B, T, c.act_dim))).astype(np.float32)
-    rew = rng.random((B, T)).astype(np.float32)
-    return obs, act, rew
 
 
 def test_manifest_describes_every_graph(exported):

@@ -1,0 +1,121 @@
+// Batched imagined rollouts of an exported MrCoM model with the ONNX Runtime C++ API.
+//
+// usage: mrcom_ort_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb
+// INPUT holds prompt_obs (B,T+1,D), prompt_act (B,T,A), prompt_rew (B,T), reset_noise_u/h (B,T-m+1,·),
+// actions (B,H,A), noise_u/h (B,H,·) — written by Python (mrcom_export.bundle). OUTPUT gets obs (B,H,D) and
+// reward (B,H), which must match the Python runtime's rollout with the same noise.
+#include <onnxruntime_cxx_api.h>
+
+#include <chrono>
+#include <iostream>
+#include <string>
+#include <vector>
+
+#include "../common/bundle.hpp"
+
+using mrcom::Array;
+
+class Graph {
+ public:
+  Graph(Ort::Env& env, const std::string& path) : session_(env, path.c_str(), Ort::SessionOptions{}) {
+    Ort::AllocatorWithDefaultOptions alloc;
+    for (size_t i = 0; i < session_.GetInputCount(); ++i)
+      inputs_.push_back(session_.GetInputNameAllocated(i, alloc).get());
+    for (size_t i = 0; i < session_.GetOutputCount(); ++i)
+      outputs_.push_back(session_.GetOutputNameAllocated(i, alloc).get());
+  }
+
+  // Runs the graph on `args` (in the graph's input order); returns the outputs as arrays.
+  std::vector<Array> operator()(std::vector<const Array*> args) {
+    if (args.size() != inputs_.size()) throw std::runtime_error("wrong number of inputs");
+    auto mem = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+    std::vector<Ort::Value> values;
+    for (const Array* a : args)
+      values.push_back(Ort::Value::CreateTensor<float>(mem, const_cast<float*>(a->data.data()), a->data.size(),
+                                                       a->shape.data(), a->shape.size()));
+    std::vector<const char*> in, out;
+    for (auto& s : inputs_) in.push_back(s.c_str());
+    for (auto& s : outputs_) out.push_back(s.c_str());
+    auto results = session_.Run(Ort::RunOptions{nullptr}, in.data(), values.data(), values.size(), out.data(),
+                                out.size());
+    std::vector<Array> arrays;
+    for (auto& r : results) {
+      Array a;
+      a.shape = r.GetTensorTypeAndShapeInfo().GetShape();
+      const float* p = r.GetTensorData<float>();
+      a.data.assign(p, p + r.GetTensorTypeAndShapeInfo().GetElementCount());
+      arrays.push_back(std::move(a));
+    }
+    return arrays;
+  }
+
+ private:
+  Ort::Session session_;
+  std::vector<std::string> inputs_, outputs_;
+};
+
+static Array zeros(std::vector<int64_t> shape) {
+  Array a;
+  a.shape = shape;
+  int64_t n = 1;
+  for (auto d : shape) n *= d;
+  a.data.assign(n, 0.0f);
+  return a;
+}
+
+int main(int argc, char** argv) {
+  if (argc != 4) {
+    std::cerr << "usage: " << argv[0] << " EXPORT_DIR INPUT.mrcb OUTPUT.mrcb\n";
+    return 2;
+  }
+  try {
+    const std::string dir = argv[1];
+    auto in = mrcom::read_bundle(argv[2]);
+    const int64_t m = mrcom::manifest_int(dir, "context_len");
+    const int64_t d_dim = mrcom::manifest_int(dir, "d", "latent");
+    const Array &obs = in.at("prompt_obs"), &act = in.at("prompt_act"), &rew = in.at("prompt_rew");
+    const int64_t B = obs.dim(0), T = act.dim(1), H = in.at("actions").dim(1);
+
+    Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "mrcom");
+    Graph context_full(env, dir + "/context_full.onnx"), context_step(env, dir + "/context_step.onnx"),
+        observe(env, dir + "/observe.onnx"), step(env, dir + "/step.onnx");
+
+    // Fill the context FIFO with the first m prompt steps, then observe the rest of the prompt.
+    Array o_head = obs.head(m), a_head = act.head(m), r_head = rew.head(m);
+    auto ctx = context_full({&o_head, &a_head, &r_head});  // context, keys, values
+    Array u = zeros({B, in.at("noise_u").dim(2)}), d = zeros({B, d_dim}), h = zeros({B, in.at("noise_h").dim(2)});
+    for (int64_t k = m; k <= T; ++k) {
+      if (k > m) {
+        Array o = obs.step(k - 1), a = act.step(k - 1), r = rew.step(k - 1);
+        ctx = context_step({&o, &a, &r, &ctx[1], &ctx[2]});
+      }
+      Array prev = act.step(k - 1), o = obs.step(k), nu = in.at("reset_noise_u").step(k - m),
+            nh = in.at("reset_noise_h").step(k - m);
+      auto s = observe({&u, &d, &h, &ctx[0], &prev, &o, &nu, &nh});
+      u = s[0], d = s[1], h = s[2];
+    }
+    // Imagine H steps: reward of the action, its token into the FIFO, one prior step.
+    Array last = obs.step(T), keys = ctx[1], values = ctx[2];
+    Array out_obs = zeros({B, H, obs.dim(2)}), out_rew = zeros({B, H});
+    const auto start = std::chrono::steady_clock::now();
+    for (int64_t t = 0; t < H; ++t) {
+      Array a = in.at("actions").step(t), nu = in.at("noise_u").step(t), nh = in.at("noise_h").step(t);
+      auto r = step({&u, &d, &h, &last, &a, &keys, &values, &nu, &nh});
+      u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
+      const int64_t D = obs.dim(2);
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy(&last.data[b * D], &last.data[(b + 1) * D], &out_obs.data[(b * H + t) * D]);
+        out_rew.data[b * H + t] = r[4].data[b];
+      }
+    }
+    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
+    mrcom::write_bundle(argv[3], {{"obs", out_obs}, {"reward", out_rew}});
+    std::cout << "onnxruntime: " << B << " rollouts x " << H << " steps in " << ms << " ms; mean reward "
+              << [&] { double s = 0; for (float x : out_rew.data) s += x; return s / out_rew.data.size(); }()
+              << "\n";
+  } catch (const std::exception& e) {
+    std::cerr << "error: " << e.what() << "\n";
+    return 1;
+  }
+  return 0;
+}

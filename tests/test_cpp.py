@@ -1,0 +1,91 @@
+"""The C++ examples build (CMake) and reproduce the Python runtime's rollout from the same file."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import EXPORT_HORIZON as H
+from conftest import prompt_for
+
+from mrcom_export.bundle import read_bundle, write_bundle
+from mrcom_export.runtime import Runtime
+
+ROOT = Path(__file__).resolve().parents[1] / "cpp_examples"
+JOBS = str(os.cpu_count() or 2)
+
+
+def _build(source: Path, build: Path, *defines: str) -> None:
+    if shutil.which("cmake") is None:
+        pytest.fail("cmake is needed to build the C++ examples (apt-get install cmake g++)")
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", *defines],
+                   check=True, capture_output=True, text=True)
+    r = subprocess.run(["cmake", "--build", str(build), "-j", JOBS], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def case(exported, tmp_path_factory):
+    out, model, _ = exported
+    c = model.config
+    B = 6
+    prompt = prompt_for(model, B, seed=4)
+    n = prompt[1].shape[1] - c.context_len + 1
+    rng = np.random.default_rng(9)
+    arrays = {
+        "prompt_obs": prompt[0], "prompt_act": prompt[1], "prompt_rew": prompt[2],
+        "reset_noise_u": rng.standard_normal((B, n, c.u_dim), np.float32),
+        "reset_noise_h": rng.standard_normal((B, n, c.h_dim), np.float32),
+        "actions": np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32),
+        "noise_u": rng.standard_normal((B, H, c.u_dim), np.float32),
+        "noise_h": rng.standard_normal((B, H, c.h_dim), np.float32),
+    }
+    work = tmp_path_factory.mktemp("cpp")
+    write_bundle(work / "input.mrcb", arrays)
+    rt = Runtime(out)
+    rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
+    expected = rt.rollout(arrays["actions"], H, fused=False, noise={"u": arrays["noise_u"], "h": arrays["noise_h"]})
+    return out, work, expected, model.obs_std.numpy()
+
+
+def _check(result: dict, expected: dict, std: np.ndarray) -> None:
+    assert result["obs"].shape == expected["obs"].shape and result["reward"].shape == expected["reward"].shape
+    assert np.abs(result["obs"] - expected["obs"]).max() <= 1e-4
+    assert np.abs(result["reward"] - expected["reward"]).max() <= 1e-4
+
+
+def test_bundle_round_trip(tmp_path):
+    arrays = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "scalar_row": np.ones(1, np.float32)}
+    write_bundle(tmp_path / "x.mrcb", arrays)
+    back = read_bundle(tmp_path / "x.mrcb")
+    assert back.keys() == arrays.keys() and all(np.array_equal(back[k], arrays[k]) for k in arrays)
+
+
+def test_onnxruntime_cpp_example_matches_python(case, tmp_path_factory):
+    out, work, expected, std = case
+    deps = tmp_path_factory.mktemp("ortdeps")
+    r = subprocess.run(["bash", str(ROOT / "onnxruntime_rollout" / "fetch_deps.sh"), str(deps), sys.executable],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    build = work / "ort-build"
+    _build(ROOT / "onnxruntime_rollout", build, f"-DONNXRUNTIME_INCLUDE_DIR={deps / 'include'}",
+           f"-DONNXRUNTIME_LIBRARY={deps / 'lib' / 'libonnxruntime.so'}")
+    run = subprocess.run([str(build / "mrcom_ort_rollout"), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "rollouts x 3 steps" in run.stdout
+    _check(read_bundle(work / "ort.mrcb"), expected, std)
+
+
+def test_libtorch_cpp_example_matches_python(case):
+    out, work, expected, std = case
+    build = work / "libtorch-build"
+    _build(ROOT / "libtorch_rollout", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
+    run = subprocess.run([str(build / "mrcom_libtorch_rollout"), str(out), str(work / "input.mrcb"),
+                          str(work / "libtorch.mrcb")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    _check(read_bundle(work / "libtorch.mrcb"), expected, std)
