@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on a small default: set up, collect a multi-scenario dataset (hopper, walker, cheetah;
 # Table 1 (a)'s training range) with per-scenario SAC behaviour policies, then train the `small` world
-# model on it for a few minutes on the CPU. Rerunning resumes (or, when finished, only summarizes) both.
+# model on it for a few minutes on the CPU, export it to ONNX (with one scenario's SAC policy fused in) and
+# imagine rollouts through the torch-free runtime. Rerunning resumes (or, when finished, only summarizes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
@@ -10,4 +11,6 @@ OUT="${MRCOM_DEMO_OUT:-runs/demo}"
   --policy sac --sac-update-every 2 --workers 2 --out "$OUT/data" --resume
 .venv/bin/mrcom train --data "$OUT/data" --out "$OUT/run" --preset small --steps "${MRCOM_DEMO_STEPS:-1500}" \
   --resume
-echo "demo: dataset in $OUT/data, world model run in $OUT/run (metrics.csv, checkpoints/, tb/)"
+.venv/bin/mrcom export "$OUT/run" --out "$OUT/export" --format onnx --policy "$OUT/data/sac/s0000.pt"
+.venv/bin/mrcom rollout "$OUT/export" --batch 64 --horizon 15 --bench
+echo "demo: dataset in $OUT/data, world model run in $OUT/run (metrics.csv, checkpoints/, tb/), export in $OUT/export"
