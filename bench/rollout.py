@@ -90,14 +90,50 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
         scripted(*state, ta, tn["u"], tn["h"])
         times["TorchScript fused"] = median_time(lambda: scripted(*state, ta, tn["u"], tn["h"]), reps)
 
-    def reset():
-        rt.reset(obs, act, rew)
-
-    for fused, name in ((False, "ORT per step"), (True, "ORT fused")):
-        reset()
-        rt.rollout(actions, H, fused=fused, noise=noise)  # warm-up
-        times[name] = median_time(lambda f=fused: rt.rollout(actions, H, fused=f, noise=noise), reps, setup=reset)
+    times.update(ort_times(rt, {"obs": obs, "act": act, "rew": rew, "actions": actions, **noise}, H, reps))
     return times
+
+
+_ORT_CHILD = """
+import json, sys, time
+import numpy as np
+from mrcom_export.bundle import read_bundle
+from mrcom_export.runtime import Runtime
+export, inputs, H, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+x = read_bundle(inputs)
+rt = Runtime(export, threads=threads or None)
+noise = {"u": x["u"], "h": x["h"]}
+out = {}
+for fused, name in ((False, "ORT per step"), (True, "ORT fused")):
+    rt.reset(x["obs"], x["act"], x["rew"])
+    rt.rollout(x["actions"], H, fused=fused, noise=noise)  # warm-up: first-run allocations
+    times = []
+    for _ in range(reps):
+        rt.reset(x["obs"], x["act"], x["rew"])
+        t0 = time.perf_counter()
+        rt.rollout(x["actions"], H, fused=fused, noise=noise)
+        times.append(time.perf_counter() - t0)
+    out[name] = float(np.median(times))
+assert "torch" not in sys.modules
+print(json.dumps(out))
+"""
+
+
+def ort_times(rt: Runtime, arrays: dict[str, np.ndarray], H: int, reps: int) -> dict[str, float]:
+    """ONNX Runtime timings in a fresh process that never imports torch, as the runtime is deployed (torch's
+    idle OpenMP threads would otherwise compete with ONNX Runtime's)."""
+    import json
+    import subprocess
+    import sys
+
+    from mrcom_export.bundle import write_bundle
+
+    inputs = rt.root / "bench-inputs.mrcb"
+    write_bundle(inputs, arrays)
+    threads = rt._options.intra_op_num_threads  # 0: ONNX Runtime's own default pool
+    r = subprocess.run([sys.executable, "-c", _ORT_CHILD, str(rt.root), str(inputs), str(H), str(reps), str(threads)],
+                       capture_output=True, text=True, check=True)
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -132,13 +168,13 @@ def main() -> int:
     torch.manual_seed(0)
     model = WorldModel(model_config(args.preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval()
     print(f"# MrCoM imagined rollouts: {args.preset} model, H = {H}\n")
-    print(f"- {platform.machine()}, {os.cpu_count()} CPUs, {args.threads} torch / ONNX Runtime intra-op thread(s); "
-          f"torch {torch.__version__}")
+    print(f"- {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} with {args.threads} thread(s); "
+          f"ONNX Runtime with its default intra-op pool, in a separate process that never imports torch")
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-rollout-") as tmp:
         t0 = time.perf_counter()
         export_model(model, tmp, formats=("onnx", "torchscript"), horizon=H, log=lambda s: None)
         print(f"- export (ONNX + TorchScript, with parity checks) took {time.perf_counter() - t0:.0f} s")
-        rt = Runtime(tmp, threads=args.threads)
+        rt = Runtime(tmp)  # ONNX Runtime's default thread pool: faster than forcing 2 threads at small batch
         scripted = torch.jit.load(str(Path(tmp) / "rollout.pt"))
         flops = flops_per_sample_step(model)
         peak = gemm_peak(args.threads)
