@@ -159,6 +159,40 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider):
 
 
 @cli.command()
+@click.option("--model", "export_dir", type=click.Path(), default=None,
+              help="Export folder (mrcom export, ONNX) whose world model imagines rollouts.")
+@click.option("--model-free", is_flag=True, help="Plain SAC with the same env-step budget (no --model).")
+@click.option("--split", default="t1-a5b20", show_default=True)
+@click.option("--range", "range_", default="in", show_default=True, help="Evaluation range: in or ood.")
+@click.option("--domain", default="hopper", show_default=True)
+@click.option("--env-steps", type=int, default=20_000, show_default=True)
+@click.option("--episode-length", type=int, default=1000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the target scenario and the agent.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Any other AdaptConfig field, e.g. --set real_ratio=0.2 --set horizon_end=10.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--no-progress", is_flag=True)
+def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, no_progress):
+    """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
+    from mrcom_core.config import apply_overrides
+
+    from .adapt import AdaptConfig, Adapter
+
+    config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
+                         episode_length=episode_length, use_model=not model_free)
+    extra = {}
+    for item in sets:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise UserInputError(f"--set {item!r}: expected FIELD=VALUE")
+        extra[key.strip()] = value.strip()
+    config = apply_overrides(config, extra, "adapt")
+    result = Adapter(config, out, None if model_free else export_dir, progress=not no_progress, log=click.echo).run()
+    click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
+               f"({result['imagined']} imagined transitions); run folder {out}")
+
+
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--sample", "-n", type=int, default=0, help="Also draw this many scenarios per domain.")
 @click.option("--range", "range_", default="train", show_default=True, help="Range to draw from.")

@@ -1,0 +1,265 @@
+"""Scenario adaptation (``mrcom adapt``, paper §3.4): MBPO-style SAC in a target scenario, with imagined
+rollouts from the exported world model through the torch-free runtime.
+
+Each env step the agent acts in the real target scenario; every ``model_rollout_every`` steps,
+``rollout_batch`` imagined rollouts start from real states the agent reached, their context FIFO primed
+with the ``m`` real steps before each start state (paper eq. 4: the target scenario's own recent
+trajectory), and run ``h`` steps with the current policy, ``h`` growing linearly from ``horizon_start``
+to ``horizon_end`` (MBPO's schedule). Imagined transitions go to a model buffer; each SAC update draws
+``real_ratio`` of its batch from real transitions and the rest from imagined ones. ``use_model=False``
+gives model-free SAC with the same env-step budget (the floor of the paper's comparisons).
+
+Evaluation: normalized return = 100 × mean episode return / episode length (dm_control rewards are in
+[0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .dataset import write_json_atomic
+from .errors import UserInputError
+from .sac import SAC, ReplayBuffer, SACConfig
+from .scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, sample_scenarios
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """One adaptation run. See the module docstring for the algorithm."""
+
+    split: str = "t1-a5b20"
+    range: str = "in"
+    domain: str = "hopper"
+    seed: int = 0
+    env_steps: int = 20_000
+    episode_length: int = 1000
+    learning_starts: int = 1000
+    batch_size: int = 256
+    updates_per_step: int = 1
+    sac_hidden: int = 256
+    use_model: bool = True
+    real_ratio: float = 0.1
+    model_rollout_every: int = 250
+    rollout_batch: int = 256
+    horizon_start: int = 1
+    horizon_end: int = 5
+    model_buffer_size: int = 100_000
+    eval_every: int = 5000
+    eval_episodes: int = 3
+    checkpoint_every: int = 5000
+
+    def __post_init__(self):
+        get_split(self.split).range(self.range)
+        if self.domain not in DOMAINS:
+            raise UserInputError(f"domain: unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
+        for name in ("env_steps", "episode_length", "batch_size", "updates_per_step", "sac_hidden",
+                     "model_rollout_every", "rollout_batch", "horizon_start", "horizon_end", "model_buffer_size",
+                     "eval_every", "eval_episodes", "checkpoint_every"):
+            if getattr(self, name) < 1:
+                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.learning_starts < 0:
+            raise UserInputError(f"learning_starts must be >= 0, got {self.learning_starts}")
+        if not 0 <= self.real_ratio <= 1:
+            raise UserInputError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        if self.horizon_end < self.horizon_start:
+            raise UserInputError("horizon_end must be >= horizon_start")
+
+    def target(self) -> ScenarioSpec:
+        """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""
+        spec = sample_scenarios(get_split(self.split).range(self.range), (self.domain,), 1, 10_000 + self.seed,
+                                episode_length=self.episode_length)[0]
+        return spec
+
+    def horizon(self, step: int) -> int:
+        """MBPO's linear horizon schedule over the env steps after ``learning_starts``."""
+        span = max(1, (self.env_steps - self.learning_starts) // 2)
+        frac = min(1.0, max(0.0, (step - self.learning_starts) / span))
+        return int(round(self.horizon_start + frac * (self.horizon_end - self.horizon_start)))
+
+
+def normalized_return(episode_return: float, episode_length: int) -> float:
+    return 100.0 * episode_return / episode_length
+
+
+class Adapter:
+    """Runs an :class:`AdaptConfig` into ``run_dir`` (``metrics.csv``, ``config.json``, ``result.json``,
+    ``checkpoint/agent.pt``). Not resumable yet: a killed run starts over in a new folder."""
+
+    def __init__(self, config: AdaptConfig, run_dir: str | Path, export_dir: str | Path | None = None,
+                 progress: bool = True, log=print):
+        self.cfg, self.run_dir, self.log, self.progress = config, Path(run_dir), log, progress
+        if self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise UserInputError(f"run folder {self.run_dir} is not empty; choose another --out")
+        self.spec = config.target()
+        self.runtime = None
+        if config.use_model:
+            if export_dir is None:
+                raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
+            from mrcom_export.runtime import Runtime
+
+            self.runtime = Runtime(export_dir, seed=config.seed)
+            space = UnifiedSpace(self.runtime.obs_dim, self.runtime.act_dim)
+            if space.obs_dim < self.spec.obs_dim or space.act_dim < self.spec.act_dim:
+                raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "
+                                     f"scenario {self.spec.describe()}'s")
+        else:
+            space = UnifiedSpace(self.spec.obs_dim, self.spec.act_dim)
+        self.space = space
+        self.env = ScenarioEnv(self.spec, space)
+        self.eval_env = ScenarioEnv(self.spec, space)
+        od, ad = self.spec.obs_dim, self.spec.act_dim
+        self.agent = SAC(od, ad, SACConfig(hidden_dim=config.sac_hidden, batch_size=config.batch_size),
+                         seed=config.seed)
+        self.real = ReplayBuffer(od, ad, config.env_steps)
+        self.model = ReplayBuffer(od, ad, config.model_buffer_size)
+        self.rng = np.random.default_rng(config.seed)
+        self.episodes: list[dict[str, np.ndarray]] = []  # real trajectories (padded) for prompts
+        self.step = 0
+        self.imagined = 0
+
+    # ------------------------------------------------------------------------------------------ pieces
+    def _act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
+        raw = self.agent.act(obs[..., : self.spec.obs_dim], deterministic=deterministic)
+        out = np.zeros(raw.shape[:-1] + (self.space.act_dim,), np.float32)
+        out[..., : self.spec.act_dim] = raw
+        return out
+
+    def imagine(self, horizon: int) -> int:
+        """Imagined rollouts from real states into the model buffer; returns the transitions added."""
+        m = self.runtime.context_len
+        starts = [(e, t) for e, ep in enumerate(self.episodes) for t in range(m, len(ep["reward"]) + 1)]
+        if not starts:
+            return 0
+        pick = self.rng.integers(len(starts), size=self.cfg.rollout_batch)
+        obs = np.stack([self.episodes[starts[i][0]]["obs"][starts[i][1] - m : starts[i][1] + 1] for i in pick])
+        act = np.stack([self.episodes[starts[i][0]]["action"][starts[i][1] - m : starts[i][1]] for i in pick])
+        rew = np.stack([self.episodes[starts[i][0]]["reward"][starts[i][1] - m : starts[i][1]] for i in pick])
+        current = self.runtime.reset(obs, act, rew)
+        od, ad = self.spec.obs_dim, self.spec.act_dim
+        added = 0
+        for _ in range(horizon):
+            action = self._act(current)
+            nxt, reward, _ = self.runtime.step(action)
+            self.model.add_batch(current[:, :od], action[:, :ad], reward, nxt[:, :od], np.zeros(len(reward)))
+            added += len(reward)
+            current = nxt
+        self.imagined += added
+        return added
+
+    def _batch(self) -> dict[str, np.ndarray]:
+        B = self.cfg.batch_size
+        if not self.cfg.use_model or len(self.model) == 0:
+            return self.real.sample(B, self.rng)
+        n_real = int(round(self.cfg.real_ratio * B))
+        real, model = self.real.sample(n_real, self.rng), self.model.sample(B - n_real, self.rng)
+        return {k: np.concatenate([real[k], model[k]]) for k in real}
+
+    def evaluate(self) -> float:
+        """Mean normalized return of the deterministic policy over ``eval_episodes`` episodes."""
+        returns = []
+        for i in range(self.cfg.eval_episodes):
+            obs, _ = self.eval_env.reset(seed=1_000_000 + i)
+            total, done = 0.0, False
+            while not done:
+                obs, reward, _, done, _ = self.eval_env.step(self._act(obs, deterministic=True))
+                total += reward
+            returns.append(normalized_return(total, self.spec.episode_length))
+        return float(np.mean(returns))
+
+    # -------------------------------------------------------------------------------------------- loop
+    def run(self) -> dict[str, float]:
+        from tqdm import tqdm
+
+        c = self.cfg
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(self.run_dir / "config.json", {**dataclasses.asdict(c), "target": self.spec.to_dict()})
+        self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
+                 f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}")
+        metrics_file = open(self.run_dir / "metrics.csv", "w", newline="")
+        writer = csv.DictWriter(metrics_file, ["env_steps", "normalized_return", "imagined", "wall_s"])
+        writer.writeheader()
+        bar = tqdm(total=c.env_steps, unit="step", disable=not self.progress, dynamic_ncols=True)
+        start = time.perf_counter()
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        result = {}
+        try:
+            first = self.evaluate()
+            writer.writerow({"env_steps": 0, "normalized_return": first, "imagined": 0, "wall_s": 0.0})
+            obs, _ = self.env.reset(seed=c.seed)
+            episode = {"obs": [obs], "action": [], "reward": []}
+            while self.step < c.env_steps:
+                action = (self._act(obs) if self.step >= c.learning_starts
+                          else self._pad(self.rng.uniform(-1, 1, self.spec.act_dim)))
+                nxt, reward, _, truncated, _ = self.env.step(action)
+                self.real.add(obs[: self.spec.obs_dim], action[: self.spec.act_dim], reward,
+                              nxt[: self.spec.obs_dim], False)
+                episode["obs"].append(nxt)
+                episode["action"].append(action)
+                episode["reward"].append(reward)
+                obs = nxt
+                self.step += 1
+                if truncated:
+                    self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
+                    obs, _ = self.env.reset()
+                    episode = {"obs": [obs], "action": [], "reward": []}
+                if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
+                    live = {k: np.asarray(v, np.float32) for k, v in episode.items()}
+                    self.episodes.append(live)  # the current episode's states count as start states too
+                    self.imagine(c.horizon(self.step))
+                    self.episodes.pop()
+                if self.step >= c.learning_starts:
+                    for _ in range(c.updates_per_step):
+                        self.agent.update(self._batch())
+                bar.update(1)
+                if self.step % c.eval_every == 0 or self.step == c.env_steps:
+                    score = self.evaluate()
+                    result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined}
+                    writer.writerow({"env_steps": self.step, "normalized_return": score, "imagined": self.imagined,
+                                     "wall_s": time.perf_counter() - start})
+                    metrics_file.flush()
+                    (bar.write if self.progress else self.log)(
+                        f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions)")
+                if self.step % c.checkpoint_every == 0 or self.step == c.env_steps:
+                    self.save()
+        finally:
+            torch.set_num_threads(threads)
+            bar.close()
+            metrics_file.close()
+        write_json_atomic(self.run_dir / "result.json", result)
+        return result
+
+    def _pad(self, raw: np.ndarray) -> np.ndarray:
+        out = np.zeros(self.space.act_dim, np.float32)
+        out[: len(raw)] = raw
+        return out
+
+    def save(self) -> Path:
+        """The SAC agent (safetensors-free: a ``torch.save`` dict loadable with ``weights_only=True``) and
+        progress, written atomically; ``mrcom export --policy`` can take it."""
+        path = self.run_dir / "checkpoint"
+        path.mkdir(exist_ok=True)
+        tmp = path / f".agent.pt.tmp-{os.getpid()}"
+        torch.save({"agent": self.agent.state_dict(), "env_steps": self.step}, tmp)
+        os.replace(tmp, path / "agent.pt")
+        (path / "progress.json").write_text(json.dumps({"env_steps": self.step, "imagined": self.imagined}))
+        return path
+
+
+def summarize(results: list[float]) -> str:
+    """``mean ± std`` over seeds (population std), as the paper's tables."""
+    if not results:
+        return "n/a"
+    mean = float(np.mean(results))
+    std = float(np.std(results)) if len(results) > 1 else 0.0
+    return f"{mean:.1f}±{std:.1f}" if math.isfinite(mean) else "n/a"

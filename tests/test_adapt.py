@@ -1,0 +1,114 @@
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from mrcom_core.config import model_config
+from mrcom_core.world_model import WorldModel
+from mrcom_export.exporter import export_model
+from mrcom_train.adapt import AdaptConfig, Adapter, normalized_return, summarize
+from mrcom_train.errors import UserInputError
+from mrcom_train.scenarios import ScenarioEnv
+
+ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
+QUIET = dict(progress=False, log=lambda s: None)
+EASY = dict(split="t1-a5b20", domain="cheetah", env_steps=400, episode_length=100, learning_starts=100,
+            model_rollout_every=50, rollout_batch=32, horizon_end=3, eval_every=400, eval_episodes=2, sac_hidden=64,
+            batch_size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def unified_export(tmp_path_factory):
+    """A tiny world model over the unified hopper/walker/cheetah spaces (24 obs, 6 action dims)."""
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("adapt-export")
+    model = WorldModel(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
+    export_model(model, out, formats=("onnx",), horizon=2, log=lambda s: None)
+    return out
+
+
+def _random_policy_score(config: AdaptConfig) -> float:
+    spec = config.target()
+    env = ScenarioEnv(spec)
+    rng = np.random.default_rng(0)
+    scores = []
+    for i in range(config.eval_episodes):
+        env.reset(seed=1_000_000 + i)
+        total, done = 0.0, False
+        while not done:
+            _, r, _, done, _ = env.step(rng.uniform(-1, 1, spec.act_dim))
+            total += r
+        scores.append(normalized_return(total, spec.episode_length))
+    return float(np.mean(scores))
+
+
+def test_adaptation_beats_or_equals_a_random_policy_in_an_easy_scenario(unified_export, tmp_path):
+    # cheetah with a low target speed (β = 20%): holding still already scores high, thrashing does not.
+    config = AdaptConfig(**EASY)
+    assert config.target().target_speed < 2.0
+    adapter = Adapter(config, tmp_path / "run", unified_export, **QUIET)
+    result = adapter.run()
+    assert result["env_steps"] == 400 and result["imagined"] > 0
+    assert result["normalized_return"] >= _random_policy_score(config)
+    lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
+    assert lines[0] == "env_steps,normalized_return,imagined,wall_s" and len(lines) == 3
+    assert (tmp_path / "run" / "checkpoint" / "agent.pt").exists()
+
+
+def test_imagined_transitions_come_from_the_runtime(unified_export, tmp_path):
+    adapter = Adapter(AdaptConfig(**{**EASY, "env_steps": 150}), tmp_path / "run", unified_export, **QUIET)
+    seen = []
+    real_step = adapter.runtime.step
+
+    def spy(actions, noise=None):
+        out = real_step(actions, noise)
+        seen.append((np.array(actions), out[0].copy(), out[1].copy()))
+        return out
+
+    adapter.runtime.step = spy
+    adapter.run()
+    assert seen and adapter.imagined == sum(len(r) for _, _, r in seen) == len(adapter.model)
+    data = adapter.model._data
+    od, ad = adapter.spec.obs_dim, adapter.spec.act_dim
+    actions = np.concatenate([a[:, :ad] for a, _, _ in seen])
+    next_obs = np.concatenate([o[:, :od] for _, o, _ in seen])
+    rewards = np.concatenate([r for _, _, r in seen])
+    n = len(rewards)
+    np.testing.assert_array_equal(data["action"][:n], actions)
+    np.testing.assert_array_equal(data["next_obs"][:n], next_obs)
+    np.testing.assert_array_equal(data["reward"][:n], rewards)
+
+
+def test_model_free_baseline_uses_the_same_loop(tmp_path):
+    result = Adapter(AdaptConfig(**{**EASY, "env_steps": 150, "use_model": False}), tmp_path / "run", **QUIET).run()
+    assert result["imagined"] == 0 and np.isfinite(result["normalized_return"])
+
+
+def test_summary_and_bad_config():
+    assert summarize([50.0, 60.0]) == "55.0±5.0"
+    with pytest.raises(UserInputError, match="unknown domain"):
+        AdaptConfig(domain="ant")
+    with pytest.raises(UserInputError, match="real_ratio"):
+        AdaptConfig(real_ratio=2.0)
+    with pytest.raises(UserInputError, match="unknown split"):
+        AdaptConfig(split="t9")
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--model", "{tmp}/none"], "manifest.json is missing"),
+    (["--domain", "ant"], "unknown domain 'ant'"),
+    (["--range", "sideways"], "has no range 'sideways'"),
+    (["--set", "horizon_end=lots"], "adapt.horizon_end: cannot read 'lots'"),
+])
+def test_adapt_cli_bad_input_exits_2(tmp_path, args, message):
+    full = ["adapt", "--out", str(tmp_path / "run"), *[a.replace("{tmp}", str(tmp_path)) for a in args]]
+    if "--model" not in args:
+        full.append("--model-free")
+    r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", *full], capture_output=True, text=True, env=ENV,
+                       timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
