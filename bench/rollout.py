@@ -76,8 +76,8 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
     act = np.tanh(rng.standard_normal((B, c.context_len, c.act_dim))).astype(np.float32)
     rew = rng.random((B, c.context_len)).astype(np.float32)
     actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
-    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
-             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
+    noise = {"u": rng.standard_normal((B, H, c.stoch_dim), np.float32),
+             "h": rng.standard_normal((B, H, c.aux_dim), np.float32)}
     tp = tuple(torch.from_numpy(x) for x in (obs, act, rew))
     ta, tn = torch.from_numpy(actions), {k: torch.from_numpy(v) for k, v in noise.items()}
     times = {
@@ -85,7 +85,7 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
         "eager incremental": median_time(lambda: eager_rollout(model, tp, ta, tn, False), reps),
     }
     with torch.no_grad():
-        state = [torch.zeros(B, c.u_dim), torch.zeros(B, c.deter_dim), torch.zeros(B, c.h_dim), tp[0][:, -1],
+        state = [torch.zeros(B, c.stoch_dim), torch.zeros(B, c.deter_dim), torch.zeros(B, c.aux_dim), tp[0][:, -1],
                  torch.zeros(G.kv_shape(model, B)), torch.zeros(G.kv_shape(model, B))]
         scripted(*state, ta, tn["u"], tn["h"])
         times["TorchScript fused"] = median_time(lambda: scripted(*state, ta, tn["u"], tn["h"]), reps)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.world_model import WorldModel
+from mrcom_core.world_model import BaseWorldModel as WorldModel
 
 from . import graphs as G
 from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256
@@ -164,10 +164,10 @@ def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, 
     c = model.config
     manifest = {
         "format": FORMAT, "version": VERSION,
-        "model_config": c.to_dict(),
+        "model_config": c.to_dict(), "model_type": c.model_type,
         "obs_dim": c.obs_dim, "act_dim": c.act_dim, "context_len": c.context_len,
         "context_reward": c.context_reward,
-        "latent": {"u": c.u_dim, "d": c.deter_dim, "h": c.h_dim},
+        "latent": {"u": c.stoch_dim, "d": c.deter_dim, "h": c.aux_dim},
         "kv_shape": list(G.kv_shape(model, 1)[:1]) + ["batch"] + list(G.kv_shape(model, 1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
         "rollout_horizon": horizon,

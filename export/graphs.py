@@ -29,7 +29,8 @@ import torch
 from torch import nn
 
 from mrcom_core.layers import KVCache
-from mrcom_core.world_model import LatentState, WorldModel
+from mrcom_core.world_model import BaseWorldModel as WorldModel
+from mrcom_core.world_model import LatentState
 
 
 @dataclass(frozen=True)
@@ -205,9 +206,10 @@ def example_inputs(name: str, model: WorldModel, batch: int, horizon: int = 1, p
     """Random inputs of graph ``name`` at ``batch`` (for tracing and parity checks)."""
     c = model.config
     shapes = {
-        "u": (batch, c.u_dim), "d": (batch, c.deter_dim), "h": (batch, c.h_dim), "context": (batch, c.context_dim),
-        "prev_action": (batch, c.act_dim), "action": (batch, c.act_dim), "noise_u": (batch, c.u_dim),
-        "noise_h": (batch, c.h_dim), "keys": kv_shape(model, batch), "values": kv_shape(model, batch),
+        "u": (batch, c.stoch_dim), "d": (batch, c.deter_dim), "h": (batch, c.aux_dim),
+        "context": (batch, c.context_dim),
+        "prev_action": (batch, c.act_dim), "action": (batch, c.act_dim), "noise_u": (batch, c.stoch_dim),
+        "noise_h": (batch, c.aux_dim), "keys": kv_shape(model, batch), "values": kv_shape(model, batch),
         "reward": (batch,), "actions": (batch, horizon, c.act_dim), "noise_action": (batch, horizon, policy_act_dim),
     }
     if name == "context_full":
@@ -216,7 +218,7 @@ def example_inputs(name: str, model: WorldModel, batch: int, horizon: int = 1, p
     else:
         shapes["obs"] = (batch, c.obs_dim)
     if name in ("rollout", "policy_rollout"):
-        shapes.update(noise_u=(batch, horizon, c.u_dim), noise_h=(batch, horizon, c.h_dim))
+        shapes.update(noise_u=(batch, horizon, c.stoch_dim), noise_h=(batch, horizon, c.aux_dim))
     if name == "policy":
         shapes["noise_action"] = (batch, policy_act_dim)
     spec = GRAPHS[name].spec

@@ -24,6 +24,7 @@ import typing
 from dataclasses import dataclass, fields
 
 ABLATIONS = ("no_d", "no_context", "no_ls", "no_lv")
+MODEL_TYPES = ("mrcom", "rssm", "cadm")
 KL_DIRECTIONS = ("post_prior", "prior_post")
 
 
@@ -36,6 +37,11 @@ class ModelConfig:
     """Everything that shapes the world model and its losses.
 
     Data-dependent fields (``obs_dim``, ``act_dim``, ``num_scenarios``) are filled in from the dataset.
+
+    ``model_type``: ``mrcom`` (the paper's model), or a baseline behind the same interface (see
+    :mod:`mrcom_core.baselines`): ``rssm`` (DreamerV3-style: stochastic ``u`` + GRU ``d``, no context, no
+    auxiliary state, no regularizers) or ``cadm`` (CaDM-style: the context encoder conditions an
+    observation-space dynamics model; the latent is the observation itself).
 
     Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is
     part of each token — without it a reward head cannot tell scenarios with different target speeds
@@ -55,6 +61,7 @@ class ModelConfig:
     gives no gradient (DreamerV3's free bits). ``gamma``: TD discount of the value heads (eq. 14).
     """
 
+    model_type: str = "mrcom"
     obs_dim: int = 1
     act_dim: int = 1
     num_scenarios: int = 1
@@ -103,24 +110,38 @@ class ModelConfig:
                 raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}")
         if not 0 <= self.gamma < 1:
             raise ConfigError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
+        if self.model_type not in MODEL_TYPES:
+            raise ConfigError(f"model.model_type must be one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
+        if self.model_type != "mrcom" and any(getattr(self, a) for a in ABLATIONS):
+            raise ConfigError(f"ablations apply to model.model_type=mrcom, not {self.model_type}")
         if self.kl_direction not in KL_DIRECTIONS:
             raise ConfigError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
                               f"got {self.kl_direction!r}")
 
     # Derived sizes -------------------------------------------------------------------------------------
     @property
+    def stoch_dim(self) -> int:
+        """Dims of the latent's ``u`` slot (CaDM: the normalized observation)."""
+        return self.obs_dim if self.model_type == "cadm" else self.u_dim
+
+    @property
     def deter_dim(self) -> int:
-        """Dims of d actually present (0 under ``no_d``)."""
-        return 0 if self.no_d else self.d_dim
+        """Dims of d actually present (0 under ``no_d`` and for CaDM)."""
+        return 0 if self.no_d or self.model_type == "cadm" else self.d_dim
+
+    @property
+    def aux_dim(self) -> int:
+        """Dims of the auxiliary ``h`` actually present (0 for the baselines)."""
+        return self.h_dim if self.model_type == "mrcom" else 0
 
     @property
     def context_dim(self) -> int:
-        """Dims of c_t actually present (0 under ``no_context``)."""
-        return 0 if self.no_context else self.ctx_dim
+        """Dims of c_t actually present (0 under ``no_context`` and for the RSSM)."""
+        return 0 if self.no_context or self.model_type == "rssm" else self.ctx_dim
 
     @property
     def latent_dim(self) -> int:
-        return self.u_dim + self.deter_dim + self.h_dim
+        return self.stoch_dim + self.deter_dim + self.aux_dim
 
     @property
     def token_dim(self) -> int:

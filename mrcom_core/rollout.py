@@ -34,14 +34,14 @@ def open_loop_predictions(model: WorldModel, batch: dict[str, torch.Tensor], hor
     tokens = model.tokens(model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"])
     readout, cache = model.encode_context(tokens)
     state = model.observe_step(model.initial_state(B, action.device), readout[:, -1],
-                               batch["context_action"][:, -1], obs_n[:, 0], noise(c.u_dim), noise(c.h_dim))
+                               batch["context_action"][:, -1], obs_n[:, 0], noise(c.stoch_dim), noise(c.aux_dim))
     last_obs = obs_n[:, 0]
     predictions = []
     for k in range(horizon):
         a = action[:, k]
         token = model.tokens(last_obs, a, model.reward(state, a))
         context, cache = model.context_step(token, cache)
-        state = model.imagine_step(state, context, a, noise(c.u_dim), noise(c.h_dim))
+        state = model.imagine_step(state, context, a, noise(c.stoch_dim), noise(c.aux_dim))
         last_obs = model.decode(state)
         predictions.append(last_obs)
     return torch.stack(predictions, dim=1)

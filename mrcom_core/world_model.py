@@ -47,33 +47,22 @@ class Posterior(NamedTuple):
     context: torch.Tensor  # (B, L+1, ctx) c_0 … c_L
 
 
-class WorldModel(nn.Module):
-    """MrCoM's latent world model. See the module docstring for the factorization."""
+class BaseWorldModel(nn.Module):
+    """What every world model shares (MrCoM and the baselines): observation normalization (buffers saved
+    with the weights), context tokens, the optional streaming context encoder, latent bookkeeping and the
+    interface the trainer, the evaluation and the exporters use: ``observe_step``, ``imagine_step``,
+    ``decode``, ``reward``, ``encode_context``, ``context_step``, ``forward`` (losses), ``noise_shapes``."""
 
     def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
         super().__init__()
         self.config = c = config
-        A, C, H, D = c.act_dim, c.context_dim, c.h_dim, c.deter_dim
         self.register_buffer("obs_mean", torch.zeros(c.obs_dim) if obs_mean is None
                              else torch.as_tensor(obs_mean, dtype=torch.float32).clone())
         self.register_buffer("obs_std", torch.ones(c.obs_dim) if obs_std is None
                              else torch.as_tensor(obs_std, dtype=torch.float32).clone())
-        self.encoder = None if c.no_context else StreamingContextEncoder(
+        self.encoder = None if c.context_dim == 0 else StreamingContextEncoder(
             c.token_dim, c.ctx_width, c.ctx_layers, c.ctx_heads, c.ctx_dim, c.context_len)
-        self.u_prior = mlp(C + A, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
-        self.u_post = mlp(C + A + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
-        self.gru = None if c.no_d else GRUCell(c.u_dim + A, D)
-        self.h_prior = mlp(C + H, 2 * H, c.hidden_dim, c.hidden_layers)
-        self.h_post = mlp(C + H + c.obs_dim, 2 * H, c.hidden_dim, c.hidden_layers)
-        self.decoder = mlp(c.latent_dim, c.obs_dim, c.hidden_dim, c.hidden_layers)
-        self.reward_head = mlp(c.latent_dim + A, 1, c.hidden_dim, c.hidden_layers)
-        if not c.no_lv:
-            self.value_heads = mlp(c.latent_dim, c.num_scenarios, c.hidden_dim, c.hidden_layers)
-            self.meta_value = mlp(c.latent_dim, 1, c.hidden_dim, c.hidden_layers)
-        else:
-            self.value_heads = self.meta_value = None
 
-    # ------------------------------------------------------------------------------------ basic pieces
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
         return (obs - self.obs_mean) / self.obs_std
 
@@ -88,14 +77,14 @@ class WorldModel(nn.Module):
     def initial_state(self, batch: int, device=None) -> LatentState:
         c = self.config
         z = torch.zeros
-        return LatentState(z(batch, c.u_dim, device=device), z(batch, c.deter_dim, device=device),
-                           z(batch, c.h_dim, device=device))
+        return LatentState(z(batch, c.stoch_dim, device=device), z(batch, c.deter_dim, device=device),
+                           z(batch, c.aux_dim, device=device))
 
     def encode_context(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """Full-sequence context encoding: ``tokens`` (B, T, E) → readouts (B, T, ctx) and the cache.
 
-        The readout at token k is ``c_{k+1}``. Under ``no_context`` the readouts have 0 dims and the
-        cache is empty.
+        The readout at token k is ``c_{k+1}``. Without an encoder the readouts have 0 dims and the cache
+        is empty.
         """
         if self.encoder is None:
             B, T, _ = tokens.shape
@@ -109,14 +98,22 @@ class WorldModel(nn.Module):
             return token.new_zeros(token.shape[0], 0), cache
         return self.encoder.step(token, cache)
 
-    def _split(self, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        mean, std_raw = raw.chunk(2, dim=-1)
-        return mean, std_raw
-
-    def _deter(self, d: torch.Tensor, u: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
-        if self.gru is None:
-            return d
-        return self.gru(torch.cat([u, prev_action], dim=-1), d)
+    def window_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``c_0 … c_L`` (B, L+1, ctx) of a sampled window: context and window read as one token sequence."""
+        c = self.config
+        m = c.context_len
+        obs_n = self.normalize(batch["obs"])
+        B, T1, _ = obs_n.shape
+        ctx_tokens = self.tokens(self.normalize(batch["context_obs"]), batch["context_action"],
+                                 batch["context_reward"])
+        win_tokens = self.tokens(obs_n[:, :-1], batch["action"], batch["reward"])
+        tokens = torch.cat([ctx_tokens, win_tokens], dim=1)
+        if c.ctx_reencode and self.encoder is not None:  # each step's window from scratch (slow reference)
+            windows = tokens.unfold(1, m, 1).transpose(-1, -2)  # (B, L+1, m, E)
+            readout, _ = self.encode_context(windows.reshape(B * T1, m, -1))
+            return readout[:, -1].reshape(B, T1, -1)
+        readout, _ = self.encode_context(tokens)
+        return readout[:, m - 1 :]
 
     def decode(self, state: LatentState) -> torch.Tensor:
         """Predicted normalized observation (the Gaussian decoder's mean)."""
@@ -124,6 +121,43 @@ class WorldModel(nn.Module):
 
     def reward(self, state: LatentState, action: torch.Tensor) -> torch.Tensor:
         return self.reward_head(torch.cat([state.cat(), action], dim=-1))[..., 0]
+
+    def noise_shapes(self, batch_size: int, window_len: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the standard-normal inputs of :meth:`forward` for ``window_len`` = L."""
+        c = self.config
+        u, h = (batch_size, window_len + 1, c.stoch_dim), (batch_size, window_len + 1, c.aux_dim)
+        return {"u": u, "h": h, "u_prior": u, "h_prior": h}
+
+    @staticmethod
+    def _split(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mean, std_raw = raw.chunk(2, dim=-1)
+        return mean, std_raw
+
+
+class WorldModel(BaseWorldModel):
+    """MrCoM's latent world model. See the module docstring for the factorization."""
+
+    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
+        super().__init__(config, obs_mean, obs_std)
+        c = config
+        A, C, H, D = c.act_dim, c.context_dim, c.h_dim, c.deter_dim
+        self.u_prior = mlp(C + A, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.u_post = mlp(C + A + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.gru = None if c.no_d else GRUCell(c.u_dim + A, D)
+        self.h_prior = mlp(C + H, 2 * H, c.hidden_dim, c.hidden_layers)
+        self.h_post = mlp(C + H + c.obs_dim, 2 * H, c.hidden_dim, c.hidden_layers)
+        self.decoder = mlp(c.latent_dim, c.obs_dim, c.hidden_dim, c.hidden_layers)
+        self.reward_head = mlp(c.latent_dim + A, 1, c.hidden_dim, c.hidden_layers)
+        if not c.no_lv:
+            self.value_heads = mlp(c.latent_dim, c.num_scenarios, c.hidden_dim, c.hidden_layers)
+            self.meta_value = mlp(c.latent_dim, 1, c.hidden_dim, c.hidden_layers)
+        else:
+            self.value_heads = self.meta_value = None
+
+    def _deter(self, d: torch.Tensor, u: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
+        if self.gru is None:
+            return d
+        return self.gru(torch.cat([u, prev_action], dim=-1), d)
 
     # ------------------------------------------------------------------------------------ step functions
     def observe_step(self, state: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
@@ -160,20 +194,9 @@ class WorldModel(nn.Module):
         (B, L+1, u_dim / h_dim).
         """
         c = self.config
-        m = c.context_len
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
         B, T1, _ = obs_n.shape
-        ctx_tokens = self.tokens(self.normalize(batch["context_obs"]), batch["context_action"],
-                                 batch["context_reward"])
-        win_tokens = self.tokens(obs_n[:, :-1], batch["action"], batch["reward"])
-        tokens = torch.cat([ctx_tokens, win_tokens], dim=1)
-        if c.ctx_reencode and self.encoder is not None:  # each step's window from scratch (slow reference)
-            windows = tokens.unfold(1, m, 1).transpose(-1, -2)  # (B, L+1, m, E)
-            readout, _ = self.encode_context(windows.reshape(B * T1, m, -1))
-            context = readout[:, -1].reshape(B, T1, -1)
-        else:
-            readout, _ = self.encode_context(tokens)
-            context = readout[:, m - 1 :]  # (B, L+1, ctx)
+        context = self.window_context(batch)  # (B, L+1, ctx)
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
 
         reverse = c.kl_direction == "prior_post"
@@ -213,9 +236,3 @@ class WorldModel(nn.Module):
         from .losses import total_loss
 
         return total_loss(self, self.observe_window(batch, noise), batch)
-
-    def noise_shapes(self, batch_size: int, window_len: int) -> dict[str, tuple[int, ...]]:
-        """Shapes of the standard-normal inputs of :meth:`forward` for ``window_len`` = L."""
-        c = self.config
-        u, h = (batch_size, window_len + 1, c.u_dim), (batch_size, window_len + 1, c.h_dim)
-        return {"u": u, "h": h, "u_prior": u, "h_prior": h}

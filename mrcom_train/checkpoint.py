@@ -124,8 +124,8 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
 
 def load_model(run_dir: Path | str):
     """The world model of a training run's latest checkpoint (eval mode, CPU) and its ``state.json``."""
+    from mrcom_core.baselines import build_model
     from mrcom_core.config import ModelConfig, apply_overrides
-    from mrcom_core.world_model import WorldModel
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -134,7 +134,7 @@ def load_model(run_dir: Path | str):
     if path is None:
         raise UserInputError(f"run {run_dir} has no checkpoint yet (checkpoints/{LATEST} is missing)")
     state = read_state(path)
-    model = WorldModel(apply_overrides(ModelConfig(), state["model_config"]))
+    model = build_model(apply_overrides(ModelConfig(), state["model_config"]))
     load_weights(path, model)
     return model.eval(), state
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcom_core.baselines import build_model
 from mrcom_core.config import ConfigError, ModelConfig, apply_overrides, model_config
 from mrcom_core.rollout import open_loop_error
-from mrcom_core.world_model import WorldModel
 
 from .checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .dataset import Dataset, write_json_atomic
@@ -159,7 +159,7 @@ def _to_torch(batch: dict[str, np.ndarray], rows: slice, device: torch.device) -
 
 
 class Trainer:
-    """Trains a :class:`~mrcom_core.world_model.WorldModel` on a dataset into a run folder.
+    """Trains a world model (MrCoM or a baseline, by ``model.model_type``) on a dataset into a run folder.
 
     Run folder: ``config.json`` (resolved configs), ``checkpoints/`` (see :mod:`.checkpoint`),
     ``metrics.csv`` and ``tb/`` (TensorBoard scalars).
@@ -204,7 +204,7 @@ class Trainer:
         self.eval_batches = [eval_sampler.sample() for _ in range(c.eval_batches)]
 
         torch.manual_seed(c.seed)
-        self.model = WorldModel(self.model_config, self.dataset.obs_mean, self.dataset.obs_std).to(self.device)
+        self.model = build_model(self.model_config, self.dataset.obs_mean, self.dataset.obs_std).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step = 0
@@ -295,7 +295,8 @@ class Trainer:
                 "preset": self.preset, "model": self.model_config.to_dict(), "train": dataclasses.asdict(c),
                 "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
             params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"training {self.preset} MrCoM ({params / 1e6:.2f}M parameters) on {self.dataset.root} "
+            self.log(f"training {self.preset} {self.model_config.model_type} ({params / 1e6:.2f}M parameters) on "
+                     f"{self.dataset.root} "
                      f"({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} steps) for {c.steps} "
                      f"updates on {self.device} × {self.world}; run folder {self.run_dir}")
         bar = tqdm(total=c.steps, initial=self.step, unit="upd", disable=not (self.progress and main),

@@ -13,6 +13,7 @@ from conftest import EXPORT_HORIZON as H
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
 
+from mrcom_core.config import model_config
 from mrcom_export import graphs as G
 from mrcom_export.exporter import PARITY_TOLERANCE, export_model
 from mrcom_export.manifest import ExportError, read_manifest
@@ -214,3 +215,18 @@ def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, messa
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+@pytest.mark.parametrize("model_type", ["rssm", "cadm"])
+def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
+    from mrcom_core.baselines import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,
+                                     num_scenarios=2)).eval()
+    manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, log=lambda s: None)
+    assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
+    rt = Runtime(tmp_path)
+    rt.reset(*_prompt(model, 3))
+    out = rt.rollout(np.zeros((3, 2, 3), np.float32))
+    assert out["obs"].shape == (3, 2, 10) and np.isfinite(out["obs"]).all()

@@ -243,3 +243,28 @@ def test_streaming_context_equals_reencoding_each_window_for_one_layer():
     b.load_state_dict(a.state_dict())
     batch = make_batch(a.config)
     torch.testing.assert_close(a(batch, make_noise(a))["loss"], b(batch, make_noise(b))["loss"])
+
+
+@pytest.mark.parametrize("model_type", ["rssm", "cadm"])
+def test_baselines_share_the_interface_and_learn(model_type):
+    from mrcom_core.baselines import build_model
+
+    torch.manual_seed(0)
+    cfg = model_config("tiny", overrides={"model_type": model_type, "kl_free_nats": 0.0}, **DIMS)
+    model = build_model(cfg)
+    assert type(model).__name__ == {"rssm": "RSSMWorldModel", "cadm": "CaDMWorldModel"}[model_type]
+    assert (model.encoder is None) == (model_type == "rssm")  # the RSSM has no context
+    assert cfg.aux_dim == 0 and (cfg.deter_dim == 0) == (model_type == "cadm")
+    batch, noise = make_batch(cfg, 8, 6), make_noise(model, 8, 6)
+    history = _train(model, batch, noise, steps=100)
+    assert history[-1]["loss"] < 0.7 * history[0]["loss"] and "recon" in history[-1]
+    err = open_loop_error(model, batch, 5)
+    assert err.shape == (8,) and torch.isfinite(err).all()
+    B = 3
+    state = model.observe_step(model.initial_state(B), torch.zeros(B, cfg.context_dim), torch.zeros(B, 3),
+                               torch.randn(B, 10), torch.randn(B, cfg.stoch_dim), torch.randn(B, 0))
+    nxt = model.imagine_step(state, torch.zeros(B, cfg.context_dim), torch.zeros(B, 3), torch.randn(B, cfg.stoch_dim),
+                             torch.randn(B, 0))
+    assert model.decode(nxt).shape == (B, 10) and model.reward(nxt, torch.zeros(B, 3)).shape == (B,)
+    with pytest.raises(ConfigError, match="ablations apply"):
+        model_config("tiny", ["no_d"], {"model_type": model_type}, **DIMS)
