@@ -193,6 +193,24 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 
 
 @cli.command()
+@click.option("--table", type=int, required=True, help="The paper's table: 1, 2 or 3.")
+@click.option("--budget", default="smoke", show_default=True, help="smoke, small or paper.")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Adaptation seeds per cell.")
+@click.option("--splits", default="", help="Comma-separated subset of the table's training splits "
+                                           "(e.g. t1-a10b50 for Table 1 (c)/(d)).")
+@click.option("--ablations", is_flag=True, help="Also train and adapt the four ablations (paper Fig. 3).")
+@click.option("--workers", "-w", type=int, default=1, show_default=True, help="Collection worker processes.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+def reproduce(table, budget, seeds, splits, ablations, workers, out):
+    """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
+    from .reproduce import run_reproduction
+
+    chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
+    run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, log=click.echo)
+    click.echo(f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png)")
+
+
+@cli.command()
 @click.argument("name", required=False)
 @click.option("--sample", "-n", type=int, default=0, help="Also draw this many scenarios per domain.")
 @click.option("--range", "range_", default="train", show_default=True, help="Range to draw from.")

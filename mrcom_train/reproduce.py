@@ -1,0 +1,244 @@
+"""``mrcom reproduce``: the paper's protocol end to end, written as tables and plots (§5).
+
+For each training split of a table: collect the training data (merged hopper + walker + cheetah), train
+every world model once (MrCoM, the baselines, optionally the ablations), export each, measure their
+15-step open-loop prediction error on fresh in-distribution and out-of-distribution data, then adapt SAC
+on each domain, range and seed with each model's rollouts (plus model-free SAC), and write the tables in
+the paper's layout. Every stage writes its result into ``OUT`` and is skipped when found there, so a
+killed run resumes where it stopped.
+
+Budgets (one table, per split): ``smoke`` checks the pipeline in minutes (tiny everything, random
+behaviour data); ``small`` fits a few hours on a 2-core CPU; ``paper`` is the paper's scale, for a GPU.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .adapt import AdaptConfig, Adapter, summarize
+from .errors import UserInputError
+
+TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
+                3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
+DOMAIN_ROWS = ("hopper", "walker", "cheetah")
+MODEL_METHODS = {"mrcom": ({}, ()), "dreamerv3": ({"model_type": "rssm"}, ()), "cadm": ({"model_type": "cadm"}, ())}
+ABLATION_METHODS = {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in ("no_d", "no_context", "no_ls", "no_lv")}
+LABELS = {"mrcom": "Ours", "dreamerv3": "DreamerV3", "cadm": "CaDM", "sac": "SAC (model-free)"}
+
+
+@dataclass(frozen=True)
+class Budget:
+    scenarios_per_domain: int
+    episodes_per_scenario: int
+    episode_length: int
+    behaviour: str
+    preset: str
+    train_steps: int
+    export_horizon: int
+    eval_scenarios: int
+    adapt_env_steps: int
+    adapt_episode_length: int
+    adapt: dict
+
+
+BUDGETS = {
+    "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
+                    dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, horizon_end=2, eval_episodes=1,
+                         sac_hidden=32, batch_size=32)),
+    "small": Budget(4, 10, 1000, "sac", "small", 5000, 15, 2, 20_000, 1000,
+                    dict(learning_starts=1000, model_rollout_every=250, rollout_batch=256, horizon_end=5,
+                         eval_episodes=3)),
+    "paper": Budget(20, 50, 1000, "sac", "base", 100_000, 15, 5, 200_000, 1000,
+                    dict(learning_starts=5000, model_rollout_every=250, rollout_batch=1024, horizon_end=15,
+                         updates_per_step=10, eval_episodes=10)),
+}
+
+
+def _done(path: Path) -> bool:
+    return path.is_file()
+
+
+def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
+                     ablations: bool = False, workers: int = 1, log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: "mean±std"}}}}``."""
+    from mrcom_export.exporter import export_model
+
+    from .checkpoint import latest_checkpoint, load_model, read_state
+    from .collect import CollectConfig, collect
+    from .dataset import MANIFEST
+    from .rollout_cli import run_rollout
+    from .trainer import RunRequest, Trainer
+
+    if table not in TABLE_SPLITS:
+        raise UserInputError(f"unknown table {table}; choose one of {', '.join(map(str, TABLE_SPLITS))}")
+    if budget_name not in BUDGETS:
+        raise UserInputError(f"unknown budget {budget_name!r}; choose one of {', '.join(BUDGETS)}")
+    if seeds < 1:
+        raise UserInputError(f"--seeds must be >= 1, got {seeds}")
+    chosen = splits or TABLE_SPLITS[table]
+    for s in chosen:
+        if s not in TABLE_SPLITS[table]:
+            raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
+    b = BUDGETS[budget_name]
+    out = Path(out)
+    methods = {**MODEL_METHODS, **(ABLATION_METHODS if ablations else {})}
+    results: dict = {}
+    quiet = dict(progress=False, log=lambda s: None)
+    for split in chosen:
+        root = out / split
+        data = root / "data"
+        if not (data / MANIFEST).is_file() or not json.loads((data / MANIFEST).read_text()).get("complete"):
+            log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
+            collect(CollectConfig(split=split, scenarios_per_domain=b.scenarios_per_domain,
+                                  episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
+                                  policy=b.behaviour, workers=workers, seed=0), data, resume=True, **quiet)
+        evals = {}
+        for rng_name in ("in", "ood"):
+            path = root / f"eval-{rng_name}"
+            if not (path / MANIFEST).is_file() or not json.loads((path / MANIFEST).read_text()).get("complete"):
+                collect(CollectConfig(split=split, range=rng_name, scenarios_per_domain=b.eval_scenarios,
+                                      episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
+                                      seed=1, workers=workers), path, resume=True, **quiet)
+            evals[rng_name] = path
+        errors: dict = {}
+        for method, (overrides, abl) in methods.items():
+            run, export = root / "models" / method, root / "exports" / method
+            ckpt = latest_checkpoint(run) if run.exists() else None
+            if ckpt is None or read_state(ckpt)["step"] < b.train_steps:
+                log(f"[{split}] training {method}")
+                Trainer(data, run, RunRequest(preset=b.preset, ablations=abl, model=overrides,
+                                              train={"steps": b.train_steps}), resume=True, **quiet).run()
+            if not _done(export / "manifest.json"):
+                log(f"[{split}] exporting {method}")
+                model, state = load_model(run)
+                export_model(model, export, formats=("onnx",), horizon=b.export_horizon,
+                             source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
+                             log=lambda s: None)
+            err_file = root / "errors" / f"{method}.json"
+            if not _done(err_file):
+                per = {r: run_rollout(export, evals[r], 64, 15, 0, False, None, lambda s: None) for r in evals}
+                err_file.parent.mkdir(parents=True, exist_ok=True)
+                err_file.write_text(json.dumps(per))
+            errors[method] = json.loads(err_file.read_text())
+        curves: dict = {}
+        for rng_name in ("in", "ood"):
+            for domain in DOMAIN_ROWS:
+                for method in [*methods, "sac"]:
+                    for seed in range(seeds):
+                        score, curve = _adapt_cell(root, split, rng_name, domain, method, seed, b, log)
+                        results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
+                            method, []).append(score)
+                        curves.setdefault((rng_name, domain, method), []).append(curve)
+        _write_outputs(root, split, results[split], errors, curves, [*methods, "sac"], b, seeds)
+    _write_summary(out, table, budget_name, results, chosen)
+    return results
+
+
+def _adapt_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
+                log: Callable[[str], None]) -> tuple[float, list[tuple[int, float]]]:
+    """One adaptation run (skipped when its result exists); returns its final score and learning curve."""
+    import shutil
+
+    cell = root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
+    if not _done(cell / "result.json"):
+        log(f"[{split}] adapting {method} on {domain} ({rng_name}, seed {seed})")
+        if cell.exists():
+            shutil.rmtree(cell)  # an unfinished run: adaptation is not resumable yet
+        config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
+                             episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
+                             checkpoint_every=b.adapt_env_steps, use_model=method != "sac", **b.adapt)
+        export = None if method == "sac" else root / "exports" / method
+        Adapter(config, cell, export, progress=False, log=lambda s: None).run()
+    score = json.loads((cell / "result.json").read_text())["normalized_return"]
+    with open(cell / "metrics.csv") as f:
+        curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]
+    return score, curve
+
+
+def _write_outputs(root: Path, split: str, scores: dict, errors: dict, curves: dict, methods: list[str],
+                   budget: Budget, seeds: int) -> None:
+    from .scenarios import get_split
+
+    s = get_split(split)
+    lines = []
+    csv_rows = [["split", "range", "domain", "method", "mean", "std", "seeds"]]
+    for rng_name in ("in", "ood"):
+        lines.append(f"#### Train {s.train.describe()} · evaluate {s.evaluate[rng_name].describe()} "
+                     f"({'in-distribution' if rng_name == 'in' else 'out-of-distribution'})\n")
+        lines.append("| | " + " | ".join(LABELS.get(m, m) for m in methods) + " |")
+        lines.append("|---|" + "---:|" * len(methods))
+        for domain in DOMAIN_ROWS:
+            cells = []
+            for m in methods:
+                values = scores[rng_name][domain][m]
+                cells.append(summarize(values))
+                csv_rows.append([split, rng_name, domain, m, f"{np.mean(values):.2f}", f"{np.std(values):.2f}",
+                                 len(values)])
+            lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
+        lines.append("")
+    model_methods = [m for m in methods if m != "sac"]
+    lines.append("#### 15-step open-loop prediction error (normalized MSE over real dims; lower is better)\n")
+    lines.append("| | " + " | ".join(f"{LABELS.get(m, m)} in / OOD" for m in model_methods) + " |")
+    lines.append("|---|" + "---:|" * len(model_methods))
+    for domain in DOMAIN_ROWS:
+        cells = [f"{errors[m]['in'].get(domain, float('nan')):.3f} / {errors[m]['ood'].get(domain, float('nan')):.3f}"
+                 for m in model_methods]
+        lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
+    (root / "table.md").write_text("\n".join(lines) + "\n")
+    with open(root / "table.csv", "w", newline="") as f:
+        csv.writer(f).writerows(csv_rows)
+    _plots(root, curves, errors, methods, model_methods)
+
+
+def _plots(root: Path, curves: dict, errors: dict, methods: list[str], model_methods: list[str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for rng_name in ("in", "ood"):
+        fig, axes = plt.subplots(1, len(DOMAIN_ROWS), figsize=(4 * len(DOMAIN_ROWS), 3.2), squeeze=False)
+        for ax, domain in zip(axes[0], DOMAIN_ROWS, strict=True):
+            for m in methods:
+                runs = curves.get((rng_name, domain, m), [])
+                if not runs:
+                    continue
+                steps = [x for x, _ in runs[0]]
+                values = np.array([[v for _, v in r] for r in runs if len(r) == len(steps)])
+                ax.plot(steps, values.mean(0), label=LABELS.get(m, m))
+                if len(values) > 1:
+                    ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+            ax.set_title(f"{domain} ({rng_name})")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("normalized return")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(root / f"curves_{rng_name}.png", dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
+    x = np.arange(len(model_methods))
+    for i, rng_name in enumerate(("in", "ood")):
+        ax.bar(x + 0.38 * i, [errors[m][rng_name]["open_loop_error"] for m in model_methods], 0.38, label=rng_name)
+    ax.set_xticks(x + 0.19, [LABELS.get(m, m) for m in model_methods], fontsize=8)
+    ax.set_ylabel("15-step open-loop error")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "prediction_error.png", dpi=100)
+    plt.close(fig)
+
+
+def _write_summary(out: Path, table: int, budget: str, results: dict, splits: tuple[str, ...]) -> None:
+    parts = [f"# Table {table} — budget {budget}\n"]
+    for split in splits:
+        parts.append(f"## {split}\n")
+        parts.append((out / split / "table.md").read_text())
+    (out / f"table{table}.md").write_text("\n".join(parts))
+    (out / "config.json").write_text(json.dumps({"table": table, "budget": budget, "splits": list(splits),
+                                                 "budget_settings": asdict(BUDGETS[budget])}, indent=1))
+

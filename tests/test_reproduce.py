@@ -1,0 +1,49 @@
+import csv
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mrcom_train.reproduce import run_reproduction
+
+ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
+
+
+def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
+    logs = []
+    results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=logs.append)
+    cells = results["t1-a5b20"]
+    assert set(cells) == {"in", "ood"}
+    for rng in cells.values():
+        assert set(rng) == {"hopper", "walker", "cheetah"}
+        for methods in rng.values():
+            assert set(methods) == {"mrcom", "dreamerv3", "cadm", "sac"}
+            assert all(0 <= v[0] <= 100 for v in methods.values())
+    split = tmp_path / "t1-a5b20"
+    table = (tmp_path / "table1.md").read_text()
+    assert table.count("| Hopper |") == 3 and "| Ours | DreamerV3 | CaDM | SAC (model-free) |" in table
+    assert "open-loop prediction error" in table
+    with open(split / "table.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 2 * 3 * 4 and {r["method"] for r in rows} == {"mrcom", "dreamerv3", "cadm", "sac"}
+    for png in ("curves_in.png", "curves_ood.png", "prediction_error.png"):
+        assert (split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any("adapting" in line for line in logs)
+    again = []
+    run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=again.append)
+    assert again == []  # every finished cell is skipped
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--table", "7"], "unknown table 7"),
+    (["--table", "1", "--budget", "huge"], "unknown budget 'huge'"),
+    (["--table", "1", "--splits", "t2-a5"], "not part of table 1"),
+    (["--table", "1", "--seeds", "0"], "--seeds must be >= 1"),
+])
+def test_reproduce_bad_input_exits_2(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", "reproduce", *args, "--out", str(tmp_path / "r")],
+                       capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], r.stderr
