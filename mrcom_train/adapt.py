@@ -92,8 +92,8 @@ def normalized_return(episode_return: float, episode_length: int) -> float:
 
 
 class Adapter:
-    """Runs an :class:`AdaptConfig` into ``run_dir`` (``metrics.csv``, ``config.json``, ``result.json``,
-    ``checkpoint/agent.pt``). Not resumable yet: a killed run starts over in a new folder."""
+    """Runs an :class:`AdaptConfig` into ``run_dir`` (``metrics.csv``, ``tb/``, ``config.json``,
+    ``result.json``, ``checkpoint/agent.pt``). Not resumable yet: a killed run starts over in a new folder."""
 
     def __init__(self, config: AdaptConfig, run_dir: str | Path, export_dir: str | Path | None = None,
                  progress: bool = True, log=print):
@@ -185,9 +185,12 @@ class Adapter:
         write_json_atomic(self.run_dir / "config.json", {**dataclasses.asdict(c), "target": self.spec.to_dict()})
         self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}")
+        from torch.utils.tensorboard import SummaryWriter
+
         metrics_file = open(self.run_dir / "metrics.csv", "w", newline="")
         writer = csv.DictWriter(metrics_file, ["env_steps", "normalized_return", "imagined", "wall_s"])
         writer.writeheader()
+        tb = SummaryWriter(str(self.run_dir / "tb"))
         bar = tqdm(total=c.env_steps, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -228,6 +231,8 @@ class Adapter:
                     writer.writerow({"env_steps": self.step, "normalized_return": score, "imagined": self.imagined,
                                      "wall_s": time.perf_counter() - start})
                     metrics_file.flush()
+                    tb.add_scalar("eval/normalized_return", score, self.step)
+                    tb.add_scalar("train/imagined_transitions", self.imagined, self.step)
                     (bar.write if self.progress else self.log)(
                         f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions)")
                 if self.step % c.checkpoint_every == 0 or self.step == c.env_steps:
@@ -236,6 +241,7 @@ class Adapter:
             torch.set_num_threads(threads)
             bar.close()
             metrics_file.close()
+            tb.close()
         write_json_atomic(self.run_dir / "result.json", result)
         return result
 
