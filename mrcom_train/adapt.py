@@ -93,13 +93,21 @@ def normalized_return(episode_return: float, episode_length: int) -> float:
 
 class Adapter:
     """Runs an :class:`AdaptConfig` into ``run_dir`` (``metrics.csv``, ``tb/``, ``config.json``,
-    ``result.json``, ``checkpoint/agent.pt``). Not resumable yet: a killed run starts over in a new folder."""
+    ``result.json``, ``checkpoint/``). Checkpoints are taken at the first episode end after every
+    ``checkpoint_every`` env steps; ``resume=True`` continues from the last one exactly."""
 
     def __init__(self, config: AdaptConfig, run_dir: str | Path, export_dir: str | Path | None = None,
-                 progress: bool = True, log=print):
+                 resume: bool = False, progress: bool = True, log=print):
         self.cfg, self.run_dir, self.log, self.progress = config, Path(run_dir), log, progress
-        if self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise UserInputError(f"run folder {self.run_dir} is not empty; choose another --out")
+        checkpoint = self.run_dir / "checkpoint" / "state.json"
+        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not resume:
+            raise UserInputError(f"run folder {self.run_dir} is not empty; pass --resume to continue it")
+        if resume and checkpoint.is_file():
+            saved = json.loads((self.run_dir / "config.json").read_text())
+            for name, value in dataclasses.asdict(config).items():
+                if saved.get(name) != value:
+                    raise UserInputError(f"cannot resume {self.run_dir}: it ran with {name}={saved.get(name)!r}, "
+                                         f"now {value!r}")
         self.spec = config.target()
         self.runtime = None
         if config.use_model:
@@ -126,6 +134,9 @@ class Adapter:
         self.episodes: list[dict[str, np.ndarray]] = []  # real trajectories (padded) for prompts
         self.step = 0
         self.imagined = 0
+        self.finished: dict | None = None
+        if resume and checkpoint.is_file():
+            self._restore()
 
     # ------------------------------------------------------------------------------------------ pieces
     def _act(self, obs: np.ndarray, deterministic: bool = False) -> np.ndarray:
@@ -178,28 +189,40 @@ class Adapter:
 
     # -------------------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, float]:
+        """Adapt for ``env_steps`` env steps (continuing from the checkpoint when resumed)."""
+        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         c = self.cfg
+        if self.finished is not None:
+            return self.finished
         self.run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(self.run_dir / "config.json", {**dataclasses.asdict(c), "target": self.spec.to_dict()})
         self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
-                 f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}")
-        from torch.utils.tensorboard import SummaryWriter
-
+                 f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
+                 + (f"; resuming at env step {self.step}" if self.step else ""))
+        fields = ["env_steps", "normalized_return", "imagined", "wall_s"]
+        rows = []
+        if self.step and (self.run_dir / "metrics.csv").exists():
+            with open(self.run_dir / "metrics.csv", newline="") as f:
+                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) <= self.step]
         metrics_file = open(self.run_dir / "metrics.csv", "w", newline="")
-        writer = csv.DictWriter(metrics_file, ["env_steps", "normalized_return", "imagined", "wall_s"])
+        writer = csv.DictWriter(metrics_file, fields)
         writer.writeheader()
-        tb = SummaryWriter(str(self.run_dir / "tb"))
-        bar = tqdm(total=c.env_steps, unit="step", disable=not self.progress, dynamic_ncols=True)
+        writer.writerows(rows)
+        tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
         torch.set_num_threads(1)
         result = {}
+        next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         try:
-            first = self.evaluate()
-            writer.writerow({"env_steps": 0, "normalized_return": first, "imagined": 0, "wall_s": 0.0})
-            obs, _ = self.env.reset(seed=c.seed)
+            if self.step == 0:
+                writer.writerow({"env_steps": 0, "normalized_return": self.evaluate(), "imagined": 0, "wall_s": 0.0})
+                obs, _ = self.env.reset(seed=c.seed)
+            else:
+                obs, _ = self.env.reset()  # the checkpoint was taken just before this reset
             episode = {"obs": [obs], "action": [], "reward": []}
             while self.step < c.env_steps:
                 action = (self._act(obs) if self.step >= c.learning_starts
@@ -212,8 +235,10 @@ class Adapter:
                 episode["reward"].append(reward)
                 obs = nxt
                 self.step += 1
+                boundary = None
                 if truncated:
                     self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
+                    boundary = self._env_state()  # what the next reset starts from
                     obs, _ = self.env.reset()
                     episode = {"obs": [obs], "action": [], "reward": []}
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
@@ -235,13 +260,16 @@ class Adapter:
                     tb.add_scalar("train/imagined_transitions", self.imagined, self.step)
                     (bar.write if self.progress else self.log)(
                         f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions)")
-                if self.step % c.checkpoint_every == 0 or self.step == c.env_steps:
-                    self.save()
+                if boundary is not None and self.step >= next_checkpoint and self.step < c.env_steps:
+                    metrics_file.flush()
+                    self.save(boundary)  # only at episode ends, so a resumed run continues exactly
+                    next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         finally:
             torch.set_num_threads(threads)
             bar.close()
             metrics_file.close()
             tb.close()
+        self.save(None, complete=True)
         write_json_atomic(self.run_dir / "result.json", result)
         return result
 
@@ -250,16 +278,53 @@ class Adapter:
         out[: len(raw)] = raw
         return out
 
-    def save(self) -> Path:
-        """The SAC agent (safetensors-free: a ``torch.save`` dict loadable with ``weights_only=True``) and
-        progress, written atomically; ``mrcom export --policy`` can take it."""
+    def _env_state(self) -> dict:
+        name, keys, pos, has_gauss, gauss = self.env.dm_env.task.random.get_state()
+        return {"task": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "obs_rng": self.env._rng.bit_generator.state}
+
+    def save(self, env_state: dict | None, complete: bool = False) -> Path:
+        """Checkpoint at an episode boundary: the agent (``agent.pt``, loadable with ``weights_only=True``;
+        ``mrcom export --policy`` takes it), replay buffers and real episodes (``buffers.npz``), and every
+        random state (``state.json``). Files are replaced atomically; ``state.json`` is written last."""
         path = self.run_dir / "checkpoint"
         path.mkdir(exist_ok=True)
         tmp = path / f".agent.pt.tmp-{os.getpid()}"
         torch.save({"agent": self.agent.state_dict(), "env_steps": self.step}, tmp)
         os.replace(tmp, path / "agent.pt")
-        (path / "progress.json").write_text(json.dumps({"env_steps": self.step, "imagined": self.imagined}))
+        state = {"env_steps": self.step, "imagined": self.imagined, "complete": complete}
+        if not complete:
+            arrays = {f"real_{k}": v for k, v in self.real.state_dict().items()}
+            arrays.update({f"model_{k}": v for k, v in self.model.state_dict().items()})
+            for i, ep in enumerate(self.episodes):
+                arrays.update({f"ep{i}_{k}": v for k, v in ep.items()})
+            tmp = path / f".buffers.tmp-{os.getpid()}.npz"
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path / "buffers.npz")
+            state.update(episodes=len(self.episodes), env=env_state, rng=self.rng.bit_generator.state,
+                         runtime_rng=self.runtime.rng.bit_generator.state if self.runtime else None)
+        write_json_atomic(path / "state.json", state)
         return path
+
+    def _restore(self) -> None:
+        path = self.run_dir / "checkpoint"
+        state = json.loads((path / "state.json").read_text())
+        if state["complete"]:
+            self.finished = json.loads((self.run_dir / "result.json").read_text())
+            return
+        self.agent.load_state_dict(torch.load(path / "agent.pt", weights_only=True)["agent"])
+        with np.load(path / "buffers.npz") as arrays:
+            self.real.load_state_dict({k[5:]: arrays[k] for k in arrays.files if k.startswith("real_")})
+            self.model.load_state_dict({k[6:]: arrays[k] for k in arrays.files if k.startswith("model_")})
+            self.episodes = [{k: arrays[f"ep{i}_{k}"] for k in ("obs", "action", "reward")}
+                             for i in range(state["episodes"])]
+        name, keys, pos, has_gauss, gauss = state["env"]["task"]
+        self.env.dm_env.task.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
+        self.env._rng.bit_generator.state = state["env"]["obs_rng"]
+        self.rng.bit_generator.state = state["rng"]
+        if self.runtime is not None:
+            self.runtime.rng.bit_generator.state = state["runtime_rng"]
+        self.step, self.imagined = state["env_steps"], state["imagined"]
 
 
 def summarize(results: list[float]) -> str:

@@ -171,8 +171,10 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider):
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Any other AdaptConfig field, e.g. --set real_ratio=0.2 --set horizon_end=10.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True)
-def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, no_progress):
+def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, resume,
+          no_progress):
     """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
     from mrcom_core.config import apply_overrides
 
@@ -187,7 +189,8 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
             raise UserInputError(f"--set {item!r}: expected FIELD=VALUE")
         extra[key.strip()] = value.strip()
     config = apply_overrides(config, extra, "adapt")
-    result = Adapter(config, out, None if model_free else export_dir, progress=not no_progress, log=click.echo).run()
+    result = Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
+                     log=click.echo).run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
                f"({result['imagined']} imagined transitions); run folder {out}")
 

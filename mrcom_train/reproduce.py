@@ -143,18 +143,15 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
 def _adapt_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
                 log: Callable[[str], None]) -> tuple[float, list[tuple[int, float]]]:
     """One adaptation run (skipped when its result exists); returns its final score and learning curve."""
-    import shutil
-
     cell = root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
     if not _done(cell / "result.json"):
         log(f"[{split}] adapting {method} on {domain} ({rng_name}, seed {seed})")
-        if cell.exists():
-            shutil.rmtree(cell)  # an unfinished run: adaptation is not resumable yet
         config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
                              episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
-                             checkpoint_every=b.adapt_env_steps, use_model=method != "sac", **b.adapt)
+                             checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
+                             use_model=method != "sac", **b.adapt)
         export = None if method == "sac" else root / "exports" / method
-        Adapter(config, cell, export, progress=False, log=lambda s: None).run()
+        Adapter(config, cell, export, resume=True, progress=False, log=lambda s: None).run()
     score = json.loads((cell / "result.json").read_text())["normalized_return"]
     with open(cell / "metrics.csv") as f:
         curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]

@@ -174,6 +174,18 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Contents and position as plain arrays (for ``np.savez``)."""
+        return {**self._data, "ptr_size": np.array([self._ptr, self._size], np.int64)}
+
+    def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        for key in self._data:
+            if state[key].shape != self._data[key].shape:
+                raise ValueError(f"ReplayBuffer state has {key} of shape {state[key].shape}, "
+                                 f"expected {self._data[key].shape}")
+            self._data[key][...] = state[key]
+        self._ptr, self._size = (int(x) for x in state["ptr_size"])
+
 
 class SAC:
     """Soft Actor-Critic agent: actor, twin critics with Polyak targets and a learned temperature.

@@ -112,3 +112,38 @@ def test_adapt_cli_bad_input_exits_2(tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_adaptation_resumes_exactly_after_a_kill(unified_export, tmp_path, monkeypatch):
+    config = AdaptConfig(**{**EASY, "env_steps": 300, "episode_length": 50, "checkpoint_every": 100,
+                            "eval_every": 150})
+    straight = Adapter(config, tmp_path / "a", unified_export, **QUIET)
+    straight.run()
+
+    killed = Adapter(config, tmp_path / "b", unified_export, **QUIET)
+    real_step = killed.env.step
+    count = {"n": 0}
+
+    def dies_at_230(action):
+        count["n"] += 1
+        if count["n"] == 230:
+            raise KeyboardInterrupt
+        return real_step(action)
+
+    monkeypatch.setattr(killed.env, "step", dies_at_230)
+    with pytest.raises(KeyboardInterrupt):
+        killed.run()
+    with pytest.raises(UserInputError, match="pass --resume"):
+        Adapter(config, tmp_path / "b", unified_export, **QUIET)
+    resumed = Adapter(config, tmp_path / "b", unified_export, resume=True, **QUIET)
+    assert resumed.step == 200  # the checkpoint at the first episode end after step 100·k
+    resumed.run()
+    for (name, a), (_, b) in zip(straight.agent.actor.state_dict().items(), resumed.agent.actor.state_dict().items(),
+                                 strict=True):
+        assert torch.equal(a, b), name
+    assert (tmp_path / "a" / "metrics.csv").read_text().splitlines()[1:] != []
+    strip = [line.rsplit(",", 1)[0] for line in (tmp_path / "a" / "metrics.csv").read_text().splitlines()]
+    assert strip == [line.rsplit(",", 1)[0] for line in (tmp_path / "b" / "metrics.csv").read_text().splitlines()]
+    with pytest.raises(UserInputError, match="ran with seed=3, now 4"):
+        Adapter(AdaptConfig(**{**EASY, "env_steps": 300, "episode_length": 50, "checkpoint_every": 100,
+                               "eval_every": 150, "seed": 4}), tmp_path / "b", unified_export, resume=True, **QUIET)
