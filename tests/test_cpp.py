@@ -49,10 +49,10 @@ def case(exported, tmp_path_factory):
     rt = Runtime(out)
     rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
     expected = rt.rollout(arrays["actions"], H, fused=False, noise={"u": arrays["noise_u"], "h": arrays["noise_h"]})
-    return out, work, expected, model.obs_std.numpy()
+    return out, work, expected
 
 
-def _check(result: dict, expected: dict, std: np.ndarray) -> None:
+def _check(result: dict, expected: dict) -> None:
     assert result["obs"].shape == expected["obs"].shape and result["reward"].shape == expected["reward"].shape
     assert np.abs(result["obs"] - expected["obs"]).max() <= 1e-4
     assert np.abs(result["reward"] - expected["reward"]).max() <= 1e-4
@@ -66,7 +66,7 @@ def test_bundle_round_trip(tmp_path):
 
 
 def test_onnxruntime_cpp_example_matches_python(case, tmp_path_factory):
-    out, work, expected, std = case
+    out, work, expected = case
     deps = tmp_path_factory.mktemp("ortdeps")
     r = subprocess.run(["bash", str(ROOT / "onnxruntime_rollout" / "fetch_deps.sh"), str(deps), sys.executable],
                        capture_output=True, text=True)
@@ -78,14 +78,14 @@ def test_onnxruntime_cpp_example_matches_python(case, tmp_path_factory):
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "rollouts x 3 steps" in run.stdout
-    _check(read_bundle(work / "ort.mrcb"), expected, std)
+    _check(read_bundle(work / "ort.mrcb"), expected)
 
 
 def test_libtorch_cpp_example_matches_python(case):
-    out, work, expected, std = case
+    out, work, expected = case
     build = work / "libtorch-build"
     _build(ROOT / "libtorch_rollout", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
     run = subprocess.run([str(build / "mrcom_libtorch_rollout"), str(out), str(work / "input.mrcb"),
                           str(work / "libtorch.mrcb")], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    _check(read_bundle(work / "libtorch.mrcb"), expected, std)
+    _check(read_bundle(work / "libtorch.mrcb"), expected)
