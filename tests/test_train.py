@@ -157,3 +157,17 @@ def test_bad_train_input_exits_2_with_one_line(data, tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("mrcom: error: ") and message in lines[0], r.stderr
+
+
+def test_train_export_rollout_through_the_cli(data, tmp_path, capsys):
+    from mrcom_train.cli import main
+
+    run, exp = tmp_path / "run", tmp_path / "export"
+    main(["train", "--data", str(data), "--out", str(run), "--preset", "tiny", "--steps", "2", "--no-progress"])
+    main(["export", str(run), "--out", str(exp), "--format", "all", "--horizon", "2"])
+    main(["rollout", str(exp), "--batch", "4", "--horizon", "2", "--bench"])
+    out = capsys.readouterr().out
+    assert "every graph passed the ONNX checker and eager parity" in out
+    assert "4 rollouts × 2 steps" in out and "bench: fused" in out
+    manifest = json.loads((exp / "manifest.json").read_text())
+    assert manifest["source"]["step"] == 2 and manifest["formats"] == ["onnx", "torchscript"]
