@@ -60,6 +60,7 @@ class Runtime:
         self.rng = np.random.default_rng(seed)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._state: dict[str, ort.OrtValue] | None = None
+        self._buffers: dict[tuple, np.ndarray] = {}
         self.batch = 0
 
     # ------------------------------------------------------------------------------------------ plumbing
@@ -84,8 +85,11 @@ class Runtime:
         sess.run_with_iobinding(io)
         return dict(zip(names, io.get_outputs(), strict=True))
 
-    def _noise(self, *shape: int) -> np.ndarray:
-        out = np.empty(shape, dtype=np.float32)
+    def _noise(self, key: str, *shape: int) -> np.ndarray:
+        """Fresh standard-normal noise in a buffer kept per (key, shape): no allocation per call."""
+        out = self._buffers.get((key, shape))
+        if out is None:
+            out = self._buffers[(key, shape)] = np.empty(shape, dtype=np.float32)
         return self.rng.standard_normal(out=out, dtype=np.float32)
 
     def _ortvalue(self, array: np.ndarray) -> ort.OrtValue:
@@ -147,8 +151,8 @@ class Runtime:
                 nxt = self._run("context_step", {"keys": keys, "values": values},
                                 {"obs": obs[:, k - 1], "action": act[:, k - 1], "reward": rew[:, k - 1]})
                 context, keys, values = nxt["context"], nxt["keys_next"], nxt["values_next"]
-            nu = self._noise(B, lat["u"]) if noise is None else noise["u"][:, k - m]
-            nh = self._noise(B, lat["h"]) if noise is None else noise["h"][:, k - m]
+            nu = self._noise("u", B, lat["u"]) if noise is None else noise["u"][:, k - m]
+            nh = self._noise("h", B, lat["h"]) if noise is None else noise["h"][:, k - m]
             out = self._run("observe", {**state, "context": context},
                             {"prev_action": act[:, k - 1], "obs": obs[:, k], "noise_u": nu, "noise_h": nh})
             state = {name: out[f"{name}_next"] for name in _STATE}
@@ -171,7 +175,7 @@ class Runtime:
         self._require_reset()
         B = self.batch
         actions = self._check("actions", actions, (B, self.act_dim))
-        noise = noise or {"u": self._noise(B, self.latent["u"]), "h": self._noise(B, self.latent["h"])}
+        noise = noise or {"u": self._noise("u", B, self.latent["u"]), "h": self._noise("h", B, self.latent["h"])}
         out = self._run("step", {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")},
                         {"action": actions, "noise_u": noise["u"], "noise_h": noise["h"]})
         self._state = {**{k: out[f"{k}_next"] for k in _STATE}, "obs": out["obs_next"], "keys": out["keys_next"],
@@ -208,12 +212,12 @@ class Runtime:
         use_fused = can_fuse if fused is None else fused
         lat = self.latent
         noise = dict(noise or {})
-        noise.setdefault("u", self._noise(B, horizon, lat["u"]))
-        noise.setdefault("h", self._noise(B, horizon, lat["h"]))
+        noise.setdefault("u", self._noise("u", B, horizon, lat["u"]))
+        noise.setdefault("h", self._noise("h", B, horizon, lat["h"]))
         state_in = {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")}
         if isinstance(policy_or_actions, str):
             pol = self.manifest["policy"]
-            noise_a = noise["action"] if "action" in noise else self._noise(B, horizon, pol["act_dim"])
+            noise_a = noise["action"] if "action" in noise else self._noise("action", B, horizon, pol["act_dim"])
             if use_fused:
                 out = self._run("policy_rollout", state_in, {"noise_action": noise_a, "noise_u": noise["u"],
                                                              "noise_h": noise["h"]})
