@@ -148,13 +148,17 @@ class Adapter:
     def imagine(self, horizon: int) -> int:
         """Imagined rollouts from real states into the model buffer; returns the transitions added."""
         m = self.runtime.context_len
-        starts = [(e, t) for e, ep in enumerate(self.episodes) for t in range(m, len(ep["reward"]) + 1)]
-        if not starts:
+        # Start states t ≥ m (so m real steps precede them), uniform over all of them: pick an episode by its
+        # number of valid starts, then a start within it.
+        counts = np.array([max(0, len(ep["reward"]) - m + 1) for ep in self.episodes])
+        if counts.sum() == 0:
             return 0
-        pick = self.rng.integers(len(starts), size=self.cfg.rollout_batch)
-        obs = np.stack([self.episodes[starts[i][0]]["obs"][starts[i][1] - m : starts[i][1] + 1] for i in pick])
-        act = np.stack([self.episodes[starts[i][0]]["action"][starts[i][1] - m : starts[i][1]] for i in pick])
-        rew = np.stack([self.episodes[starts[i][0]]["reward"][starts[i][1] - m : starts[i][1]] for i in pick])
+        episodes = self.rng.choice(len(counts), size=self.cfg.rollout_batch, p=counts / counts.sum())
+        starts = m + (self.rng.random(self.cfg.rollout_batch) * counts[episodes]).astype(np.int64)
+        picks = [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
+        obs = np.stack([ep["obs"][t - m : t + 1] for ep, t in picks])
+        act = np.stack([ep["action"][t - m : t] for ep, t in picks])
+        rew = np.stack([ep["reward"][t - m : t] for ep, t in picks])
         current = self.runtime.reset(obs, act, rew)
         od, ad = self.spec.obs_dim, self.spec.act_dim
         added = 0
