@@ -94,10 +94,12 @@ def normalized_return(episode_return: float, episode_length: int) -> float:
 class Adapter:
     """Runs an :class:`AdaptConfig` into ``run_dir`` (``metrics.csv``, ``tb/``, ``config.json``,
     ``result.json``, ``checkpoint/``). Checkpoints are taken at the first episode end after every
-    ``checkpoint_every`` env steps; ``resume=True`` continues from the last one exactly."""
+    ``checkpoint_every`` env steps; ``resume=True`` continues from the last one exactly. ``threads`` caps
+    the runtime's intra-op threads (set 1 when several adapters share the cores); results do not depend
+    on it."""
 
     def __init__(self, config: AdaptConfig, run_dir: str | Path, export_dir: str | Path | None = None,
-                 resume: bool = False, progress: bool = True, log=print):
+                 resume: bool = False, progress: bool = True, log=print, threads: int | None = None):
         self.cfg, self.run_dir, self.log, self.progress = config, Path(run_dir), log, progress
         checkpoint = self.run_dir / "checkpoint" / "state.json"
         if self.run_dir.exists() and any(self.run_dir.iterdir()) and not resume:
@@ -115,7 +117,7 @@ class Adapter:
                 raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
             from mrcom_export.runtime import Runtime
 
-            self.runtime = Runtime(export_dir, seed=config.seed)
+            self.runtime = Runtime(export_dir, seed=config.seed, threads=threads)
             space = UnifiedSpace(self.runtime.obs_dim, self.runtime.act_dim)
             if space.obs_dim < self.spec.obs_dim or space.act_dim < self.spec.act_dim:
                 raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "

@@ -202,7 +202,8 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 @click.option("--splits", default="", help="Comma-separated subset of the table's training splits "
                                            "(e.g. t1-a10b50 for Table 1 (c)/(d)).")
 @click.option("--ablations", is_flag=True, help="Also train and adapt the four ablations (paper Fig. 3).")
-@click.option("--workers", "-w", type=int, default=1, show_default=True, help="Collection worker processes.")
+@click.option("--workers", "-w", type=int, default=1, show_default=True,
+              help="Worker processes for collection and for adaptation cells (one core each).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 def reproduce(table, budget, seeds, splits, ablations, workers, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""

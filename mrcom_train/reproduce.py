@@ -126,32 +126,74 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                 err_file.parent.mkdir(parents=True, exist_ok=True)
                 err_file.write_text(json.dumps(per))
             errors[method] = json.loads(err_file.read_text())
+        cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
+                 for domain in DOMAIN_ROWS for method in [*methods, "sac"]]  # seed-major: early cells cover all
+        _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
-        for rng_name in ("in", "ood"):
-            for domain in DOMAIN_ROWS:
-                for method in [*methods, "sac"]:
-                    for seed in range(seeds):
-                        score, curve = _adapt_cell(root, split, rng_name, domain, method, seed, b, log)
-                        results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
-                            method, []).append(score)
-                        curves.setdefault((rng_name, domain, method), []).append(curve)
+        for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
+            score, curve = _read_cell(_cell_dir(root, rng_name, domain, method, seed))
+            results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
+                method, []).append(score)
+            curves.setdefault((rng_name, domain, method), []).append(curve)
         _write_outputs(root, split, results[split], errors, curves, [*methods, "sac"], b, seeds)
     _write_summary(out, table, budget_name, results, chosen)
     return results
 
 
-def _adapt_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
-                log: Callable[[str], None]) -> tuple[float, list[tuple[int, float]]]:
-    """One adaptation run (skipped when its result exists); returns its final score and learning curve."""
-    cell = root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
-    if not _done(cell / "result.json"):
-        log(f"[{split}] adapting {method} on {domain} ({rng_name}, seed {seed})")
-        config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
-                             episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
-                             checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
-                             use_model=method != "sac", **b.adapt)
-        export = None if method == "sac" else root / "exports" / method
-        Adapter(config, cell, export, resume=True, progress=False, log=lambda s: None).run()
+def _cell_dir(root: Path, rng_name: str, domain: str, method: str, seed: int) -> Path:
+    return root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
+
+
+def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
+              threads: int | None = None) -> None:
+    """One adaptation run into its cell folder (resuming a killed one from its last checkpoint)."""
+    config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
+                         episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
+                         checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
+                         use_model=method != "sac", **b.adapt)
+    export = None if method == "sac" else root / "exports" / method
+    Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
+            log=lambda s: None, threads=threads).run()
+
+
+def _cell_worker_init() -> None:
+    import torch
+
+    torch.set_num_threads(1)  # W adapters on W cores must not fight over intra-op threads
+
+
+def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers: int,
+               log: Callable[[str], None]) -> None:
+    """Run the pending ``(range, domain, method, seed)`` cells, ``workers`` at a time in spawned processes."""
+    if not pending:
+        return
+    name = "{2} on {1} ({0}, seed {3})".format
+    if workers <= 1 or len(pending) == 1:
+        for i, cell in enumerate(pending):
+            log(f"[{split}] adapting {name(*cell)} [{i + 1}/{len(pending)}]")
+            _run_cell(root, split, *cell, b)
+        return
+    import multiprocessing as mp
+    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+
+    log(f"[{split}] adapting {len(pending)} cells, {workers} at a time")
+    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_cell_worker_init) as pool:
+        futures = {pool.submit(_run_cell, root, split, *cell, b, 1): cell for cell in pending}
+        finished = 0
+        while futures:
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                cell = futures.pop(future)
+                if future.exception() is not None:
+                    for other in futures:
+                        other.cancel()
+                    raise future.exception()
+                finished += 1
+                log(f"[{split}] adapted {name(*cell)} [{finished}/{len(pending)}]")
+
+
+def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
+    """A finished cell's final score and learning curve."""
     score = json.loads((cell / "result.json").read_text())["normalized_return"]
     with open(cell / "metrics.csv") as f:
         curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]

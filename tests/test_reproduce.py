@@ -33,6 +33,15 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     again = []
     run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=again.append)
     assert again == []  # every finished cell is skipped
+    import shutil
+
+    for cell in ("in/walker/cadm/s0", "ood/cheetah/sac/s0"):  # rerun two cells, two at a time
+        shutil.rmtree(split / "adapt" / cell)
+    parallel = []
+    rerun = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), workers=2, log=parallel.append)
+    assert parallel[0] == "[t1-a5b20] adapting 2 cells, 2 at a time" and len(parallel) == 3
+    assert rerun["t1-a5b20"]["in"]["walker"]["cadm"] == cells["in"]["walker"]["cadm"]  # seeded: same result
+    assert rerun["t1-a5b20"]["ood"]["cheetah"]["sac"] == cells["ood"]["cheetah"]["sac"]
 
 
 @pytest.mark.parametrize("args,message", [
