@@ -151,11 +151,12 @@ def export_cmd(run, out, fmt, horizon, policy):
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--bench", is_flag=True, help="Also time per-step and fused rollouts (samples × steps / s).")
 @click.option("--provider", default=None, help="ONNX Runtime provider, e.g. CPUExecutionProvider.")
-def rollout(export_dir, data, batch, horizon, seed, bench, provider):
+@click.option("--mean-latents", is_flag=True, help="Predict with the latents' means instead of sampling them.")
+def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latents):
     """Imagine B rollouts from dataset prompts with the real actions; print the error vs the real data."""
     from .rollout_cli import run_rollout
 
-    run_rollout(export_dir, data, batch, horizon, seed, bench, provider, click.echo)
+    run_rollout(export_dir, data, batch, horizon, seed, bench, provider, click.echo, mean_latents=mean_latents)
 
 
 @cli.command()

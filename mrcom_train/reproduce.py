@@ -29,6 +29,7 @@ TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
 DOMAIN_ROWS = ("hopper", "walker", "cheetah")
 MODEL_METHODS = {"mrcom": ({}, ()), "dreamerv3": ({"model_type": "rssm"}, ()), "cadm": ({"model_type": "cadm"}, ())}
 ABLATION_METHODS = {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in ("no_d", "no_context", "no_ls", "no_lv")}
+ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined rollouts per (method, range), steps
 LABELS = {"mrcom": "Ours", "dreamerv3": "DreamerV3", "cadm": "CaDM", "sac": "SAC (model-free)"}
 
 
@@ -121,8 +122,10 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                              source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
                              log=lambda s: None)
             err_file = root / "errors" / f"{method}.json"
-            if not _done(err_file):
-                per = {r: run_rollout(export, evals[r], 64, 15, 0, False, None, lambda s: None) for r in evals}
+            if not _done(err_file) or "mean" not in json.loads(err_file.read_text()):  # older files: one kind
+                per = {kind: {r: run_rollout(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0, False, None,
+                                             lambda s: None, mean_latents=kind == "mean") for r in evals}
+                       for kind in ("mean", "sampled")}
                 err_file.parent.mkdir(parents=True, exist_ok=True)
                 err_file.write_text(json.dumps(per))
             errors[method] = json.loads(err_file.read_text())
@@ -145,21 +148,34 @@ def _cell_dir(root: Path, rng_name: str, domain: str, method: str, seed: int) ->
 
 
 def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
-              threads: int | None = None) -> None:
-    """One adaptation run into its cell folder (resuming a killed one from its last checkpoint)."""
+              threads: int | None = None) -> float:
+    """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
+    its final normalized return."""
     config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
                          episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
                          checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
                          use_model=method != "sac", **b.adapt)
     export = None if method == "sac" else root / "exports" / method
-    Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
-            log=lambda s: None, threads=threads).run()
+    return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
+                   log=lambda s: None, threads=threads).run()["normalized_return"]
 
 
 def _cell_worker_init() -> None:
+    import os
+    import threading
+    import time
+
     import torch
 
     torch.set_num_threads(1)  # W adapters on W cores must not fight over intra-op threads
+    parent = os.getppid()
+
+    def orphan_watch() -> None:  # a killed driver must not leave workers writing into its cells
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=orphan_watch, daemon=True).start()
 
 
 def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers: int,
@@ -174,14 +190,14 @@ def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers:
             _run_cell(root, split, *cell, b)
         return
     import multiprocessing as mp
-    from concurrent.futures import FIRST_EXCEPTION, ProcessPoolExecutor, wait
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     log(f"[{split}] adapting {len(pending)} cells, {workers} at a time")
     with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_cell_worker_init) as pool:
         futures = {pool.submit(_run_cell, root, split, *cell, b, 1): cell for cell in pending}
         finished = 0
         while futures:
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            done, _ = wait(futures, return_when=FIRST_COMPLETED)
             for future in done:
                 cell = futures.pop(future)
                 if future.exception() is not None:
@@ -189,7 +205,8 @@ def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers:
                         other.cancel()
                     raise future.exception()
                 finished += 1
-                log(f"[{split}] adapted {name(*cell)} [{finished}/{len(pending)}]")
+                log(f"[{split}] adapted {name(*cell)}: normalized return {future.result():.1f} "
+                    f"[{finished}/{len(pending)}]")
 
 
 def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
@@ -222,13 +239,17 @@ def _write_outputs(root: Path, split: str, scores: dict, errors: dict, curves: d
             lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
         lines.append("")
     model_methods = [m for m in methods if m != "sac"]
-    lines.append("#### 15-step open-loop prediction error (normalized MSE over real dims; lower is better)\n")
-    lines.append("| | " + " | ".join(f"{LABELS.get(m, m)} in / OOD" for m in model_methods) + " |")
-    lines.append("|---|" + "---:|" * len(model_methods))
-    for domain in DOMAIN_ROWS:
-        cells = [f"{errors[m]['in'].get(domain, float('nan')):.3f} / {errors[m]['ood'].get(domain, float('nan')):.3f}"
-                 for m in model_methods]
-        lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
+    for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
+        lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
+                     "rollouts; normalized MSE over real dims; lower is better)\n")
+        lines.append("| | " + " | ".join(f"{LABELS.get(m, m)} in / OOD" for m in model_methods) + " |")
+        lines.append("|---|" + "---:|" * len(model_methods))
+        for domain in [*DOMAIN_ROWS, "open_loop_error"]:
+            cells = [f"{errors[m][kind]['in'].get(domain, float('nan')):.3f} / "
+                     f"{errors[m][kind]['ood'].get(domain, float('nan')):.3f}" for m in model_methods]
+            label = "All" if domain == "open_loop_error" else domain.capitalize()
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append("")
     (root / "table.md").write_text("\n".join(lines) + "\n")
     with open(root / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(csv_rows)
@@ -263,9 +284,10 @@ def _plots(root: Path, curves: dict, errors: dict, methods: list[str], model_met
     fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
     x = np.arange(len(model_methods))
     for i, rng_name in enumerate(("in", "ood")):
-        ax.bar(x + 0.38 * i, [errors[m][rng_name]["open_loop_error"] for m in model_methods], 0.38, label=rng_name)
+        ax.bar(x + 0.38 * i, [errors[m]["mean"][rng_name]["open_loop_error"] for m in model_methods], 0.38,
+               label=rng_name)
     ax.set_xticks(x + 0.19, [LABELS.get(m, m) for m in model_methods], fontsize=8)
-    ax.set_ylabel("15-step open-loop error")
+    ax.set_ylabel("open-loop error (mean latents)")
     ax.legend()
     fig.tight_layout()
     fig.savefig(root / "prediction_error.png", dpi=100)

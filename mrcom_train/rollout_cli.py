@@ -23,7 +23,10 @@ def prompts_from_dataset(dataset: Dataset, context_len: int, horizon: int, batch
 
 
 def run_rollout(export_dir, data, batch: int, horizon: int, seed: int, bench: bool, provider: str | None,
-                log: Callable[[str], None]) -> dict:
+                log: Callable[[str], None], mean_latents: bool = False) -> dict:
+    """Imagine ``batch`` rollouts of ``horizon`` steps from prompts of ``data`` with the real actions and
+    return the open-loop error (overall and per domain; plus throughput with ``bench``). The latents are
+    sampled with seeded noise, or set to their means with ``mean_latents`` (a deterministic prediction)."""
     if batch < 1:
         raise UserInputError(f"--batch must be >= 1, got {batch}")
     if horizon < 1:
@@ -37,13 +40,17 @@ def run_rollout(export_dir, data, batch: int, horizon: int, seed: int, bench: bo
         raise ExportError(f"dataset {data} has obs/action dims {ds.obs_dim}/{ds.act_dim}, the export "
                           f"{rt.obs_dim}/{rt.act_dim}")
     prompt, real = prompts_from_dataset(ds, rt.context_len, horizon, batch, seed)
-    rt.reset(*prompt)
-    out = rt.rollout(real["action"], horizon)
+    lat = rt.latent
+    zero = {k: np.zeros((batch, n, lat[k]), np.float32) for k, n in (("u", 1), ("h", 1))} if mean_latents else None
+    rt.reset(*prompt, noise=zero)
+    out = rt.rollout(real["action"], horizon, noise=None if zero is None else {
+        k: np.zeros((batch, horizon, lat[k]), np.float32) for k in ("u", "h")})
     std = np.asarray(rt.manifest["obs_std"], np.float32)
     err = np.square((out["obs"] - real["obs"][:, 1:]) / std) * real["obs_mask"][:, None]
     per_row = err.sum((1, 2)) / (real["obs_mask"].sum(1) * horizon)
     domains = [ds.scenarios[s].domain for s in real["scenario"]]
-    log(f"{batch} rollouts × {horizon} steps from {data} prompts ({rt.providers[0]}): open-loop error "
+    log(f"{batch} rollouts × {horizon} steps from {data} prompts ({rt.providers[0]}, "
+        f"{'mean' if mean_latents else 'sampled'} latents): open-loop error "
         f"{per_row.mean():.4f}; predicted reward/step {out['reward'].mean():.3f} vs real {real['reward'].mean():.3f}")
     summary = {"open_loop_error": float(per_row.mean())}
     for domain in dict.fromkeys(domains):

@@ -22,8 +22,10 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
-    assert table.count("| Hopper |") == 3 and "| Ours | DreamerV3 | CaDM | SAC (model-free) |" in table
-    assert "open-loop prediction error" in table
+    assert table.count("| Hopper |") == 4 and "| Ours | DreamerV3 | CaDM | SAC (model-free) |" in table
+    for kind in ("latents at their means", "latents sampled"):
+        assert f"15-step open-loop prediction error, {kind}" in table
+    assert table.count("| All |") == 2
     with open(split / "table.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 * 3 * 4 and {r["method"] for r in rows} == {"mrcom", "dreamerv3", "cadm", "sac"}
@@ -56,3 +58,39 @@ def test_reproduce_bad_input_exits_2(tmp_path, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+def test_adaptation_workers_exit_when_the_driver_is_killed(tmp_path):
+    """A SIGKILLed ``mrcom reproduce`` must not leave workers running (and writing into its cells)."""
+    import signal
+    import time
+
+    script = tmp_path / "driver.py"
+    script.write_text(
+        "import time\n"
+        "import multiprocessing as mp\n"
+        "from concurrent.futures import ProcessPoolExecutor\n"
+        "from mrcom_train.reproduce import _cell_worker_init\n"
+        "if __name__ == '__main__':\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_cell_worker_init)\n"
+        "    pool.submit(time.sleep, 0).result()\n"
+        "    print(*pool._processes, flush=True)\n"
+        "    pool.submit(time.sleep, 120)\n"
+        "    time.sleep(120)\n")
+    driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=ENV)
+    worker = int(driver.stdout.readline())
+
+    def alive(pid):
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                return f.read().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie has exited
+        except FileNotFoundError:
+            return False
+
+    assert alive(worker)
+    driver.send_signal(signal.SIGKILL)
+    driver.wait()
+    deadline = time.monotonic() + 15
+    while alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not alive(worker)

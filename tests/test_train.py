@@ -171,3 +171,28 @@ def test_train_export_rollout_through_the_cli(data, tmp_path, capsys):
     assert "4 rollouts × 2 steps" in out and "bench: fused" in out
     manifest = json.loads((exp / "manifest.json").read_text())
     assert manifest["source"]["step"] == 2 and manifest["formats"] == ["onnx", "torchscript"]
+
+
+def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_path):
+    """The runtime's deterministic (mean-latent) error is the trainer's eval metric on the same windows;
+    sampled latents add noise on top of it."""
+    import numpy as np
+
+    from mrcom_core.rollout import open_loop_error
+    from mrcom_export.exporter import export_model
+    from mrcom_train.checkpoint import load_model
+    from mrcom_train.dataset import Dataset
+    from mrcom_train.rollout_cli import run_rollout
+    from mrcom_train.sampler import SequenceSampler
+
+    run, exp = tmp_path / "run", tmp_path / "export"
+    Trainer(data, run, _request(30), **QUIET).run()
+    model, _ = load_model(run)
+    export_model(model, exp, formats=("onnx",), horizon=4, log=lambda s: None)
+    B, H = 16, 4
+    batch = SequenceSampler(Dataset(data), model.config.context_len, H, B, seed=3).sample()
+    eager = open_loop_error(model.eval(), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}, H)
+    mean = run_rollout(exp, data, B, H, 3, False, None, lambda s: None, mean_latents=True)
+    sampled = run_rollout(exp, data, B, H, 3, False, None, lambda s: None)
+    assert mean["open_loop_error"] == pytest.approx(float(eager.mean()), rel=1e-4, abs=1e-5)
+    assert sampled["open_loop_error"] != pytest.approx(mean["open_loop_error"], rel=1e-3)
