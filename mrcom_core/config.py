@@ -59,6 +59,10 @@ class ModelConfig:
     ``kl_direction``: ``post_prior`` = KL(q‖p), the variational bound's direction (default);
     ``prior_post`` = KL(p‖q) as eq. 10 is printed. ``kl_free_nats``: per-row KL below this many nats
     gives no gradient (DreamerV3's free bits). ``gamma``: TD discount of the value heads (eq. 14).
+    ``overshoot_horizon`` > 0 adds a loss that is not in the paper: each window's first posterior state
+    imagines that many steps open loop (mean latents, predictions fed back into the context, as in
+    imagination) and the decoded observations are regressed on the real ones, weight
+    ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``).
     """
 
     model_type: str = "mrcom"
@@ -90,6 +94,8 @@ class ModelConfig:
     kl_free_nats: float = 1.0
     reward_loss_weight: float = 1.0
     gamma: float = 0.99
+    overshoot_horizon: int = 0
+    overshoot_weight: float = 1.0
 
     def __post_init__(self):
         positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
@@ -104,10 +110,15 @@ class ModelConfig:
             raise ConfigError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
                               f"({self.ctx_heads})")
         for name in ("min_std", "lambda_var", "lambda_s", "lambda_v", "value_loss_weight", "kl_free_nats",
-                     "reward_loss_weight"):
+                     "reward_loss_weight", "overshoot_weight"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}")
+        h = self.overshoot_horizon
+        if isinstance(h, bool) or not isinstance(h, int) or h < 0:
+            raise ConfigError(f"model.overshoot_horizon must be an integer >= 0, got {h!r}")
+        if h and self.model_type != "mrcom":
+            raise ConfigError(f"model.overshoot_horizon applies to model.model_type=mrcom, not {self.model_type}")
         if not 0 <= self.gamma < 1:
             raise ConfigError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
         if self.model_type not in MODEL_TYPES:

@@ -84,8 +84,37 @@ def loss_v(model: WorldModel, post: Posterior) -> torch.Tensor:
     return torch.square(predicted - target).mean()
 
 
+def loss_overshoot(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Multi-step open-loop reconstruction (not in the paper; ``overshoot_horizon`` > 0 turns it on).
+
+    From each window's first posterior state ``s_0`` the prior imagines ``H = min(overshoot_horizon, L)``
+    steps with the real actions, exactly as in imagination: mean latents, and every predicted observation
+    and reward goes back into the context FIFO. The loss is the unit-variance Gaussian NLL of the real
+    observations under the decoded predictions (real dims only), averaged over steps. The one-step
+    priors of ``L_var`` never see their own predictions in the context; this term trains them to.
+    """
+    c = model.config
+    action = batch["action"]
+    H = min(c.overshoot_horizon, action.shape[1])
+    obs_n = model.normalize(batch["obs"])
+    B = action.shape[0]
+    tokens = model.tokens(model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"])
+    _, cache = model.encode_context(tokens)
+    state = type(post.state)(*(x[:, 0] for x in post.state))
+    zero_u, zero_h = action.new_zeros(B, c.stoch_dim), action.new_zeros(B, c.aux_dim)
+    last_obs, errors = obs_n[:, 0], []
+    for k in range(H):
+        a = action[:, k]
+        context, cache = model.context_step(model.tokens(last_obs, a, model.reward(state, a)), cache)
+        state = model.imagine_step(state, context, a, zero_u, zero_h)
+        last_obs = model.decode(state)
+        errors.append(0.5 * (torch.square(last_obs - obs_n[:, k + 1]) * batch["obs_mask"]).sum(-1))
+    return torch.stack(errors, 1).mean()
+
+
 def total_loss(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``L = λ_var·L_var + λ_s·L_s + λ_v·L_v`` (eq. 16) plus the value heads' own losses.
+    """``L = λ_var·L_var + λ_s·L_s + λ_v·L_v`` (eq. 16) plus the value heads' own losses (and the optional
+    overshooting term).
 
     Returns a dict with ``loss`` (what to minimize) and every term for logging; ablated terms are absent.
     """
@@ -99,5 +128,8 @@ def total_loss(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor
         parts.update(loss_value_heads(model, post, batch))
         parts["v"] = loss_v(model, post)
         loss = loss + c.lambda_v * parts["v"] + c.value_loss_weight * (parts["value_i"] + parts["value"])
+    if c.overshoot_horizon:
+        parts["overshoot"] = loss_overshoot(model, post, batch)
+        loss = loss + c.overshoot_weight * parts["overshoot"]
     parts["loss"] = loss
     return parts

@@ -349,8 +349,8 @@ class _MetricsLog:
     On resume, rows newer than the checkpoint's step are dropped so the log matches the restored run.
     """
 
-    BASE = ["step", "loss", "var", "kl_u", "kl_h", "recon", "reward", "s", "value_i", "value", "v", "grad_norm",
-            "updates_per_s", "eval_open_loop"]
+    BASE = ["step", "loss", "var", "kl_u", "kl_h", "recon", "reward", "s", "value_i", "value", "v", "overshoot",
+            "grad_norm", "updates_per_s", "eval_open_loop"]
 
     def __init__(self, run_dir: Path, step: int, domains: list[str]):
         from torch.utils.tensorboard import SummaryWriter

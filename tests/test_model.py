@@ -24,7 +24,8 @@ def test_presets_validate_and_grow():
     ({"u_dim": 0}, "model.u_dim"), ({"ctx_width": 10, "ctx_heads": 4}, "model.ctx_width"),
     ({"gamma": 1.0}, "model.gamma"), ({"min_std": -1.0}, "model.min_std"),
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
-    ({"u_dim": "many"}, "model.u_dim"),
+    ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
+    ({"overshoot_horizon": 3, "model_type": "rssm"}, "model.overshoot_horizon applies to model.model_type=mrcom"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
     with pytest.raises(ConfigError, match=field):
@@ -199,7 +200,7 @@ def _train(model, batch, noise, steps=150, lr=3e-3):
     ("recon", {}), ("reward", {}), ("var", {}),
     ("s", {"lambda_var": 0.0, "lambda_v": 0.0}),
     ("v", {"lambda_var": 0.0, "lambda_s": 0.0, "value_loss_weight": 0.0}),
-    ("value_i", {"gamma": 0.5}), ("value", {"gamma": 0.5}),
+    ("value_i", {"gamma": 0.5}), ("value", {"gamma": 0.5}), ("overshoot", {"overshoot_horizon": 4}),
 ])
 def test_each_loss_term_falls_on_tiny_data(term, weights):
     torch.manual_seed(0)
@@ -210,6 +211,25 @@ def test_each_loss_term_falls_on_tiny_data(term, weights):
     start = sum(h[term] for h in history[:5]) / 5
     end = sum(h[term] for h in history[-5:]) / 5
     assert end < 0.7 * start, (term, start, end)
+
+
+def test_overshoot_loss_is_the_open_loop_reconstruction_error():
+    """With zero noise, the overshooting term is the NLL of the eager open-loop predictions; off by default."""
+    from mrcom_core.losses import loss_overshoot
+
+    torch.manual_seed(0)
+    cfg = tiny(overshoot_horizon=4)
+    model = WorldModel(cfg)
+    batch = make_batch(cfg, 4, 6)
+    zero = {k: torch.zeros_like(v) for k, v in make_noise(model, 4, 6).items()}
+    loss = loss_overshoot(model, model.observe_window(batch, zero), batch)
+    pred = open_loop_predictions(model, batch, 4)
+    target = model.normalize(batch["obs"][:, 1:5])
+    expected = 0.5 * (torch.square(pred - target) * batch["obs_mask"][:, None]).sum(-1).mean()
+    torch.testing.assert_close(loss, expected)
+    assert "overshoot" in model(batch, zero) and "overshoot" not in WorldModel(tiny())(batch, zero)
+    loss.backward()
+    assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.u_prior[0].weight.grad.abs().sum() > 0
 
 
 def test_kl_direction_switch_changes_the_kl():
