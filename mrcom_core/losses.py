@@ -93,23 +93,16 @@ def loss_overshoot(model: WorldModel, post: Posterior, batch: dict[str, torch.Te
     observations under the decoded predictions (real dims only), averaged over steps. The one-step
     priors of ``L_var`` never see their own predictions in the context; this term trains them to.
     """
-    c = model.config
+    from .rollout import imagine_open_loop
+
     action = batch["action"]
-    H = min(c.overshoot_horizon, action.shape[1])
+    H = min(model.config.overshoot_horizon, action.shape[1])
     obs_n = model.normalize(batch["obs"])
-    B = action.shape[0]
     tokens = model.tokens(model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"])
     _, cache = model.encode_context(tokens)
     state = type(post.state)(*(x[:, 0] for x in post.state))
-    zero_u, zero_h = action.new_zeros(B, c.stoch_dim), action.new_zeros(B, c.aux_dim)
-    last_obs, errors = obs_n[:, 0], []
-    for k in range(H):
-        a = action[:, k]
-        context, cache = model.context_step(model.tokens(last_obs, a, model.reward(state, a)), cache)
-        state = model.imagine_step(state, context, a, zero_u, zero_h)
-        last_obs = model.decode(state)
-        errors.append(0.5 * (torch.square(last_obs - obs_n[:, k + 1]) * batch["obs_mask"]).sum(-1))
-    return torch.stack(errors, 1).mean()
+    pred = imagine_open_loop(model, state, cache, obs_n[:, 0], action[:, :H])
+    return 0.5 * _masked_sq_error(pred, obs_n[:, 1 : H + 1], batch["obs_mask"]).mean()
 
 
 def total_loss(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
