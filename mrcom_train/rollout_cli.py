@@ -41,10 +41,12 @@ def run_rollout(export_dir, data, batch: int, horizon: int, seed: int, bench: bo
                           f"{rt.obs_dim}/{rt.act_dim}")
     prompt, real = prompts_from_dataset(ds, rt.context_len, horizon, batch, seed)
     lat = rt.latent
-    zero = {k: np.zeros((batch, n, lat[k]), np.float32) for k, n in (("u", 1), ("h", 1))} if mean_latents else None
-    rt.reset(*prompt, noise=zero)
-    out = rt.rollout(real["action"], horizon, noise=None if zero is None else {
-        k: np.zeros((batch, horizon, lat[k]), np.float32) for k in ("u", "h")})
+
+    def zeros(steps: int) -> dict[str, np.ndarray] | None:  # mean latents: zero noise for every step
+        return {k: np.zeros((batch, steps, lat[k]), np.float32) for k in ("u", "h")} if mean_latents else None
+
+    rt.reset(*prompt, noise=zeros(1))  # the prompt holds exactly m steps: one posterior step
+    out = rt.rollout(real["action"], horizon, noise=zeros(horizon))
     std = np.asarray(rt.manifest["obs_std"], np.float32)
     err = np.square((out["obs"] - real["obs"][:, 1:]) / std) * real["obs_mask"][:, None]
     per_row = err.sum((1, 2)) / (real["obs_mask"].sum(1) * horizon)
