@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.config import model_config
-from mrcom_core.world_model import WorldModel
+from mrcom_core import steps
+from mrcom_core.base import BaseWorldModel as WorldModel
+from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
 from mrcom_export.exporter import export_model
 from mrcom_export.runtime import Runtime
@@ -47,22 +48,17 @@ def median_time(fn, repeats: int, setup=None) -> float:
 @torch.no_grad()
 def eager_rollout(model: WorldModel, prompt, actions: torch.Tensor, noise, reencode: bool) -> torch.Tensor:
     obs, act, rew = prompt
-    m, B = model.config.context_len, obs.shape[0]
-    tokens = model.tokens(model.normalize(obs[:, :m]), act, rew)
-    readout, cache = model.encode_context(tokens)
-    state = model.observe_step(model.initial_state(B), readout[:, -1], act[:, -1], model.normalize(obs[:, m]),
-                               noise["u"][:, 0], noise["h"][:, 0])
-    last = model.normalize(obs[:, m])
-    out = []
-    for t in range(actions.shape[1]):
+    m, H = model.config.context_len, actions.shape[1]
+    obs_n = model.normalize(obs)
+    state, cache = steps.prime(model, obs_n[:, :m], act, rew, obs_n[:, m], noise["u"][:, 0], noise["h"][:, 0])
+    if not reencode:  # the streaming encoder's key/value FIFO: what the runtime runs
+        return steps.rollout(model, state, cache, obs_n[:, m], H, actions, noise["u"], noise["h"]).obs
+    tokens, last, out = model.tokens(obs_n[:, :m], act, rew), obs_n[:, m], []
+    for t in range(H):  # the literal Enc(C_t): the whole m-token window encoded again every step
         a = actions[:, t]
-        token = model.tokens(last, a, model.reward(state, a))
-        if reencode:
-            tokens = torch.cat([tokens[:, 1:], token[:, None]], 1)
-            context = model.encode_context(tokens)[0][:, -1]
-        else:
-            context, cache = model.context_step(token, cache)
-        state = model.imagine_step(state, context, a, noise["u"][:, t], noise["h"][:, t])
+        tokens = torch.cat([tokens[:, 1:], model.tokens(last, a, model.reward(state, a))[:, None]], 1)
+        state = model.imagine_step(state, model.encode_context(tokens)[0][:, -1], a, noise["u"][:, t],
+                                   noise["h"][:, t])
         last = model.decode(state)
         out.append(last)
     return torch.stack(out, 1)
@@ -76,8 +72,8 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
     act = np.tanh(rng.standard_normal((B, c.context_len, c.act_dim))).astype(np.float32)
     rew = rng.random((B, c.context_len)).astype(np.float32)
     actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
-    noise = {"u": rng.standard_normal((B, H, c.stoch_dim), np.float32),
-             "h": rng.standard_normal((B, H, c.aux_dim), np.float32)}
+    noise = {"u": rng.standard_normal((B, H, model.sizes.u), np.float32),
+             "h": rng.standard_normal((B, H, model.sizes.h), np.float32)}
     tp = tuple(torch.from_numpy(x) for x in (obs, act, rew))
     ta, tn = torch.from_numpy(actions), {k: torch.from_numpy(v) for k, v in noise.items()}
     times = {
@@ -85,8 +81,9 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
         "eager incremental": median_time(lambda: eager_rollout(model, tp, ta, tn, False), reps),
     }
     with torch.no_grad():
-        state = [torch.zeros(B, c.stoch_dim), torch.zeros(B, c.deter_dim), torch.zeros(B, c.aux_dim), tp[0][:, -1],
-                 torch.zeros(G.kv_shape(model, B)), torch.zeros(G.kv_shape(model, B))]
+        s = model.sizes
+        state = [torch.zeros(B, s.u), torch.zeros(B, s.d), torch.zeros(B, s.h), tp[0][:, -1],
+                 torch.zeros(model.cache_shape(B)), torch.zeros(model.cache_shape(B))]
         scripted(*state, ta, tn["u"], tn["h"])
         times["TorchScript fused"] = median_time(lambda: scripted(*state, ta, tn["u"], tn["h"]), reps)
 
@@ -130,7 +127,7 @@ def ort_times(rt: Runtime, arrays: dict[str, np.ndarray], H: int, reps: int) -> 
 
     inputs = rt.root / "bench-inputs.mrcb"
     write_bundle(inputs, arrays)
-    threads = rt._options.intra_op_num_threads  # 0: ONNX Runtime's own default pool
+    threads = rt.threads or 0  # 0: ONNX Runtime's own default pool
     r = subprocess.run([sys.executable, "-c", _ORT_CHILD, str(rt.root), str(inputs), str(H), str(reps), str(threads)],
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -166,7 +163,7 @@ def main() -> int:
     batches = [int(b) for b in args.batches.split(",")]
     H = args.horizon
     torch.manual_seed(0)
-    model = WorldModel(model_config(args.preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval()
+    model = build_model(model_config(args.preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval()
     print(f"# MrCoM imagined rollouts: {args.preset} model, H = {H}\n")
     print(f"- {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} with {args.threads} thread(s); "
           f"ONNX Runtime with its default intra-op pool, in a separate process that never imports torch")

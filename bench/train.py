@@ -23,8 +23,9 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 
-from mrcom_train.collect import CollectConfig, collect  # noqa: E402
-from mrcom_train.trainer import RunRequest, Trainer  # noqa: E402
+from mrcom_train.data.collect import CollectConfig, collect  # noqa: E402
+from mrcom_train.training.config import RunRequest  # noqa: E402
+from mrcom_train.training.trainer import Trainer  # noqa: E402
 
 
 def time_updates(data: Path, run: Path, preset: str, device: str, reencode: bool, steps: int, warmup: int) -> float:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import logging
-import os
 import platform
 import time
 import warnings
@@ -22,7 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.world_model import BaseWorldModel as WorldModel
+from mrcom_core.atomic import write_json_atomic
+from mrcom_core.base import BaseWorldModel
 
 from . import graphs as G
 from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256
@@ -31,16 +30,6 @@ FORMATS = ("onnx", "torchscript")
 OPSET = 18
 PARITY_BATCHES = (1, 7, 256)
 PARITY_TOLERANCE = 1e-4
-
-
-def _build(name: str, model: WorldModel, horizon: int, policy: G.PolicyActor | None) -> torch.nn.Module:
-    if name == "rollout":
-        return G.Rollout(model, horizon)
-    if name == "policy":
-        return G.Policy(policy)
-    if name == "policy_rollout":
-        return G.PolicyRollout(model, policy, horizon)
-    return G.GRAPHS[name](model)
 
 
 def _export_onnx(module: torch.nn.Module, inputs: tuple, path: Path) -> None:
@@ -80,7 +69,7 @@ def _max_error(a, b, names, obs_std: np.ndarray) -> float:
     return worst
 
 
-def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, ...] = FORMATS, horizon: int = 15,
+def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[str, ...] = FORMATS, horizon: int = 15,
                  policy: G.PolicyActor | None = None, source: dict | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Export ``model`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
@@ -101,7 +90,7 @@ def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval().cpu()
-    names = ["context_full", "context_step", "observe", "imagine", "reward", "step", "rollout"]
+    names = list(G.MODEL_GRAPHS)
     if policy is not None:
         policy = policy.float().eval().cpu()
         names += ["policy", "policy_rollout"]
@@ -111,7 +100,7 @@ def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, 
     graphs_meta, parity = {}, {}
     for name in names:
         start = time.perf_counter()
-        module = _build(name, model, horizon, policy).eval()
+        module = G.build_graph(name, model, horizon, policy).eval()
         spec = module.spec
         example = G.example_inputs(name, model, 7, horizon, policy_act, gen)
         with torch.no_grad():
@@ -159,29 +148,25 @@ def export_model(model: WorldModel, out_dir: Path | str, *, formats: tuple[str, 
         log(f"  {name:<15} {', '.join(formats)}  parity max |Δ| {worst:.1e} at batch {PARITY_BATCHES}  "
             f"({time.perf_counter() - start:.1f}s)")
 
-    import onnxruntime
-
     c = model.config
     manifest = {
         "format": FORMAT, "version": VERSION,
         "model_config": c.to_dict(), "model_type": c.model_type,
         "obs_dim": c.obs_dim, "act_dim": c.act_dim, "context_len": c.context_len,
         "context_reward": c.context_reward,
-        "latent": {"u": c.stoch_dim, "d": c.deter_dim, "h": c.aux_dim},
-        "kv_shape": list(G.kv_shape(model, 1)[:1]) + ["batch"] + list(G.kv_shape(model, 1)[2:]),
+        "latent": {"u": model.sizes.u, "d": model.sizes.d, "h": model.sizes.h},
+        "kv_shape": list(model.cache_shape(1)[:1]) + ["batch"] + list(model.cache_shape(1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
         "rollout_horizon": horizon,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
         "graphs": graphs_meta, "parity": parity, "parity_tolerance": PARITY_TOLERANCE,
         "formats": list(formats), "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=True)" if "onnx" in formats else None,
-        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
+        "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "python": platform.python_version()},
         "source": source or {},
     }
     files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".pt") and p.stem in graphs_meta)
     manifest["files"] = {name: sha256(out / name) for name in files}
-    tmp = out / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(manifest, indent=1))
-    os.replace(tmp, out / MANIFEST)
+    write_json_atomic(out / MANIFEST, manifest)
     return manifest

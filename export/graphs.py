@@ -1,23 +1,27 @@
-"""The exported graphs: small ``nn.Module`` wrappers around a trained world model (torch side only).
+"""The exported graphs: thin ``nn.Module`` wrappers around :mod:`mrcom_core.steps` (torch side only).
 
 Every graph takes raw (un-normalized, zero-padded) observations and returns raw predictions; all
 tensors are float32 with the batch as the dynamic first axis (the key/value cache: second axis); every
-random number is an input. The per-step contract (index convention of DESIGN.md)::
+random number is an input. The contract (index convention of DESIGN.md)::
 
     context_full (obs[B,m,D], action[B,m,A], reward[B,m])         -> context[B,C], keys, values
     context_step (obs[B,D], action[B,A], reward[B], keys, values)  -> context, keys, values
-    observe      (u, d, h, context, prev_action, obs, noise_u, noise_h)   -> u, d, h      (posterior)
     imagine      (u, d, h, context, prev_action, noise_u, noise_h)        -> u, d, h, obs (prior + decoder)
     reward       (u, d, h, action)                                        -> reward
+    prime        (obs[B,m+1,D], action[B,m,A], reward[B,m], noise_u, noise_h) -> u, d, h, keys, values
+    observe      (u, d, h, keys, values, prev_obs, prev_action, prev_reward, obs, noise_u, noise_h)
+                 -> u, d, h, keys, values
     step         (u, d, h, obs, action, keys, values, noise_u, noise_h)
                  -> u, d, h, obs_next, reward, keys, values
     rollout      (u, d, h, obs, keys, values, actions[B,H,A], noise_u[B,H,U], noise_h[B,H,Hd])
                  -> obs[B,H,D], reward[B,H], u, d, h, keys, values               (H fused steps)
     policy_rollout (… without actions, with noise_action[B,H,A_pi]) -> + actions[B,H,A]
 
-``step`` is ``reward`` (for the action taken in the current state) → the token
-``(o_t, a_t, r̂_t)`` enters the context FIFO → ``imagine`` with ``a_t``. keys/values are
-``(layers, B, heads, m, head_dim)``; a model trained without context (``no_context``) carries a
+``context_full``, ``context_step``, ``imagine`` and ``reward`` are the building blocks (the context encoder
+and the latent transition) for users who compose their own loops; ``prime`` → ``observe``* → ``step``* /
+``rollout`` is what the runtime and the C++ examples run: :func:`~mrcom_core.steps.prime`,
+:func:`~mrcom_core.steps.observe`, :func:`~mrcom_core.steps.imagine` and :func:`~mrcom_core.steps.rollout`.
+keys/values are ``(layers, B, heads, m, head_dim)``; a model without a context encoder carries a
 (1, B, 1, 1, 1) placeholder that the graphs pass through unchanged.
 """
 
@@ -28,9 +32,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from mrcom_core import steps
+from mrcom_core.base import BaseWorldModel, LatentState
 from mrcom_core.layers import KVCache
-from mrcom_core.world_model import BaseWorldModel as WorldModel
-from mrcom_core.world_model import LatentState
 
 
 @dataclass(frozen=True)
@@ -42,54 +46,28 @@ class GraphSpec:
     batch_axis: dict[str, int]
 
 
-def kv_shape(model: WorldModel, batch: int) -> tuple[int, ...]:
-    c = model.config
-    if model.encoder is None:
-        return (1, batch, 1, 1, 1)
-    return (c.ctx_layers, batch, c.ctx_heads, c.context_len, c.ctx_width // c.ctx_heads)
+_STATE = ("u", "d", "h")
+_NEXT = ("u_next", "d_next", "h_next")
+_KV = ("keys", "values", "keys_next", "values_next")
+
+
+def _spec(inputs, outputs) -> GraphSpec:
+    return GraphSpec(tuple(inputs), tuple(outputs), {n: (1 if n in _KV else 0) for n in (*inputs, *outputs)})
 
 
 class _Graph(nn.Module):
     spec: GraphSpec
 
-    def __init__(self, model: WorldModel):
+    def __init__(self, model: BaseWorldModel):
         super().__init__()
         self.m = model
-
-    def _cache(self, keys, values) -> KVCache:
-        return KVCache(keys, values)
-
-    def _context_step(self, obs, action, reward, keys, values):
-        token = self.m.tokens(self.m.normalize(obs), action, reward)
-        if self.m.encoder is None:
-            return obs.new_zeros(obs.shape[0], 0), keys, values
-        context, cache = self.m.encoder.step(token, KVCache(keys, values))
-        return context, cache.keys, cache.values
-
-    def _step(self, state: LatentState, obs, action, keys, values, noise_u, noise_h):
-        reward = self.m.reward(state, action)
-        context, keys, values = self._context_step(obs, action, reward, keys, values)
-        nxt = self.m.imagine_step(state, context, action, noise_u, noise_h)
-        return nxt, self.m.denormalize(self.m.decode(nxt)), reward, keys, values
-
-
-_STATE = ("u", "d", "h")
-_NEXT = ("u_next", "d_next", "h_next")
-
-
-def _spec(inputs, outputs, kv=("keys", "values", "keys_next", "values_next")) -> GraphSpec:
-    return GraphSpec(tuple(inputs), tuple(outputs), {n: (1 if n in kv else 0) for n in (*inputs, *outputs)})
 
 
 class ContextFull(_Graph):
     spec = _spec(("obs", "action", "reward"), ("context", "keys", "values"))
 
     def forward(self, obs, action, reward):
-        tokens = self.m.tokens(self.m.normalize(obs), action, reward)
-        if self.m.encoder is None:
-            B = obs.shape[0]
-            return obs.new_zeros(B, 0), obs.new_zeros(1, B, 1, 1, 1), obs.new_zeros(1, B, 1, 1, 1)
-        readout, cache = self.m.encoder(tokens)
+        readout, cache = self.m.encode_context(self.m.tokens(self.m.normalize(obs), action, reward))
         return readout[:, -1], cache.keys, cache.values
 
 
@@ -97,15 +75,9 @@ class ContextStep(_Graph):
     spec = _spec(("obs", "action", "reward", "keys", "values"), ("context", "keys_next", "values_next"))
 
     def forward(self, obs, action, reward, keys, values):
-        return self._context_step(obs, action, reward, keys, values)
-
-
-class Observe(_Graph):
-    spec = _spec((*_STATE, "context", "prev_action", "obs", "noise_u", "noise_h"), _NEXT)
-
-    def forward(self, u, d, h, context, prev_action, obs, noise_u, noise_h):
-        s = self.m.observe_step(LatentState(u, d, h), context, prev_action, self.m.normalize(obs), noise_u, noise_h)
-        return s.u, s.d, s.h
+        context, cache = self.m.context_step(self.m.tokens(self.m.normalize(obs), action, reward),
+                                             KVCache(keys, values))
+        return context, cache.keys, cache.values
 
 
 class Imagine(_Graph):
@@ -123,34 +95,55 @@ class Reward(_Graph):
         return self.m.reward(LatentState(u, d, h), action)
 
 
+class Prime(_Graph):
+    """m prompt steps into the context, then the first posterior step at the prompt's last observation."""
+
+    spec = _spec(("obs", "action", "reward", "noise_u", "noise_h"), (*_NEXT, "keys_next", "values_next"))
+
+    def forward(self, obs, action, reward, noise_u, noise_h):
+        obs_n = self.m.normalize(obs)
+        s, cache = steps.prime(self.m, obs_n[:, :-1], action, reward, obs_n[:, -1], noise_u, noise_h)
+        return s.u, s.d, s.h, cache.keys, cache.values
+
+
+class Observe(_Graph):
+    """One more real step after ``prime``: the previous step's token enters the context, then the posterior."""
+
+    spec = _spec((*_STATE, "keys", "values", "prev_obs", "prev_action", "prev_reward", "obs", "noise_u", "noise_h"),
+                 (*_NEXT, "keys_next", "values_next"))
+
+    def forward(self, u, d, h, keys, values, prev_obs, prev_action, prev_reward, obs, noise_u, noise_h):
+        s, cache = steps.observe(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(prev_obs),
+                                 prev_action, prev_reward, self.m.normalize(obs), noise_u, noise_h)
+        return s.u, s.d, s.h, cache.keys, cache.values
+
+
 class Step(_Graph):
     spec = _spec((*_STATE, "obs", "action", "keys", "values", "noise_u", "noise_h"),
                  (*_NEXT, "obs_next", "reward", "keys_next", "values_next"))
 
     def forward(self, u, d, h, obs, action, keys, values, noise_u, noise_h):
-        s, obs_next, reward, keys, values = self._step(LatentState(u, d, h), obs, action, keys, values, noise_u,
-                                                       noise_h)
-        return s.u, s.d, s.h, obs_next, reward, keys, values
+        out = steps.imagine(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs), action,
+                            noise_u, noise_h)
+        s, cache = out.state, out.cache
+        return s.u, s.d, s.h, self.m.denormalize(out.obs), out.reward, cache.keys, cache.values
 
 
 class Rollout(_Graph):
-    """``horizon`` steps of :class:`Step` unrolled into one graph, actions given."""
+    """``horizon`` imagined steps unrolled into one graph, actions given."""
 
     spec = _spec((*_STATE, "obs", "keys", "values", "actions", "noise_u", "noise_h"),
                  ("obs_seq", "reward_seq", *_NEXT, "keys_next", "values_next"))
 
-    def __init__(self, model: WorldModel, horizon: int):
+    def __init__(self, model: BaseWorldModel, horizon: int):
         super().__init__(model)
         self.horizon = horizon
 
     def forward(self, u, d, h, obs, keys, values, actions, noise_u, noise_h):
-        state, observations, rewards = LatentState(u, d, h), [], []
-        for t in range(self.horizon):
-            state, obs, reward, keys, values = self._step(state, obs, actions[:, t], keys, values, noise_u[:, t],
-                                                          noise_h[:, t])
-            observations.append(obs)
-            rewards.append(reward)
-        return (torch.stack(observations, 1), torch.stack(rewards, 1), state.u, state.d, state.h, keys, values)
+        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs), self.horizon,
+                            actions, noise_u, noise_h)
+        s, cache = out.state, out.cache
+        return self.m.denormalize(out.obs), out.reward, s.u, s.d, s.h, cache.keys, cache.values
 
 
 class PolicyActor(nn.Module):
@@ -179,59 +172,71 @@ class Policy(nn.Module):
 
 
 class PolicyRollout(_Graph):
-    """``horizon`` fused steps with the policy choosing each action from the current observation."""
+    """``horizon`` fused steps with the policy choosing each action from the current (raw) prediction."""
 
     spec = _spec((*_STATE, "obs", "keys", "values", "noise_action", "noise_u", "noise_h"),
                  ("obs_seq", "reward_seq", "action_seq", *_NEXT, "keys_next", "values_next"))
 
-    def __init__(self, model: WorldModel, policy: PolicyActor, horizon: int):
+    def __init__(self, model: BaseWorldModel, policy: PolicyActor, horizon: int):
         super().__init__(model)
         self.policy, self.horizon = policy, horizon
 
     def forward(self, u, d, h, obs, keys, values, noise_action, noise_u, noise_h):
-        state, observations, rewards, actions = LatentState(u, d, h), [], [], []
-        for t in range(self.horizon):
-            action = self.policy(obs, noise_action[:, t])
-            state, obs, reward, keys, values = self._step(state, obs, action, keys, values, noise_u[:, t],
-                                                          noise_h[:, t])
-            observations.append(obs)
-            rewards.append(reward)
-            actions.append(action)
-        return (torch.stack(observations, 1), torch.stack(rewards, 1), torch.stack(actions, 1), state.u, state.d,
-                state.h, keys, values)
+        actions = []
+
+        def act(t: int, obs_n: torch.Tensor) -> torch.Tensor:
+            actions.append(self.policy(self.m.denormalize(obs_n), noise_action[:, t]))
+            return actions[-1]
+
+        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs), self.horizon,
+                            act, noise_u, noise_h)
+        s, cache = out.state, out.cache
+        return (self.m.denormalize(out.obs), out.reward, torch.stack(actions, 1), s.u, s.d, s.h, cache.keys,
+                cache.values)
 
 
-def example_inputs(name: str, model: WorldModel, batch: int, horizon: int = 1, policy_act_dim: int = 0,
+def build_graph(name: str, model: BaseWorldModel, horizon: int, policy: PolicyActor | None) -> nn.Module:
+    """The graph module ``name`` of :data:`GRAPHS` around ``model`` (and ``policy`` for the policy graphs)."""
+    if name == "rollout":
+        return Rollout(model, horizon)
+    if name == "policy":
+        return Policy(policy)
+    if name == "policy_rollout":
+        return PolicyRollout(model, policy, horizon)
+    return GRAPHS[name](model)
+
+
+def example_inputs(name: str, model: BaseWorldModel, batch: int, horizon: int = 1, policy_act_dim: int = 0,
                    generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
     """Random inputs of graph ``name`` at ``batch`` (for tracing and parity checks)."""
-    c = model.config
+    c, s = model.config, model.sizes
+    m, D, A = c.context_len, c.obs_dim, c.act_dim
+    kv = model.cache_shape(batch)
     shapes = {
-        "u": (batch, c.stoch_dim), "d": (batch, c.deter_dim), "h": (batch, c.aux_dim),
-        "context": (batch, c.context_dim),
-        "prev_action": (batch, c.act_dim), "action": (batch, c.act_dim), "noise_u": (batch, c.stoch_dim),
-        "noise_h": (batch, c.aux_dim), "keys": kv_shape(model, batch), "values": kv_shape(model, batch),
-        "reward": (batch,), "actions": (batch, horizon, c.act_dim), "noise_action": (batch, horizon, policy_act_dim),
+        "u": (batch, s.u), "d": (batch, s.d), "h": (batch, s.h), "context": (batch, s.context),
+        "prev_action": (batch, A), "action": (batch, A), "noise_u": (batch, s.u), "noise_h": (batch, s.h),
+        "keys": kv, "values": kv, "reward": (batch,), "obs": (batch, D), "prev_obs": (batch, D),
+        "prev_reward": (batch,), "actions": (batch, horizon, A), "noise_action": (batch, horizon, policy_act_dim),
     }
     if name == "context_full":
-        shapes.update(obs=(batch, c.context_len, c.obs_dim), action=(batch, c.context_len, c.act_dim),
-                      reward=(batch, c.context_len))
-    else:
-        shapes["obs"] = (batch, c.obs_dim)
-    if name in ("rollout", "policy_rollout"):
-        shapes.update(noise_u=(batch, horizon, c.stoch_dim), noise_h=(batch, horizon, c.aux_dim))
-    if name == "policy":
+        shapes.update(obs=(batch, m, D), action=(batch, m, A), reward=(batch, m))
+    elif name == "prime":
+        shapes.update(obs=(batch, m + 1, D), action=(batch, m, A), reward=(batch, m))
+    elif name in ("rollout", "policy_rollout"):
+        shapes.update(noise_u=(batch, horizon, s.u), noise_h=(batch, horizon, s.h))
+    elif name == "policy":
         shapes["noise_action"] = (batch, policy_act_dim)
-    spec = GRAPHS[name].spec
     out = []
-    for n in spec.inputs:
+    for n in GRAPHS[name].spec.inputs:
         x = torch.randn(shapes[n], generator=generator)
-        if n in ("action", "prev_action", "actions"):
-            x = torch.tanh(x)
-        out.append(x)
+        out.append(torch.tanh(x) if "action" in n and "noise" not in n else x)
     return tuple(out)
 
 
 GRAPHS: dict[str, type[nn.Module]] = {
-    "context_full": ContextFull, "context_step": ContextStep, "observe": Observe, "imagine": Imagine,
-    "reward": Reward, "step": Step, "rollout": Rollout, "policy": Policy, "policy_rollout": PolicyRollout,
+    "context_full": ContextFull, "context_step": ContextStep, "imagine": Imagine, "reward": Reward,
+    "prime": Prime, "observe": Observe, "step": Step, "rollout": Rollout, "policy": Policy,
+    "policy_rollout": PolicyRollout,
 }
+#: the graphs every export has (``policy`` and ``policy_rollout`` come with ``--policy``).
+MODEL_GRAPHS = ("context_full", "context_step", "imagine", "reward", "prime", "observe", "step", "rollout")

@@ -6,12 +6,14 @@ import hashlib
 import json
 from pathlib import Path
 
+from mrcom_core.errors import UserInputError
+
 FORMAT = "mrcom-export"
-VERSION = 1
+VERSION = 2  # 2: prime/observe graphs (the runtime no longer stitches context_full + observe itself)
 MANIFEST = "manifest.json"
 
 
-class ExportError(ValueError):
+class ExportError(UserInputError):
     """An export folder or a runtime input is unusable; the message says what and where."""
 
 

@@ -5,10 +5,11 @@
 >>> obs, reward, latent = rt.step(actions)                     # one imagined step for all 64 rollouts
 >>> out = rt.rollout(actions_or_policy, horizon=15)            # H steps; one fused call where exported
 
-The latent state and the context's key/value FIFO stay on the execution device between calls (ONNX
-Runtime I/O binding: each call's outputs are bound as the next call's inputs); only observations and
-rewards come back to the host. Noise comes from the runtime's own seeded generator, into preallocated
-buffers. The context FIFO receives the generated observations and predicted rewards, as the paper says.
+The runtime only sequences the exported graphs (``prime`` → ``observe``* for a prompt, then ``step`` or the
+fused ``rollout``), which are :mod:`mrcom_core.steps`'s functions frozen; it computes nothing itself. The
+latent state and the context's key/value FIFO stay on the execution device between calls (ONNX Runtime
+I/O binding: each call's outputs are bound as the next call's inputs); only observations and rewards come
+back to the host. Noise comes from the runtime's own seeded generator, into preallocated buffers.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ class Runtime:
                               f"--format onnx or all")
         self.providers = providers or default_providers()
         self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
+        self.threads = threads
         self._options = ort.SessionOptions()
         if threads:
             self._options.intra_op_num_threads = threads
@@ -115,7 +117,8 @@ class Runtime:
         ``prompt_obs`` ``(B, T+1, obs_dim)``, ``prompt_act`` ``(B, T, act_dim)``, ``prompt_rew`` ``(B, T)``
         with T ≥ context length m (observations and actions zero-padded to the export's dims); or the
         same without the leading B plus ``batch=B`` to start B rollouts from one prompt. The first m steps
-        fill the context FIFO; the posterior then observes every later step, so the state starts at o_T.
+        fill the context FIFO and the posterior observes o_m (``prime``); it then observes every later step
+        (``observe``), so the state starts at o_T.
         ``noise`` (``{"u": (B, T-m+1, u), "h": (B, T-m+1, h)}``) replaces the posterior's seeded noise.
         """
         obs, act = np.asarray(prompt_obs, dtype=np.float32), np.asarray(prompt_act, dtype=np.float32)
@@ -142,20 +145,21 @@ class Runtime:
             rew = np.zeros((B, T), np.float32)
         rew = self._check("prompt_rew", rew, (B, T))
 
-        full = self._run("context_full", {}, {"obs": obs[:, :m], "action": act[:, :m], "reward": rew[:, :m]})
-        context, keys, values = full["context"], full["keys"], full["values"]
         lat = self.latent
-        state = {k: self._ortvalue(np.zeros((B, lat[k]), np.float32)) for k in _STATE}
-        for k in range(m, T + 1):
-            if k > m:  # token k-1 enters the FIFO, giving c_k
-                nxt = self._run("context_step", {"keys": keys, "values": values},
-                                {"obs": obs[:, k - 1], "action": act[:, k - 1], "reward": rew[:, k - 1]})
-                context, keys, values = nxt["context"], nxt["keys_next"], nxt["values_next"]
-            nu = self._noise("u", B, lat["u"]) if noise is None else noise["u"][:, k - m]
-            nh = self._noise("h", B, lat["h"]) if noise is None else noise["h"][:, k - m]
-            out = self._run("observe", {**state, "context": context},
-                            {"prev_action": act[:, k - 1], "obs": obs[:, k], "noise_u": nu, "noise_h": nh})
-            state = {name: out[f"{name}_next"] for name in _STATE}
+
+        def posterior_noise(k: int) -> dict[str, np.ndarray]:
+            if noise is not None:
+                return {"noise_u": noise["u"][:, k - m], "noise_h": noise["h"][:, k - m]}
+            return {"noise_u": self._noise("u", B, lat["u"]), "noise_h": self._noise("h", B, lat["h"])}
+
+        out = self._run("prime", {}, {"obs": obs[:, : m + 1], "action": act[:, :m], "reward": rew[:, :m],
+                                      **posterior_noise(m)})
+        for k in range(m + 1, T + 1):  # the rest of the prompt: token k-1 enters the FIFO, the posterior sees o_k
+            state = {name: out[f"{name}_next"] for name in (*_STATE, "keys", "values")}
+            out = self._run("observe", state, {"prev_obs": obs[:, k - 1], "prev_action": act[:, k - 1],
+                                               "prev_reward": rew[:, k - 1], "obs": obs[:, k], **posterior_noise(k)})
+        state = {name: out[f"{name}_next"] for name in _STATE}
+        keys, values = out["keys_next"], out["values_next"]
         self._state = {**state, "keys": keys, "values": values, "obs": self._ortvalue(obs[:, T])}
         self.batch = B
         return obs[:, T].copy()

@@ -1,9 +1,11 @@
 """A Gymnasium ``VectorEnv`` whose B environments are imagined rollouts of an exported world model.
 
-Standard RL code (SAC, PPO, …) can train inside the model: each ``reset`` starts every sub-environment
-from a prompt trajectory of the target scenario (drawn from ``prompts``), each ``step`` is one batched
-call of the runtime. Episodes last ``horizon`` imagined steps and are truncated together; the step after
-a truncation resets them (Gymnasium's ``NEXT_STEP`` autoreset). Needs gymnasium, numpy, onnxruntime.
+Standard RL code (SAC, PPO, …) can train inside the model, and ``mrcom adapt`` generates its imagined
+transitions through it: each ``reset`` starts every sub-environment from a prompt trajectory of the target
+scenario (``options={"prompts": …}``, or B drawn from the ``prompts`` given at construction), each ``step``
+is one batched call of the runtime. Episodes last ``horizon`` imagined steps (settable between resets) and
+are truncated together; the step after a truncation resets them (Gymnasium's ``NEXT_STEP`` autoreset).
+Needs gymnasium, numpy, onnxruntime.
 """
 
 from __future__ import annotations
@@ -16,33 +18,39 @@ from gymnasium.vector.utils import batch_space
 from .manifest import ExportError
 from .runtime import Runtime
 
+Prompts = tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+def _as_prompts(prompts) -> Prompts:
+    out = tuple(np.asarray(p, dtype=np.float32) for p in prompts)
+    if len(out) != 3 or out[0].ndim != 3 or len({len(p) for p in out}) != 1:
+        raise ExportError("prompts must be (obs (N, T+1, D), actions (N, T, A), rewards (N, T)) with equal N")
+    return out
+
 
 class ImaginedVectorEnv(gym.vector.VectorEnv):
-    """``num_envs`` imagined rollouts as a vector environment.
+    """``num_envs`` imagined rollouts of ``runtime``'s model as a vector environment.
 
     Args:
-        export_dir: an ONNX export (``mrcom export``).
-        prompts: ``(obs (N, T+1, D), actions (N, T, A), rewards (N, T))`` real trajectories of the target
-            scenario; each reset draws ``num_envs`` of them (with replacement).
+        runtime: a :class:`~mrcom_export.runtime.Runtime` (its seeded generator draws the latent noise).
         num_envs: B.
+        prompts: ``(obs (N, T+1, D), actions (N, T, A), rewards (N, T))`` real trajectories of the target
+            scenario; a reset without ``options["prompts"]`` draws B of them (with replacement).
         horizon: imagined steps per episode.
-        seed: seeds prompt choice and latent noise (``reset(seed=…)`` reseeds both).
+        seed: seeds the prompt choice (``reset(seed=…)`` reseeds it and the runtime's noise).
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, export_dir, prompts: tuple[np.ndarray, np.ndarray, np.ndarray], num_envs: int,
-                 horizon: int = 15, seed: int = 0, providers: list[str] | None = None):
+    def __init__(self, runtime: Runtime, num_envs: int, prompts: Prompts | None = None, horizon: int = 15,
+                 seed: int = 0):
         if num_envs < 1:
             raise ExportError(f"num_envs must be >= 1, got {num_envs}")
-        if horizon < 1:
-            raise ExportError(f"horizon must be >= 1, got {horizon}")
-        self.runtime = Runtime(export_dir, seed=seed, providers=providers)
-        self.prompts = tuple(np.asarray(p, dtype=np.float32) for p in prompts)
-        if self.prompts[0].ndim != 3 or len({len(p) for p in self.prompts}) != 1:
-            raise ExportError("prompts must be (obs (N, T+1, D), actions (N, T, A), rewards (N, T)) with equal N")
-        self.num_envs, self.horizon = num_envs, horizon
-        D, A = self.runtime.obs_dim, self.runtime.act_dim
+        self.runtime = runtime
+        self.prompts = None if prompts is None else _as_prompts(prompts)
+        self.num_envs = num_envs
+        self.horizon = horizon
+        D, A = runtime.obs_dim, runtime.act_dim
         self.single_observation_space = gym.spaces.Box(-np.inf, np.inf, (D,), np.float32)
         self.single_action_space = gym.spaces.Box(-1.0, 1.0, (A,), np.float32)
         self.observation_space = batch_space(self.single_observation_space, num_envs)
@@ -51,14 +59,34 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         self._t = 0
         self._needs_reset = True
 
+    @property
+    def horizon(self) -> int:
+        return self._horizon
+
+    @horizon.setter
+    def horizon(self, value: int) -> None:
+        if value < 1:
+            raise ExportError(f"horizon must be >= 1, got {value}")
+        self._horizon = int(value)
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
+        """Start B rollouts: from ``options["prompts"]`` (B prompts) or B drawn from the stored prompts."""
         if seed is not None:
             self._rng = np.random.default_rng(seed)
             self.runtime.rng = np.random.default_rng(seed)
-        pick = self._rng.integers(len(self.prompts[0]), size=self.num_envs)
-        obs = self.runtime.reset(*(p[pick] for p in self.prompts))
+        info = {}
+        if options and "prompts" in options:
+            prompts = _as_prompts(options["prompts"])
+            if len(prompts[0]) != self.num_envs:
+                raise ExportError(f"options['prompts'] holds {len(prompts[0])} prompts for {self.num_envs} envs")
+        elif self.prompts is not None:
+            pick = self._rng.integers(len(self.prompts[0]), size=self.num_envs)
+            prompts, info = tuple(p[pick] for p in self.prompts), {"prompt_index": pick}
+        else:
+            raise ExportError("reset needs options={'prompts': (obs, actions, rewards)}: no prompts were given")
+        obs = self.runtime.reset(*prompts)
         self._t, self._needs_reset = 0, False
-        return obs, {"prompt_index": pick}
+        return obs, info
 
     def step(self, actions):
         B = self.num_envs

@@ -3,9 +3,13 @@
 Sizes live in one table (:data:`PRESETS`), as TD-MPC2 keeps them: ``tiny`` for tests (seconds on a
 CPU), ``small`` the CPU default, ``base`` for a GPU. Every field can be overridden by name
 (:func:`apply_overrides`, used by the CLI's ``--set`` and TOML config files). Invalid values raise
-:class:`ConfigError` whose message names the field.
+:class:`~mrcom_core.errors.UserInputError` whose message names the field.
 
-Ablations (paper §5.3) really remove their component:
+This module knows no model class: which ``model_type`` values exist, which latent sizes each has and
+which switches it honours is declared by the model classes and checked by :mod:`mrcom_core.registry`
+(``registry.model_config`` builds a config and checks both).
+
+Ablations (paper §5.3) really remove their component (MrCoM only):
 
 ==============  ===========================================================================
 ``no_d``        no deterministic state: no GRU, ``d`` has 0 dims, latent ``s = [u, h]``
@@ -23,13 +27,10 @@ import types
 import typing
 from dataclasses import dataclass, fields
 
+from .errors import UserInputError
+
 ABLATIONS = ("no_d", "no_context", "no_ls", "no_lv")
-MODEL_TYPES = ("mrcom", "rssm", "cadm")
 KL_DIRECTIONS = ("post_prior", "prior_post")
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message names the field."""
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,9 @@ class ModelConfig:
 
     Data-dependent fields (``obs_dim``, ``act_dim``, ``num_scenarios``) are filled in from the dataset.
 
-    ``model_type``: ``mrcom`` (the paper's model), or a baseline behind the same interface (see
-    :mod:`mrcom_core.baselines`): ``rssm`` (DreamerV3-style: stochastic ``u`` + GRU ``d``, no context, no
-    auxiliary state, no regularizers) or ``cadm`` (CaDM-style: the context encoder conditions an
-    observation-space dynamics model; the latent is the observation itself).
+    ``model_type``: the registry name of the world-model class (:mod:`mrcom_core.registry`): ``mrcom`` (the
+    paper's model), ``rssm`` (DreamerV3-style) or ``cadm`` (CaDM-style), or any class registered there. Each
+    class reads the fields it needs and declares its latent sizes; fields it ignores are harmless.
 
     Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is
     part of each token — without it a reward head cannot tell scenarios with different target speeds
@@ -103,56 +103,27 @@ class ModelConfig:
         for name in positive:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be an integer >= 1, got {value!r}")
+                raise UserInputError(f"model.{name} must be an integer >= 1, got {value!r}")
         if isinstance(self.d_dim, bool) or not isinstance(self.d_dim, int) or self.d_dim < 1:
-            raise ConfigError(f"model.d_dim must be an integer >= 1, got {self.d_dim!r} (use no_d to remove d)")
+            raise UserInputError(f"model.d_dim must be an integer >= 1, got {self.d_dim!r} (use no_d to remove d)")
         if self.ctx_width % self.ctx_heads:
-            raise ConfigError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
-                              f"({self.ctx_heads})")
+            raise UserInputError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
+                                 f"({self.ctx_heads})")
         for name in ("min_std", "lambda_var", "lambda_s", "lambda_v", "value_loss_weight", "kl_free_nats",
                      "reward_loss_weight", "overshoot_weight"):
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise ConfigError(f"model.{name} must be a finite number >= 0, got {value!r}")
+                raise UserInputError(f"model.{name} must be a finite number >= 0, got {value!r}")
         h = self.overshoot_horizon
         if isinstance(h, bool) or not isinstance(h, int) or h < 0:
-            raise ConfigError(f"model.overshoot_horizon must be an integer >= 0, got {h!r}")
-        if h and self.model_type != "mrcom":
-            raise ConfigError(f"model.overshoot_horizon applies to model.model_type=mrcom, not {self.model_type}")
+            raise UserInputError(f"model.overshoot_horizon must be an integer >= 0, got {h!r}")
         if not 0 <= self.gamma < 1:
-            raise ConfigError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
-        if self.model_type not in MODEL_TYPES:
-            raise ConfigError(f"model.model_type must be one of {', '.join(MODEL_TYPES)}, got {self.model_type!r}")
-        if self.model_type != "mrcom" and any(getattr(self, a) for a in ABLATIONS):
-            raise ConfigError(f"ablations apply to model.model_type=mrcom, not {self.model_type}")
+            raise UserInputError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
+        if not isinstance(self.model_type, str) or not self.model_type:
+            raise UserInputError(f"model.model_type must be a model name, got {self.model_type!r}")
         if self.kl_direction not in KL_DIRECTIONS:
-            raise ConfigError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
-                              f"got {self.kl_direction!r}")
-
-    # Derived sizes -------------------------------------------------------------------------------------
-    @property
-    def stoch_dim(self) -> int:
-        """Dims of the latent's ``u`` slot (CaDM: the normalized observation)."""
-        return self.obs_dim if self.model_type == "cadm" else self.u_dim
-
-    @property
-    def deter_dim(self) -> int:
-        """Dims of d actually present (0 under ``no_d`` and for CaDM)."""
-        return 0 if self.no_d or self.model_type == "cadm" else self.d_dim
-
-    @property
-    def aux_dim(self) -> int:
-        """Dims of the auxiliary ``h`` actually present (0 for the baselines)."""
-        return self.h_dim if self.model_type == "mrcom" else 0
-
-    @property
-    def context_dim(self) -> int:
-        """Dims of c_t actually present (0 under ``no_context`` and for the RSSM)."""
-        return 0 if self.no_context or self.model_type == "rssm" else self.ctx_dim
-
-    @property
-    def latent_dim(self) -> int:
-        return self.stoch_dim + self.deter_dim + self.aux_dim
+            raise UserInputError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
+                                 f"got {self.kl_direction!r}")
 
     @property
     def token_dim(self) -> int:
@@ -177,7 +148,7 @@ def _coerce(cls, name: str, value, prefix: str):
     hints = typing.get_type_hints(cls)
     if name not in hints:
         known = ", ".join(f.name for f in fields(cls))
-        raise ConfigError(f"{prefix}: unknown field {name!r}; known fields: {known}")
+        raise UserInputError(f"{prefix}: unknown field {name!r}; known fields: {known}")
     kind = hints[name]
     args = typing.get_args(kind)
     if isinstance(kind, types.UnionType) and type(None) in args:
@@ -200,7 +171,7 @@ def _coerce(cls, name: str, value, prefix: str):
         if kind is float:
             return float(value)
     except ValueError:
-        raise ConfigError(f"{prefix}.{name}: cannot read {value!r} as {kind.__name__}") from None
+        raise UserInputError(f"{prefix}.{name}: cannot read {value!r} as {kind.__name__}") from None
     return value
 
 
@@ -210,14 +181,30 @@ def apply_overrides(config, overrides: dict, prefix: str = "model"):
     return dataclasses.replace(config, **changes)
 
 
-def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] = (),
-                 overrides: dict | None = None, **data_dims) -> ModelConfig:
-    """Build a :class:`ModelConfig` from a preset, ablation names, field overrides and data dims."""
+def preset_values(preset: str, ablations: tuple[str, ...] | list[str] = ()) -> dict:
+    """The field values of ``preset`` with the named ablations switched on (names checked)."""
     if preset not in PRESETS:
-        raise ConfigError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise UserInputError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     for name in ablations:
         if name not in ABLATIONS:
-            raise ConfigError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
-    values = {**PRESETS[preset], **{name: True for name in ablations}, **data_dims}
-    config = apply_overrides(ModelConfig(), values)
-    return apply_overrides(config, overrides or {})
+            raise UserInputError(f"unknown ablation {name!r}; choose from {', '.join(ABLATIONS)}")
+    return {**PRESETS[preset], **{name: True for name in ablations}}
+
+
+def parse_assignments(items, sections: tuple[str, ...] = ()) -> dict:
+    """``FIELD=VALUE`` strings (``--set``) as a dict; with ``sections``, ``SECTION.FIELD=VALUE`` strings as
+    ``{section: {field: value}}``. Values stay strings (:func:`apply_overrides` converts them)."""
+    out: dict = {s: {} for s in sections}
+    for item in items:
+        key, sep, value = str(item).partition("=")
+        key, value = key.strip(), value.strip()
+        if sections:
+            section, dot, name = key.partition(".")
+            if not sep or not dot or section not in sections or not name:
+                raise UserInputError(f"--set {item!r}: expected " + " or ".join(f"{s}.FIELD=VALUE" for s in sections))
+            out[section][name] = value
+        else:
+            if not sep or not key:
+                raise UserInputError(f"--set {item!r}: expected FIELD=VALUE")
+            out[key] = value
+    return out

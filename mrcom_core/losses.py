@@ -1,4 +1,6 @@
-"""MrCoM's losses (paper §3.1–3.4), one named function each.
+"""MrCoM's losses (paper §3.1–3.4), one named function each, and the likelihood helpers every model's loss
+uses. The model computes latents (``MrCoM.observe_window`` → :class:`MrCoMWindow`, the contract between the
+two); this module turns them into losses; the trainer calls both.
 
 Choices where the paper is ambiguous (each is a config switch or documented here):
 
@@ -22,49 +24,89 @@ Choices where the paper is ambiguous (each is a config switch or documented here
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import NamedTuple
 
 import torch
 from torch.func import functional_call
 
-if TYPE_CHECKING:
-    from .world_model import Posterior, WorldModel
+from .base import BaseWorldModel, Gaussian, LatentState
+from .kernels import gaussian_sample, gaussian_sample_kl
+from .steps import prime_from_batch, rollout
+
+Batch = dict[str, torch.Tensor]
 
 
-def _masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+class MrCoMWindow(NamedTuple):
+    """What MrCoM's training pass over a window returns (time axis = window steps 0 … L)."""
+
+    state: LatentState  # posterior latents, each (B, L+1, ·)
+    context: torch.Tensor  # (B, L+1, ctx) c_0 … c_L
+    prev_action: torch.Tensor  # (B, L+1, A) a_{-1} … a_{L-1}
+    u_prior: Gaussian  # p(u_j | c_j, a_{j-1}), (B, L+1, U)
+    u_post: Gaussian  # q(u_j | c_j, a_{j-1}, o_j)
+    h_prior: Gaussian  # p(h_j | c_j, h_{j-1}) with h_{j-1} the posterior's
+    kl_u: torch.Tensor  # (B, L+1) KL between u posterior and prior, in the configured direction (fused)
+    kl_h: torch.Tensor  # (B, L+1)
+
+
+# ------------------------------------------------------------------------------------ shared likelihoods
+def masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Sum over dims of ``(pred - target)² · mask``; ``mask`` (B, D) broadcast over time."""
     return (torch.square(pred - target) * mask[:, None, :]).sum(-1)
 
 
-def loss_var(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def reward_nll(model: BaseWorldModel, states: LatentState, batch: Batch) -> torch.Tensor:
+    """Unit-variance Gaussian NLL (B, L) of the window's rewards under the reward head; ``states`` are the
+    latents ``s_0 … s_{L-1}`` in which the window's actions were taken."""
+    return 0.5 * torch.square(model.reward(states, batch["action"]) - batch["reward"])
+
+
+def drop_last(state: LatentState) -> LatentState:
+    """``s_0 … s_{L-1}`` of a window's ``s_0 … s_L``."""
+    return LatentState(*(x[:, :-1] for x in state))
+
+
+# ----------------------------------------------------------------------------------------- MrCoM's terms
+def loss_var(model: BaseWorldModel, window: MrCoMWindow, batch: Batch) -> dict[str, torch.Tensor]:
     """``L_var`` (eq. 10): KL of u and h between prior and posterior, plus the negative log-likelihood of
     the observations (decoder) and the rewards (reward head), averaged over batch and window steps."""
     c = model.config
-    obs_n = model.normalize(batch["obs"])
-    recon = 0.5 * _masked_sq_error(model.decode(post.state), obs_n, batch["obs_mask"])  # (B, L+1)
-    states = type(post.state)(*(x[:, :-1] for x in post.state))
-    reward_pred = model.reward(states, batch["action"])
-    reward_nll = 0.5 * torch.square(reward_pred - batch["reward"])  # (B, L)
-    kl_u = torch.clamp(post.kl_u, min=c.kl_free_nats)
-    kl_h = torch.clamp(post.kl_h, min=c.kl_free_nats)
-    total = (kl_u + kl_h + recon).mean() + c.reward_loss_weight * reward_nll.mean()
-    return {"var": total, "kl_u": post.kl_u.mean(), "kl_h": post.kl_h.mean(), "recon": recon.mean(),
-            "reward": reward_nll.mean()}
+    recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
+    reward = reward_nll(model, drop_last(window.state), batch)  # (B, L)
+    kl_u = torch.clamp(window.kl_u, min=c.kl_free_nats)
+    kl_h = torch.clamp(window.kl_h, min=c.kl_free_nats)
+    total = (kl_u + kl_h + recon).mean() + c.reward_loss_weight * reward.mean()
+    return {"var": total, "kl_u": window.kl_u.mean(), "kl_h": window.kl_h.mean(), "recon": recon.mean(),
+            "reward": reward.mean()}
 
 
-def loss_s(post: Posterior) -> torch.Tensor:
+def loss_s(model: BaseWorldModel, window: MrCoMWindow) -> torch.Tensor:
     """``L_s`` (eq. 12), meta-state regularization: ``KL(q(u_t|C_t,a,o_t) ‖ sg(p(u_t|C_t,a)))``, which
-    bounds the mutual information ``I(u_t; o_t | C_t, a)`` of eq. 11."""
-    return post.ls_kl_u.mean()
+    bounds the mutual information ``I(u_t; o_t | C_t, a)`` of eq. 11 (trains only the posterior)."""
+    p, q = window.u_prior, window.u_post
+    _, kl = gaussian_sample_kl(p.mean.detach(), p.std_raw.detach(), q.mean, q.std_raw, torch.zeros_like(q.mean),
+                               min_std=model.config.min_std, reverse=False)
+    return kl.mean()
 
 
-def loss_value_heads(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def one_step_priors(model: BaseWorldModel, window: MrCoMWindow, noise: Batch) -> LatentState:
+    """ŝ_j, the prior's prediction of each window step from the posterior ``s_{j-1}`` (``s_{-1}`` = 0):
+    ``[û_j, GRU(d_{j-1}, [û_j, a_{j-1}]), ĥ_j]``, sampled with ``noise["u_prior"]`` / ``noise["h_prior"]``."""
+    ms = model.config.min_std
+    u_hat = gaussian_sample(window.u_prior.mean, window.u_prior.std_raw, noise["u_prior"], min_std=ms)
+    d = window.state.d
+    d_prev = torch.cat([d.new_zeros(d.shape[0], 1, d.shape[2]), d[:, :-1]], dim=1)
+    h_hat = gaussian_sample(window.h_prior.mean, window.h_prior.std_raw, noise["h_prior"], min_std=ms)
+    return LatentState(u_hat, model.deterministic(d_prev, u_hat, window.prev_action), h_hat)
+
+
+def loss_value_heads(model: BaseWorldModel, window: MrCoMWindow, batch: Batch) -> dict[str, torch.Tensor]:
     """The per-scenario value heads by TD (eq. 14) and the meta-value regressed on them (eq. 13).
 
     ``L_value_i = ‖v_i(s_t) − (r_t + γ·sg(v_i(s_{t+1})))‖²`` with i the batch row's scenario;
     ``L_value = ‖v(s_t) − sg(v_i(s_t))‖²``. Latents are detached: these losses train the heads only.
     """
-    s = post.state.cat().detach()  # (B, L+1, S)
+    s = window.state.cat().detach()  # (B, L+1, S)
     per_scenario = model.value_heads(s)  # (B, L+1, N)
     index = batch["scenario"][:, None, None].expand(-1, s.shape[1], 1)
     v_i = per_scenario.gather(-1, index)[..., 0]  # (B, L+1)
@@ -74,55 +116,52 @@ def loss_value_heads(model: WorldModel, post: Posterior, batch: dict[str, torch.
     return {"value_i": td, "value": meta}
 
 
-def loss_v(model: WorldModel, post: Posterior) -> torch.Tensor:
+def loss_v(model: BaseWorldModel, window: MrCoMWindow, noise: Batch) -> torch.Tensor:
     """``L_v`` (eq. 15), meta-value regularization: ``‖sg(v(s_{t+1})) − v(ŝ_{t+1})‖²`` with ŝ_{t+1} the
-    prior's prediction from ``s_t, a_t``; the meta-value's parameters are frozen here, so the gradient
-    goes to the world model only."""
-    target = model.meta_value(post.state.cat()[:, 1:].detach())[..., 0].detach()
+    prior's prediction from ``s_t, a_t`` (:func:`one_step_priors`); the meta-value's parameters are frozen
+    here, so the gradient goes to the world model only."""
+    target = model.meta_value(window.state.cat()[:, 1:].detach())[..., 0].detach()
     frozen = {name: p.detach() for name, p in model.meta_value.named_parameters()}
-    predicted = functional_call(model.meta_value, frozen, (post.prior_state.cat()[:, 1:],))[..., 0]
-    return torch.square(predicted - target).mean()
+    predicted = functional_call(model.meta_value, frozen, (one_step_priors(model, window, noise).cat()[:, 1:],))
+    return torch.square(predicted[..., 0] - target).mean()
 
 
-def loss_overshoot(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+def loss_overshoot(model: BaseWorldModel, batch: Batch, noise: Batch) -> torch.Tensor:
     """Multi-step open-loop reconstruction (not in the paper; ``overshoot_horizon`` > 0 turns it on).
 
-    From each window's first posterior state ``s_0`` the prior imagines ``H = min(overshoot_horizon, L)``
-    steps with the real actions, exactly as in imagination: mean latents, and every predicted observation
-    and reward goes back into the context FIFO. The loss is the unit-variance Gaussian NLL of the real
-    observations under the decoded predictions (real dims only), averaged over steps. The one-step
+    From each window's first posterior state (:func:`~mrcom_core.steps.prime_from_batch`, with the window's
+    own step-0 noise) the prior imagines ``H = min(overshoot_horizon, L)`` steps with the real actions,
+    exactly as in imagination (:func:`~mrcom_core.steps.rollout`): mean latents, and every predicted
+    observation and reward goes back into the context FIFO. The loss is the unit-variance Gaussian NLL of
+    the real observations under the decoded predictions (real dims only), averaged over steps. The one-step
     priors of ``L_var`` never see their own predictions in the context; this term trains them to.
     """
-    from .rollout import imagine_open_loop
-
     action = batch["action"]
     H = min(model.config.overshoot_horizon, action.shape[1])
     obs_n = model.normalize(batch["obs"])
-    tokens = model.tokens(model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"])
-    _, cache = model.encode_context(tokens)
-    state = type(post.state)(*(x[:, 0] for x in post.state))
-    pred = imagine_open_loop(model, state, cache, obs_n[:, 0], action[:, :H])
-    return 0.5 * _masked_sq_error(pred, obs_n[:, 1 : H + 1], batch["obs_mask"]).mean()
+    state, cache = prime_from_batch(model, batch, noise["u"][:, 0], noise["h"][:, 0])
+    pred = rollout(model, state, cache, obs_n[:, 0], H, action[:, :H]).obs
+    return 0.5 * masked_sq_error(pred, obs_n[:, 1 : H + 1], batch["obs_mask"]).mean()
 
 
-def total_loss(model: WorldModel, post: Posterior, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: Batch) -> dict[str, torch.Tensor]:
     """``L = λ_var·L_var + λ_s·L_s + λ_v·L_v`` (eq. 16) plus the value heads' own losses (and the optional
     overshooting term).
 
     Returns a dict with ``loss`` (what to minimize) and every term for logging; ablated terms are absent.
     """
     c = model.config
-    parts = loss_var(model, post, batch)
+    parts = loss_var(model, window, batch)
     loss = c.lambda_var * parts["var"]
     if not c.no_ls:
-        parts["s"] = loss_s(post)
+        parts["s"] = loss_s(model, window)
         loss = loss + c.lambda_s * parts["s"]
     if not c.no_lv:
-        parts.update(loss_value_heads(model, post, batch))
-        parts["v"] = loss_v(model, post)
+        parts.update(loss_value_heads(model, window, batch))
+        parts["v"] = loss_v(model, window, noise)
         loss = loss + c.lambda_v * parts["v"] + c.value_loss_weight * (parts["value_i"] + parts["value"])
     if c.overshoot_horizon:
-        parts["overshoot"] = loss_overshoot(model, post, batch)
+        parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
     parts["loss"] = loss
     return parts

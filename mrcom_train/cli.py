@@ -8,10 +8,7 @@ import warnings
 
 import click
 
-from mrcom_core.config import ConfigError
-from mrcom_export.manifest import ExportError
-
-from .errors import UserInputError
+from mrcom_core.errors import UserInputError
 
 
 def _quiet_third_party() -> None:
@@ -38,8 +35,7 @@ def cli() -> None:
 @click.option("--split", default="t1-a5b20", show_default=True, help="Named split (see `mrcom splits`).")
 @click.option("--range", "range_", default="train", show_default=True,
               help="Which range of the split to draw scenarios from: train, in or ood.")
-@click.option("--domains", default="hopper,walker,cheetah", show_default=True,
-              help="Comma-separated domains to collect.")
+@click.option("--domains", default=None, help="Comma-separated domains to collect [default: all].")
 @click.option("--scenarios-per-domain", "-n", type=int, default=4, show_default=True)
 @click.option("--episodes-per-scenario", "-k", type=int, default=4, show_default=True)
 @click.option("--episode-length", type=int, default=1000, show_default=True, help="Steps per episode.")
@@ -64,10 +60,11 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
             workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, out,
             resume, no_progress):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
-    from .collect import CollectConfig
-    from .collect import collect as run_collect
+    from .data.collect import CollectConfig
+    from .data.collect import collect as run_collect
+    from .scenarios import DOMAINS
 
-    config = CollectConfig(split=split, range=range_, domains=_domains(domains),
+    config = CollectConfig(split=split, range=range_, domains=_domains(domains) if domains else tuple(DOMAINS),
                            scenarios_per_domain=scenarios_per_domain,
                            episodes_per_scenario=episodes_per_scenario, policy=policy,
                            episode_length=episode_length, seed=seed, alpha=alpha, beta=beta, obs_fn=obs_fn,
@@ -85,6 +82,9 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
 @click.option("--steps", type=int, default=None, help="Gradient updates in total (a resumed run continues to N).")
 @click.option("--batch-size", type=int, default=None, help="Global batch size (split across torchrun ranks).")
 @click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
+@click.option("--model", "model_type", default=None,
+              help="World model: a registered model_type (mrcom, rssm, cadm; `mrcom models` lists them) "
+                   "[default: mrcom; on --resume the run's own].")
 @click.option("--ablation", "ablations", multiple=True,
               help="Remove a component: no_d, no_context, no_ls, no_lv (repeat or comma-separate).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
@@ -93,11 +93,14 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
               help="Override one config field, e.g. --set model.u_dim=16 --set train.lr=1e-3.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(data, out, preset, steps, batch_size, device, ablations, config_file, sets, resume, no_progress):
-    """Train the MrCoM world model on a collected dataset (under torchrun: DistributedDataParallel)."""
-    from .trainer import RunRequest, Trainer
+def train(data, out, preset, steps, batch_size, device, model_type, ablations, config_file, sets, resume, no_progress):
+    """Train a world model (MrCoM by default) on a collected dataset (under torchrun: DistributedDataParallel)."""
+    from .training.config import RunRequest
+    from .training.evaluation import format_errors
+    from .training.trainer import Trainer
 
     names = tuple(a.strip() for item in ablations for a in item.split(",") if a.strip())
+    sets = (*sets, f"model.model_type={model_type}") if model_type else sets
     request = RunRequest.from_sources(preset, names, config_file, sets,
                                       {"steps": steps, "batch_size": batch_size, "device": device})
     trainer = Trainer(data, out, request, resume=resume, progress=not no_progress, log=click.echo)
@@ -106,9 +109,7 @@ def train(data, out, preset, steps, batch_size, device, ablations, config_file, 
         click.echo(f"done: {trainer.step} updates; run folder {out} (checkpoints/, metrics.csv, "
                    f"config.json); TensorBoard: tensorboard --logdir {out}/tb")
         if result:
-            from .trainer import format_eval
-
-            click.echo(f"final {trainer.config.eval_horizon}-step open-loop error: {format_eval(result)}")
+            click.echo(f"final {trainer.config.eval_horizon}-step open-loop error: {format_errors(result)}")
 
 
 @cli.command("export")
@@ -123,7 +124,8 @@ def export_cmd(run, out, fmt, horizon, policy):
     from mrcom_export.exporter import FORMATS, export_model
     from mrcom_export.graphs import PolicyActor
 
-    from .checkpoint import load_actor, load_model
+    from .rl.sac import load_actor
+    from .training.checkpoint import load_model
 
     formats = FORMATS if fmt == "all" else (fmt,)
     if fmt != "all" and fmt not in FORMATS:
@@ -131,11 +133,11 @@ def export_cmd(run, out, fmt, horizon, policy):
     model, state = load_model(run)
     actor = None
     if policy:
-        net, obs_dim, act_dim = load_actor(policy)
-        if obs_dim > model.config.obs_dim or act_dim > model.config.act_dim:
-            raise UserInputError(f"policy {policy} has obs/action dims {obs_dim}/{act_dim}, more than the model's "
-                                 f"{model.config.obs_dim}/{model.config.act_dim}")
-        actor = PolicyActor(net, obs_dim, act_dim, model.config.act_dim)
+        net = load_actor(policy)
+        if net.obs_dim > model.config.obs_dim or net.act_dim > model.config.act_dim:
+            raise UserInputError(f"policy {policy} has obs/action dims {net.obs_dim}/{net.act_dim}, more than the "
+                                 f"model's {model.config.obs_dim}/{model.config.act_dim}")
+        actor = PolicyActor(net, net.obs_dim, net.act_dim, model.config.act_dim)
     click.echo(f"exporting {run} (step {state['step']}) as {', '.join(formats)} into {out}")
     source = {"run": str(run), "step": state["step"], "data": state["data"]["path"], "policy": policy}
     export_model(model, out, formats=formats, horizon=horizon, policy=actor, source=source, log=click.echo)
@@ -154,9 +156,10 @@ def export_cmd(run, out, fmt, horizon, policy):
 @click.option("--mean-latents", is_flag=True, help="Predict with the latents' means instead of sampling them.")
 def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latents):
     """Imagine B rollouts from dataset prompts with the real actions; print the error vs the real data."""
-    from .rollout_cli import run_rollout
+    from .rollout import runtime_error
 
-    run_rollout(export_dir, data, batch, horizon, seed, bench, provider, click.echo, mean_latents=mean_latents)
+    runtime_error(export_dir, data, batch, horizon, seed, mean_latents=mean_latents, bench=bench, provider=provider,
+                  log=click.echo)
 
 
 @cli.command()
@@ -177,19 +180,13 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latent
 def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, resume,
           no_progress):
     """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
-    from mrcom_core.config import apply_overrides
+    from mrcom_core.config import apply_overrides, parse_assignments
 
-    from .adapt import AdaptConfig, Adapter
+    from .rl.adapt import AdaptConfig, Adapter
 
     config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
                          episode_length=episode_length, use_model=not model_free)
-    extra = {}
-    for item in sets:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise UserInputError(f"--set {item!r}: expected FIELD=VALUE")
-        extra[key.strip()] = value.strip()
-    config = apply_overrides(config, extra, "adapt")
+    config = apply_overrides(config, parse_assignments(sets), "adapt")
     result = Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
                      log=click.echo).run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
@@ -208,7 +205,7 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 def reproduce(table, budget, seeds, splits, ablations, workers, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
-    from .reproduce import run_reproduction
+    from .experiments.reproduce import run_reproduction
 
     chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
     run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, log=click.echo)
@@ -242,8 +239,18 @@ def info(path):
     _print_dataset(path)
 
 
+@cli.command()
+def models():
+    """List the registered world models (``mrcom train --model NAME``, ``mrcom reproduce``'s methods)."""
+    from mrcom_core.registry import MODELS
+
+    for name, cls in MODELS.items():
+        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        click.echo(f"{name:<8} {cls.label:<10} {summary}")
+
+
 def _print_dataset(path) -> None:
-    from .dataset import Dataset
+    from .data.dataset import Dataset
 
     ds = Dataset(path)
     m = ds.manifest
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input."""
     try:
         cli.main(args=argv, prog_name="mrcom", standalone_mode=False)
-    except (UserInputError, ConfigError, ExportError) as e:
+    except UserInputError as e:
         click.echo(f"mrcom: error: {e}", err=True)
         sys.exit(2)
     except click.ClickException as e:
@@ -273,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         sys.exit(130)
     except RuntimeError as e:
-        from .trainer import TrainingDiverged
+        from .training.trainer import TrainingDiverged
 
         if not isinstance(e, TrainingDiverged):
             raise

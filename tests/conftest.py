@@ -44,13 +44,12 @@ def export_model_for_tests(**overrides):
     """A tiny world model with random weights and non-trivial observation statistics."""
     import torch
 
-    from mrcom_core.config import model_config
-    from mrcom_core.world_model import WorldModel
+    from mrcom_core.registry import build_model, model_config
 
     torch.manual_seed(0)
     cfg = model_config("tiny", overrides=overrides, obs_dim=10, act_dim=3, num_scenarios=2)
     g = torch.Generator().manual_seed(1)
-    return WorldModel(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
+    return build_model(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
 
 
 def prompt_for(model, B=4, T=None, seed=0):
@@ -70,7 +69,7 @@ def exported(tmp_path_factory):
     """One ONNX + TorchScript export (with a SAC policy) shared by the export and C++ tests."""
     from mrcom_export import graphs as G
     from mrcom_export.exporter import export_model
-    from mrcom_train.sac import SAC, SACConfig
+    from mrcom_train.rl.sac import SAC, SACConfig
 
     out = tmp_path_factory.mktemp("export") / "exp"
     model = export_model_for_tests()

@@ -30,11 +30,12 @@ def run_pipeline(root: Path) -> dict:
 
     from mrcom_export.exporter import export_model
     from mrcom_export.runtime import Runtime
-    from mrcom_train.checkpoint import load_model
-    from mrcom_train.collect import CollectConfig, collect
-    from mrcom_train.dataset import Dataset
-    from mrcom_train.rollout_cli import prompts_from_dataset, run_rollout
-    from mrcom_train.trainer import RunRequest, Trainer
+    from mrcom_train.data.collect import CollectConfig, collect
+    from mrcom_train.data.dataset import Dataset
+    from mrcom_train.rollout import prompts_from_dataset, runtime_error
+    from mrcom_train.training.checkpoint import load_model
+    from mrcom_train.training.config import RunRequest
+    from mrcom_train.training.trainer import Trainer
 
     data = root / "data"
     collect(CollectConfig(split="t1-a5b20", domains=("hopper", "cheetah"), scenarios_per_domain=1,
@@ -55,9 +56,8 @@ def run_pipeline(root: Path) -> dict:
             model, _ = load_model(run)
             export = root / f"export-{name}"
             export_model(model, export, formats=("onnx",), horizon=3, source={"data": str(data)}, log=lambda s: None)
-            entry["rollout_error"] = {kind: run_rollout(export, data, 8, 3, 0, False, None, lambda s: None,
-                                                        mean_latents=kind == "mean")["open_loop_error"]
-                                      for kind in ("mean", "sampled")}
+            entry["rollout_error"] = {kind: runtime_error(export, data, 8, 3, 0, mean_latents=kind == "mean")[
+                "open_loop_error"] for kind in ("mean", "sampled")}
             rt = Runtime(export, seed=3)
             prompt, real = prompts_from_dataset(ds, rt.context_len, 3, 4, seed=1)
             rt.reset(*prompt)

@@ -6,11 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from mrcom_core.config import model_config
-from mrcom_core.world_model import WorldModel
+from mrcom_core.errors import UserInputError
+from mrcom_core.registry import build_model, model_config
 from mrcom_export.exporter import export_model
-from mrcom_train.adapt import AdaptConfig, Adapter, normalized_return, summarize
-from mrcom_train.errors import UserInputError
+from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return, summarize
 from mrcom_train.scenarios import ScenarioEnv
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
@@ -25,7 +24,7 @@ def unified_export(tmp_path_factory):
     """A tiny world model over the unified hopper/walker/cheetah spaces (24 obs, 6 action dims)."""
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("adapt-export")
-    model = WorldModel(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
+    model = build_model(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
     export_model(model, out, formats=("onnx",), horizon=2, log=lambda s: None)
     return out
 
@@ -61,17 +60,18 @@ def test_adaptation_beats_or_equals_a_random_policy_in_an_easy_scenario(unified_
 def test_imagined_transitions_come_from_the_runtime(unified_export, tmp_path):
     adapter = Adapter(AdaptConfig(**{**EASY, "env_steps": 150}), tmp_path / "run", unified_export, **QUIET)
     seen = []
-    real_step = adapter.runtime.step
+    runtime = adapter.imagined_env.runtime
+    real_step = runtime.step
 
     def spy(actions, noise=None):
         out = real_step(actions, noise)
         seen.append((np.array(actions), out[0].copy(), out[1].copy()))
         return out
 
-    adapter.runtime.step = spy
+    runtime.step = spy
     adapter.run()
     assert seen and adapter.imagined == sum(len(r) for _, _, r in seen) == len(adapter.model)
-    data = adapter.model._data
+    data = adapter.model.state_dict()
     od, ad = adapter.spec.obs_dim, adapter.spec.act_dim
     actions = np.concatenate([a[:, :ad] for a, _, _ in seen])
     next_obs = np.concatenate([o[:, :od] for _, o, _ in seen])

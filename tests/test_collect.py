@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-import mrcom_train.collect as collect_mod
+import mrcom_train.data.collect as collect_mod
+from mrcom_core.errors import UserInputError
 from mrcom_train.cli import main
-from mrcom_train.collect import CollectConfig, collect
-from mrcom_train.dataset import Dataset, episode_dir
-from mrcom_train.errors import UserInputError
-from mrcom_train.sampler import SequenceSampler
+from mrcom_train.data.collect import CollectConfig, collect
+from mrcom_train.data.dataset import Dataset
+from mrcom_train.data.sampler import SequenceSampler
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 
@@ -101,7 +101,7 @@ def test_sac_collection_records_its_replay_and_resumes_mid_scenario(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         collect(cfg, tmp_path / "resumed", **quiet)
     assert (tmp_path / "resumed" / "sac" / "s0000.pt").exists()
-    assert not episode_dir(tmp_path / "resumed", 0, 2).exists()
+    assert not (tmp_path / "resumed" / "episodes" / "s0000" / "e00002").exists()
     monkeypatch.setattr(collect_mod, "write_episode", real_write)
     collect(cfg, tmp_path / "resumed", resume=True, **quiet)
     _same_episodes(tmp_path / "straight", tmp_path / "resumed")  # SAC state and replay restored exactly

@@ -4,20 +4,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mrcom_train.dataset import (
+from mrcom_core.errors import UserInputError
+from mrcom_train.data.dataset import (
     MANIFEST,
     VERSION,
     Dataset,
-    episode_dir,
-    make_manifest,
+    DatasetWriter,
+    is_complete,
     observation_stats,
-    remove_partial_writes,
-    scan_episodes,
+    read_episode,
     write_episode,
-    write_json_atomic,
 )
-from mrcom_train.errors import UserInputError
-from mrcom_train.sampler import SequenceSampler
+from mrcom_train.data.sampler import SequenceSampler
 from mrcom_train.scenarios import ScenarioSpec, UnifiedSpace
 
 
@@ -32,22 +30,24 @@ def _marked_episode(scenario, episode, T, obs_dim, act_dim, real_obs, real_act):
     return obs, act, reward
 
 
+SPECS = [ScenarioSpec("hopper", seed=1), ScenarioSpec("walker", seed=2), ScenarioSpec("cheetah", seed=3)]
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path) -> Path:
-    specs = [ScenarioSpec("hopper", seed=1), ScenarioSpec("walker", seed=2), ScenarioSpec("cheetah", seed=3)]
-    space = UnifiedSpace.of(specs)
+    space = UnifiedSpace.of(SPECS)
     lengths = {0: [30, 40], 1: [35], 2: [30, 30, 30]}
-    records, chunks = [], []
+    writer = DatasetWriter(tmp_path, SPECS, space, {"split": "test"})
+    writer.save()
+    assert not is_complete(tmp_path)
     for sid, eps in lengths.items():
         for ep, T in enumerate(eps):
-            obs, act, rew = _marked_episode(sid, ep, T, space.obs_dim, space.act_dim, specs[sid].obs_dim,
-                                            specs[sid].act_dim)
+            obs, act, rew = _marked_episode(sid, ep, T, space.obs_dim, space.act_dim, SPECS[sid].obs_dim,
+                                            SPECS[sid].act_dim)
             write_episode(tmp_path, sid, ep, obs, act, rew)
-            records.append({"scenario": sid, "episode": ep, "length": T, "return": float(rew.sum())})
-            chunks.append((obs, space.obs_mask(specs[sid])))
-    mean, std = observation_stats(chunks, space.obs_dim)
-    write_json_atomic(tmp_path / MANIFEST, make_manifest(specs, space, records, complete=True,
-                                                         stats={"obs_mean": mean.tolist(), "obs_std": std.tolist()}))
+            writer.add(sid, ep, T, float(rew.sum()))
+    writer.finalize()
+    assert is_complete(tmp_path)
     return tmp_path
 
 
@@ -61,20 +61,24 @@ def test_write_read_round_trip_memory_mapped(tiny_dataset):
     assert ds.obs_masks.shape == (3, 24) and ds.obs_masks[0].sum() == 15 and ds.obs_masks[1].sum() == 24
     assert ds.action_masks[0].tolist() == [1, 1, 1, 1, 0, 0]
     assert [s.domain for s in ds.scenarios] == ["hopper", "walker", "cheetah"]
-    assert scan_episodes(tiny_dataset)[(2, 1)] == 30
+    assert ds.manifest["split"] == "test" and ds.manifest["num_steps"] == ds.num_steps
+    reopened = DatasetWriter(tiny_dataset, SPECS, UnifiedSpace.of(SPECS), {}, episodes_per_scenario=2)
+    assert reopened.records[(2, 1)]["length"] == 30 and (2, 2) not in reopened.records  # disk is the truth
 
 
 def test_write_is_atomic_and_leftovers_are_cleaned(tmp_path):
     tmp = tmp_path / "episodes" / "s0000" / ".tmp-e00001-999"
     tmp.mkdir(parents=True)
     (tmp / "obs.npy").write_bytes(b"partial")
-    assert scan_episodes(tmp_path) == {}  # a half-written episode is never seen
-    assert remove_partial_writes(tmp_path) == 1 and not tmp.exists()
+    writer = DatasetWriter(tmp_path, SPECS[:1], UnifiedSpace.of(SPECS[:1]), {})
+    assert writer.records == {} and not tmp.exists()  # a half-written episode is never seen, and is removed
     write_episode(tmp_path, 0, 1, np.zeros((3, 2)), np.zeros((2, 1)), np.zeros(2))
-    assert sorted(p.name for p in episode_dir(tmp_path, 0, 1).iterdir()) == ["action.npy", "obs.npy", "reward.npy"]
+    assert sorted(read_episode(tmp_path, 0, 1)) == ["action", "obs", "reward"]
     assert not list((tmp_path / "episodes" / "s0000").glob(".tmp-*"))
     with pytest.raises(ValueError, match="episode arrays"):
         write_episode(tmp_path, 0, 2, np.zeros((3, 2)), np.zeros((3, 1)), np.zeros(2))
+    with pytest.raises(UserInputError, match="no episode e00002"):
+        read_episode(tmp_path, 0, 2)
 
 
 def test_observation_stats_ignore_padded_dims():

@@ -13,7 +13,7 @@ from conftest import EXPORT_HORIZON as H
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
 
-from mrcom_core.config import model_config
+from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
 from mrcom_export.exporter import PARITY_TOLERANCE, export_model
 from mrcom_export.manifest import ExportError, read_manifest
@@ -25,7 +25,7 @@ ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 
 def test_manifest_describes_every_graph(exported):
     out, model, manifest = exported
-    assert set(manifest["graphs"]) == {"context_full", "context_step", "observe", "imagine", "reward", "step",
+    assert set(manifest["graphs"]) == {"context_full", "context_step", "imagine", "reward", "prime", "observe", "step",
                                        "rollout", "policy", "policy_rollout"}
     step = manifest["graphs"]["step"]
     assert [i["name"] for i in step["inputs"]] == ["u", "d", "h", "obs", "action", "keys", "values", "noise_u",
@@ -36,7 +36,7 @@ def test_manifest_describes_every_graph(exported):
     assert manifest["latent"] == {"u": 4, "d": 16, "h": 4} and manifest["context_len"] == 8
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime"} and manifest["opset"] == 18
     np.testing.assert_allclose(manifest["obs_std"], model.obs_std.numpy(), rtol=1e-6)
-    assert len(manifest["files"]) == 18 and all(len(h) == 64 for h in manifest["files"].values())
+    assert len(manifest["files"]) == 20 and all(len(h) == 64 for h in manifest["files"].values())
     for name, errors in manifest["parity"].items():
         assert set(errors) == {f"{f}@{b}" for f in ("onnx", "torchscript") for b in (1, 7, 256)}, name
         assert max(errors.values()) <= PARITY_TOLERANCE
@@ -91,7 +91,7 @@ def test_runtime_rollout_equals_eager_full_reencoding_rollout(exported, fused):
     std = model.obs_std.numpy()
     assert np.abs((got["obs"] - ref_obs) / std).max() <= 1e-4
     assert np.abs(got["reward"] - ref_rew).max() <= 1e-4
-    assert got["latent"].shape == (B, c.latent_dim)
+    assert got["latent"].shape == (B, model.sizes.state)
 
 
 def test_runtime_is_seeded_and_batches_one_prompt(exported):
@@ -136,7 +136,7 @@ def test_runtime_imports_and_runs_without_torch(exported):
 
 def test_torchscript_round_trip(exported):
     out, model, _ = exported
-    for name in ("step", "rollout", "context_full"):
+    for name in ("step", "rollout", "context_full", "prime", "observe"):
         loaded = torch.jit.load(str(out / f"{name}.pt"))
         module = G.Rollout(model, H) if name == "rollout" else G.GRAPHS[name](model)
         inputs = G.example_inputs(name, model, 9, H, generator=torch.Generator().manual_seed(5))
@@ -156,7 +156,7 @@ def test_ablated_models_export_too(tmp_path):
 
 def test_vector_env_runs_episodes_in_the_model(exported):
     out, model, _ = exported
-    env = ImaginedVectorEnv(out, _prompt(model, 10), num_envs=4, horizon=2, seed=0)
+    env = ImaginedVectorEnv(Runtime(out), num_envs=4, prompts=_prompt(model, 10), horizon=2, seed=0)
     obs, info = env.reset(seed=1)
     assert obs.shape == (4, 10) and env.action_space.shape == (4, 3)
     _, r, term, trunc, _ = env.step(env.action_space.sample())
@@ -165,6 +165,13 @@ def test_vector_env_runs_episodes_in_the_model(exported):
     assert trunc.all()
     obs, r, _, trunc, _ = env.step(env.action_space.sample())  # autoreset step
     assert not trunc.any() and np.all(r == 0)
+    given = tuple(p[:4] for p in _prompt(model, 4, seed=9))
+    obs, info = env.reset(options={"prompts": given})  # start from given prompts (what mrcom adapt does)
+    np.testing.assert_array_equal(obs, given[0][:, -1])
+    with pytest.raises(ExportError, match="3 prompts for 4 envs"):
+        env.reset(options={"prompts": tuple(p[:3] for p in given)})
+    with pytest.raises(ExportError, match="no prompts were given"):
+        ImaginedVectorEnv(Runtime(out), num_envs=2).reset()
 
 
 def test_runtime_rejects_bad_input(exported, tmp_path):
@@ -219,8 +226,6 @@ def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, messa
 
 @pytest.mark.parametrize("model_type", ["rssm", "cadm"])
 def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
-    from mrcom_core.baselines import build_model
-
     torch.manual_seed(0)
     model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,
                                      num_scenarios=2)).eval()

@@ -2,17 +2,35 @@ import pytest
 import torch
 from conftest import make_batch, make_noise
 
-from mrcom_core.config import ABLATIONS, PRESETS, ConfigError, ModelConfig, apply_overrides, model_config
+from mrcom_core.base import LatentState
+from mrcom_core.config import ABLATIONS, PRESETS, ModelConfig, apply_overrides
+from mrcom_core.errors import UserInputError
 from mrcom_core.layers import GRUCell, StreamingContextEncoder
-from mrcom_core.rollout import open_loop_error, open_loop_predictions
-from mrcom_core.world_model import LatentState, WorldModel
+from mrcom_core.losses import one_step_priors
+from mrcom_core.models.mrcom import MrCoM
+from mrcom_core.registry import build_model, model_config
+from mrcom_core.steps import open_loop_predictions
 
 torch.set_num_threads(1)
 DIMS = dict(obs_dim=10, act_dim=3, num_scenarios=3)
+WorldModel = MrCoM
 
 
 def tiny(**overrides):
     return model_config("tiny", overrides=overrides, **DIMS)
+
+
+def losses(model, batch, noise):
+    """The trainer's two calls: the model's latents, then its loss terms."""
+    return model.loss(model(batch, noise), batch, noise)
+
+
+def open_loop_error(model, batch, horizon):
+    """Per-row normalized MSE of the open-loop predictions over real dims (the metric's definition)."""
+    pred = open_loop_predictions(model, batch, horizon)
+    mask = batch["obs_mask"][:, None]
+    err = torch.square(pred - model.normalize(batch["obs"][:, 1 : horizon + 1])) * mask
+    return err.sum((1, 2)) / (mask.sum((1, 2)) * horizon)
 
 
 def test_presets_validate_and_grow():
@@ -26,18 +44,19 @@ def test_presets_validate_and_grow():
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
     ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
     ({"overshoot_horizon": 3, "model_type": "rssm"}, "model.overshoot_horizon applies to model.model_type=mrcom"),
+    ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm, cadm"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
-    with pytest.raises(ConfigError, match=field):
+    with pytest.raises(UserInputError, match=field):
         tiny(**overrides)
 
 
 def test_overrides_are_coerced_from_strings():
     cfg = apply_overrides(ModelConfig(), {"u_dim": "7", "no_d": "true", "gamma": "0.9"})
     assert (cfg.u_dim, cfg.no_d, cfg.gamma) == (7, True, 0.9)
-    with pytest.raises(ConfigError, match="unknown preset"):
+    with pytest.raises(UserInputError, match="unknown preset"):
         model_config("huge")
-    with pytest.raises(ConfigError, match="unknown ablation"):
+    with pytest.raises(UserInputError, match="unknown ablation"):
         model_config("tiny", ["no_x"])
 
 
@@ -90,6 +109,7 @@ def test_observe_window_equals_step_by_step_observe_and_imagine():
     B, L = 3, 5
     batch, noise = make_batch(cfg, B, L), make_noise(model, B, L)
     post = model.observe_window(batch, noise)
+    priors = one_step_priors(model, post, noise)
     m = cfg.context_len
     obs_n = model.normalize(batch["obs"])
     tokens = torch.cat([model.tokens(model.normalize(batch["context_obs"]), batch["context_action"],
@@ -104,7 +124,7 @@ def test_observe_window_equals_step_by_step_observe_and_imagine():
         state = model.observe_step(state, c, prev[:, j], obs_n[:, j], noise["u"][:, j], noise["h"][:, j])
         for a, b in zip(state, post.state, strict=True):
             torch.testing.assert_close(a, b[:, j], atol=1e-5, rtol=1e-5)
-        for a, b in zip(predicted, post.prior_state, strict=True):
+        for a, b in zip(predicted, priors, strict=True):
             torch.testing.assert_close(a, b[:, j], atol=1e-5, rtol=1e-5)
 
 
@@ -114,14 +134,14 @@ def test_step_shapes_and_finite_values(ablation):
     model = WorldModel(cfg)
     B = 5
     state = model.initial_state(B)
-    c = torch.randn(B, cfg.context_dim)
+    c = torch.randn(B, model.sizes.context)
     a, o = torch.rand(B, cfg.act_dim), torch.randn(B, cfg.obs_dim)
     noise = torch.randn(B, cfg.u_dim), torch.randn(B, cfg.h_dim)
     post = model.observe_step(state, c, a, o, *noise)
     prior = model.imagine_step(post, c, a, *noise)
     for s in (post, prior):
         assert isinstance(s, LatentState)
-        assert [x.shape for x in s] == [(B, cfg.u_dim), (B, cfg.deter_dim), (B, cfg.h_dim)]
+        assert [x.shape for x in s] == [(B, cfg.u_dim), (B, model.sizes.d), (B, cfg.h_dim)]
         assert all(torch.isfinite(x).all() for x in s) and all(x.dtype == torch.float32 for x in s)
     assert model.decode(prior).shape == (B, cfg.obs_dim)
     assert model.reward(prior, a).shape == (B,)
@@ -130,7 +150,7 @@ def test_step_shapes_and_finite_values(ablation):
 def test_every_parameter_gets_a_gradient():
     cfg = tiny()
     model = WorldModel(cfg)
-    out = model(make_batch(cfg), make_noise(model))
+    out = losses(model, make_batch(cfg), make_noise(model))
     out["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
@@ -157,7 +177,7 @@ def test_ablations_really_remove_their_components():
     names = {n.split(".")[0] for n, _ in full.named_parameters()}
     assert {"encoder", "gru", "value_heads", "meta_value"} <= names
     no_d = WorldModel(model_config("tiny", ["no_d"], **DIMS))
-    assert no_d.gru is None and no_d.config.latent_dim == no_d.config.u_dim + no_d.config.h_dim
+    assert no_d.gru is None and no_d.sizes.state == no_d.config.u_dim + no_d.config.h_dim
     no_c = WorldModel(model_config("tiny", ["no_context"], **DIMS))
     assert no_c.encoder is None and no_c.u_prior[0].in_features == DIMS["act_dim"]
     no_lv = WorldModel(model_config("tiny", ["no_lv"], **DIMS))
@@ -166,29 +186,29 @@ def test_ablations_really_remove_their_components():
     keys = {}
     for name, model in [("full", full), ("no_ls", WorldModel(model_config("tiny", ["no_ls"], **DIMS))),
                         ("no_lv", no_lv)]:
-        keys[name] = set(model(batch, make_noise(model)))
+        keys[name] = set(losses(model, batch, make_noise(model)))
     assert {"s", "v", "value", "value_i"} <= keys["full"]
     assert "s" not in keys["no_ls"] and not {"v", "value", "value_i"} & keys["no_lv"]
     # no_ls: lambda_s no longer matters
     a = WorldModel(model_config("tiny", ["no_ls"], {"lambda_s": 0.0}, **DIMS))
     b = WorldModel(model_config("tiny", ["no_ls"], {"lambda_s": 5.0}, **DIMS))
     b.load_state_dict(a.state_dict())
-    assert a(batch, make_noise(a))["loss"].item() == b(batch, make_noise(b))["loss"].item()
+    assert losses(a, batch, make_noise(a))["loss"].item() == losses(b, batch, make_noise(b))["loss"].item()
 
 
 def test_no_context_ignores_the_context():
     model = WorldModel(model_config("tiny", ["no_context"], **DIMS))
     batch, noise = make_batch(model.config), make_noise(model)
-    base = model(batch, noise)["loss"]
+    base = losses(model, batch, noise)["loss"]
     batch["context_obs"] += 3.0
-    assert model(batch, noise)["loss"].item() == base.item()
+    assert losses(model, batch, noise)["loss"].item() == base.item()
 
 
 def _train(model, batch, noise, steps=150, lr=3e-3):
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     history = []
     for _ in range(steps):
-        out = model(batch, noise)
+        out = losses(model, batch, noise)
         opt.zero_grad()
         out["loss"].backward()
         opt.step()
@@ -222,12 +242,12 @@ def test_overshoot_loss_is_the_open_loop_reconstruction_error():
     model = WorldModel(cfg)
     batch = make_batch(cfg, 4, 6)
     zero = {k: torch.zeros_like(v) for k, v in make_noise(model, 4, 6).items()}
-    loss = loss_overshoot(model, model.observe_window(batch, zero), batch)
+    loss = loss_overshoot(model, batch, zero)
     pred = open_loop_predictions(model, batch, 4)
     target = model.normalize(batch["obs"][:, 1:5])
     expected = 0.5 * (torch.square(pred - target) * batch["obs_mask"][:, None]).sum(-1).mean()
     torch.testing.assert_close(loss, expected)
-    assert "overshoot" in model(batch, zero) and "overshoot" not in WorldModel(tiny())(batch, zero)
+    assert "overshoot" in losses(model, batch, zero) and "overshoot" not in losses(WorldModel(tiny()), batch, zero)
     loss.backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.u_prior[0].weight.grad.abs().sum() > 0
 
@@ -237,7 +257,7 @@ def test_kl_direction_switch_changes_the_kl():
     a = WorldModel(tiny(kl_direction="post_prior"))
     b = WorldModel(tiny(kl_direction="prior_post"))
     b.load_state_dict(a.state_dict())
-    ka, kb = a(batch, make_noise(a))["kl_u"], b(batch, make_noise(b))["kl_u"]
+    ka, kb = losses(a, batch, make_noise(a))["kl_u"], losses(b, batch, make_noise(b))["kl_u"]
     assert ka.item() > 0 and kb.item() > 0 and ka.item() != pytest.approx(kb.item())
 
 
@@ -262,29 +282,27 @@ def test_streaming_context_equals_reencoding_each_window_for_one_layer():
     b = WorldModel(tiny(ctx_reencode=True))
     b.load_state_dict(a.state_dict())
     batch = make_batch(a.config)
-    torch.testing.assert_close(a(batch, make_noise(a))["loss"], b(batch, make_noise(b))["loss"])
+    torch.testing.assert_close(losses(a, batch, make_noise(a))["loss"], losses(b, batch, make_noise(b))["loss"])
 
 
 @pytest.mark.parametrize("model_type", ["rssm", "cadm"])
 def test_baselines_share_the_interface_and_learn(model_type):
-    from mrcom_core.baselines import build_model
-
     torch.manual_seed(0)
     cfg = model_config("tiny", overrides={"model_type": model_type, "kl_free_nats": 0.0}, **DIMS)
     model = build_model(cfg)
-    assert type(model).__name__ == {"rssm": "RSSMWorldModel", "cadm": "CaDMWorldModel"}[model_type]
+    assert type(model).__name__ == {"rssm": "RSSM", "cadm": "CaDM"}[model_type]
     assert (model.encoder is None) == (model_type == "rssm")  # the RSSM has no context
-    assert cfg.aux_dim == 0 and (cfg.deter_dim == 0) == (model_type == "cadm")
+    assert model.sizes.h == 0 and (model.sizes.d == 0) == (model_type == "cadm")
     batch, noise = make_batch(cfg, 8, 6), make_noise(model, 8, 6)
     history = _train(model, batch, noise, steps=100)
     assert history[-1]["loss"] < 0.7 * history[0]["loss"] and "recon" in history[-1]
     err = open_loop_error(model, batch, 5)
     assert err.shape == (8,) and torch.isfinite(err).all()
     B = 3
-    state = model.observe_step(model.initial_state(B), torch.zeros(B, cfg.context_dim), torch.zeros(B, 3),
-                               torch.randn(B, 10), torch.randn(B, cfg.stoch_dim), torch.randn(B, 0))
-    nxt = model.imagine_step(state, torch.zeros(B, cfg.context_dim), torch.zeros(B, 3), torch.randn(B, cfg.stoch_dim),
-                             torch.randn(B, 0))
+    C, U = model.sizes.context, model.sizes.u
+    state = model.observe_step(model.initial_state(B), torch.zeros(B, C), torch.zeros(B, 3), torch.randn(B, 10),
+                               torch.randn(B, U), torch.randn(B, 0))
+    nxt = model.imagine_step(state, torch.zeros(B, C), torch.zeros(B, 3), torch.randn(B, U), torch.randn(B, 0))
     assert model.decode(nxt).shape == (B, 10) and model.reward(nxt, torch.zeros(B, 3)).shape == (B,)
-    with pytest.raises(ConfigError, match="ablations apply"):
+    with pytest.raises(UserInputError, match="ablations apply"):
         model_config("tiny", ["no_d"], {"model_type": model_type}, **DIMS)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from mrcom_train.reproduce import run_reproduction
+from mrcom_train.experiments.reproduce import run_reproduction
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 
@@ -18,7 +18,7 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     for rng in cells.values():
         assert set(rng) == {"hopper", "walker", "cheetah"}
         for methods in rng.values():
-            assert set(methods) == {"mrcom", "dreamerv3", "cadm", "sac"}
+            assert set(methods) == {"mrcom", "rssm", "cadm", "sac"}
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
@@ -28,7 +28,7 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     assert table.count("| All |") == 2
     with open(split / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 3 * 4 and {r["method"] for r in rows} == {"mrcom", "dreamerv3", "cadm", "sac"}
+    assert len(rows) == 2 * 3 * 4 and {r["method"] for r in rows} == {"mrcom", "rssm", "cadm", "sac"}
     for png in ("curves_in.png", "curves_ood.png", "prediction_error.png"):
         assert (split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("adapting" in line for line in logs)
@@ -67,16 +67,15 @@ def test_adaptation_workers_exit_when_the_driver_is_killed(tmp_path):
 
     script = tmp_path / "driver.py"
     script.write_text(
-        "import time\n"
-        "import multiprocessing as mp\n"
-        "from concurrent.futures import ProcessPoolExecutor\n"
-        "from mrcom_train.reproduce import _cell_worker_init\n"
+        "import os, time\n"
+        "from mrcom_train.experiments.reproduce import _cell_worker_init\n"
+        "from mrcom_train.workers import WorkerPool\n"
+        "def cell(_):\n"
+        "    print(os.getpid(), flush=True)\n"
+        "    time.sleep(120)\n"
         "if __name__ == '__main__':\n"
-        "    pool = ProcessPoolExecutor(1, mp_context=mp.get_context('spawn'), initializer=_cell_worker_init)\n"
-        "    pool.submit(time.sleep, 0).result()\n"
-        "    print(*pool._processes, flush=True)\n"
-        "    pool.submit(time.sleep, 120)\n"
-        "    time.sleep(120)\n")
+        "    with WorkerPool(1, _cell_worker_init) as pool:\n"
+        "        pool.run(cell, [0])\n")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=ENV)
     worker = int(driver.stdout.readline())
 

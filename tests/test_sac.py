@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrcom_train.sac import SAC, ReplayBuffer, SACConfig, mlp
+from mrcom_train.rl.sac import SAC, ReplayBuffer, SACConfig, mlp
 
 torch.set_num_threads(1)
 

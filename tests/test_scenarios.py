@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from dm_control import suite
 
-from mrcom_train.errors import UserInputError
+from mrcom_core.errors import UserInputError
 from mrcom_train.scenarios import (
     DOMAINS,
     SPLITS,

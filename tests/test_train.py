@@ -7,10 +7,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from mrcom_train.checkpoint import latest_checkpoint, read_state
-from mrcom_train.collect import CollectConfig, collect
-from mrcom_train.errors import UserInputError
-from mrcom_train.trainer import RunRequest, Trainer, TrainingDiverged
+from mrcom_core.errors import UserInputError
+from mrcom_train.data.collect import CollectConfig, collect
+from mrcom_train.training.checkpoint import latest_checkpoint, read_state
+from mrcom_train.training.config import RunRequest
+from mrcom_train.training.trainer import Trainer, TrainingDiverged
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
 QUIET = dict(progress=False, log=lambda s: None)
@@ -35,8 +36,8 @@ def test_training_runs_logs_and_checkpoints(data, tmp_path):
     run = tmp_path / "run"
     trainer = Trainer(data, run, _request(20, eval_every=10, checkpoint_every=10, log_every=5), **QUIET)
     result = trainer.run()
-    assert set(result) == {"eval_open_loop", "eval_open_loop_hopper", "eval_open_loop_walker",
-                           "eval_open_loop_cheetah"}
+    assert set(result) == {"open_loop_error", "open_loop_error_hopper", "open_loop_error_walker",
+                           "open_loop_error_cheetah"}
     lines = (run / "metrics.csv").read_text().strip().splitlines()
     assert lines[0].startswith("step,loss,var") and len(lines) == 1 + 1 + 4 + 2  # header, eval@0, 4 logs, 2 evals
     assert list((run / "tb").glob("events.out.tfevents.*"))
@@ -70,17 +71,17 @@ def test_resume_continues_exactly(data, tmp_path):
 
 def test_nan_stops_training_and_keeps_the_last_good_checkpoint(data, tmp_path, monkeypatch):
     trainer = Trainer(data, tmp_path / "run", _request(10, checkpoint_every=4), **QUIET)
-    real_forward = type(trainer.model).forward
+    real_loss = type(trainer.model).loss
     calls = {"n": 0}
 
-    def poisoned(self, batch, noise):
+    def poisoned(self, window, batch, noise):
         calls["n"] += 1
-        out = real_forward(self, batch, noise)
+        out = real_loss(self, window, batch, noise)
         if calls["n"] == 7:
             out["loss"] = out["loss"] * float("nan")
         return out
 
-    monkeypatch.setattr(type(trainer.model), "forward", poisoned)
+    monkeypatch.setattr(type(trainer.model), "loss", poisoned)
     with pytest.raises(TrainingDiverged, match=r"step 7: the loss became nan; the last good checkpoint \(step 4\)"):
         trainer.run()
     ckpt = latest_checkpoint(tmp_path / "run")
@@ -178,12 +179,13 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
     sampled latents add noise on top of it."""
     import numpy as np
 
-    from mrcom_core.rollout import open_loop_error
+    from mrcom_core.steps import open_loop_predictions
     from mrcom_export.exporter import export_model
-    from mrcom_train.checkpoint import load_model
-    from mrcom_train.dataset import Dataset
-    from mrcom_train.rollout_cli import run_rollout
-    from mrcom_train.sampler import SequenceSampler
+    from mrcom_train.data.dataset import Dataset
+    from mrcom_train.data.sampler import SequenceSampler
+    from mrcom_train.rollout import runtime_error
+    from mrcom_train.training.checkpoint import load_model
+    from mrcom_train.training.evaluation import open_loop_error
 
     run, exp = tmp_path / "run", tmp_path / "export"
     Trainer(data, run, _request(30), **QUIET).run()
@@ -191,8 +193,12 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
     export_model(model, exp, formats=("onnx",), horizon=4, log=lambda s: None)
     B, H = 16, 4
     batch = SequenceSampler(Dataset(data), model.config.context_len, H, B, seed=3).sample()
-    eager = open_loop_error(model.eval(), {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}, H)
-    mean = run_rollout(exp, data, B, H, 3, False, None, lambda s: None, mean_latents=True)
-    sampled = run_rollout(exp, data, B, H, 3, False, None, lambda s: None)
+    with torch.no_grad():
+        pred = open_loop_predictions(model.eval(), {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                    for k, v in batch.items()}, H)
+        real = model.normalize(torch.from_numpy(batch["obs"][:, 1:]))
+    eager = open_loop_error(pred.numpy(), real.numpy(), batch["obs_mask"])
+    mean = runtime_error(exp, data, B, H, 3, mean_latents=True)
+    sampled = runtime_error(exp, data, B, H, 3)
     assert mean["open_loop_error"] == pytest.approx(float(eager.mean()), rel=1e-4, abs=1e-5)
     assert sampled["open_loop_error"] != pytest.approx(mean["open_loop_error"], rel=1e-3)

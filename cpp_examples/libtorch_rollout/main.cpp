@@ -45,30 +45,26 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     auto in = mrcom::read_bundle(argv[2]);
     const int64_t m = mrcom::manifest_int(dir, "context_len");
-    const int64_t d_dim = mrcom::manifest_int(dir, "d", "latent");
     auto obs = to_tensor(in.at("prompt_obs")), act = to_tensor(in.at("prompt_act")), rew = to_tensor(in.at("prompt_rew"));
     auto reset_u = to_tensor(in.at("reset_noise_u")), reset_h = to_tensor(in.at("reset_noise_h"));
     auto actions = to_tensor(in.at("actions")), noise_u = to_tensor(in.at("noise_u")), noise_h = to_tensor(in.at("noise_h"));
     const int64_t B = obs.size(0), T = act.size(1), H = actions.size(1);
 
-    auto context_full = torch::jit::load(dir + "/context_full.pt");
-    auto context_step = torch::jit::load(dir + "/context_step.pt");
+    auto prime = torch::jit::load(dir + "/prime.pt");
     auto observe = torch::jit::load(dir + "/observe.pt");
     auto step = torch::jit::load(dir + "/step.pt");
 
-    // Fill the context FIFO with the first m prompt steps, then observe the rest of the prompt.
+    // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
+    // prompt step's token enters the FIFO and the posterior observes the next observation.
     using torch::indexing::Slice;
-    auto ctx = call(context_full, {obs.index({Slice(), Slice(0, m)}), act.index({Slice(), Slice(0, m)}),
-                                   rew.index({Slice(), Slice(0, m)})});
-    auto u = torch::zeros({B, noise_u.size(2)}), d = torch::zeros({B, d_dim}), h = torch::zeros({B, noise_h.size(2)});
-    for (int64_t k = m; k <= T; ++k) {
-      if (k > m) ctx = call(context_step, {obs.select(1, k - 1), act.select(1, k - 1), rew.select(1, k - 1), ctx[1], ctx[2]});
-      auto s = call(observe, {u, d, h, ctx[0], act.select(1, k - 1), obs.select(1, k), reset_u.select(1, k - m),
-                              reset_h.select(1, k - m)});
-      u = s[0], d = s[1], h = s[2];
-    }
+    auto s = call(prime, {obs.index({Slice(), Slice(0, m + 1)}), act.index({Slice(), Slice(0, m)}),
+                          rew.index({Slice(), Slice(0, m)}), reset_u.select(1, 0), reset_h.select(1, 0)});
+    for (int64_t k = m + 1; k <= T; ++k)
+      s = call(observe, {s[0], s[1], s[2], s[3], s[4], obs.select(1, k - 1), act.select(1, k - 1),
+                         rew.select(1, k - 1), obs.select(1, k), reset_u.select(1, k - m), reset_h.select(1, k - m)});
+    auto u = s[0], d = s[1], h = s[2];
     // Imagine H steps: reward of the action, its token into the FIFO, one prior step.
-    auto last = obs.select(1, T), keys = ctx[1], values = ctx[2];
+    auto last = obs.select(1, T), keys = s[3], values = s[4];
     std::vector<torch::Tensor> out_obs, out_rew;
     const auto start = std::chrono::steady_clock::now();
     for (int64_t t = 0; t < H; ++t) {

@@ -72,30 +72,25 @@ int main(int argc, char** argv) {
     const std::string dir = argv[1];
     auto in = mrcom::read_bundle(argv[2]);
     const int64_t m = mrcom::manifest_int(dir, "context_len");
-    const int64_t d_dim = mrcom::manifest_int(dir, "d", "latent");
     const Array &obs = in.at("prompt_obs"), &act = in.at("prompt_act"), &rew = in.at("prompt_rew");
     const int64_t B = obs.dim(0), T = act.dim(1), H = in.at("actions").dim(1);
 
     Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "mrcom");
-    Graph context_full(env, dir + "/context_full.onnx"), context_step(env, dir + "/context_step.onnx"),
-        observe(env, dir + "/observe.onnx"), step(env, dir + "/step.onnx");
+    Graph prime(env, dir + "/prime.onnx"), observe(env, dir + "/observe.onnx"), step(env, dir + "/step.onnx");
 
-    // Fill the context FIFO with the first m prompt steps, then observe the rest of the prompt.
-    Array o_head = obs.head(m), a_head = act.head(m), r_head = rew.head(m);
-    auto ctx = context_full({&o_head, &a_head, &r_head});  // context, keys, values
-    Array u = zeros({B, in.at("noise_u").dim(2)}), d = zeros({B, d_dim}), h = zeros({B, in.at("noise_h").dim(2)});
-    for (int64_t k = m; k <= T; ++k) {
-      if (k > m) {
-        Array o = obs.step(k - 1), a = act.step(k - 1), r = rew.step(k - 1);
-        ctx = context_step({&o, &a, &r, &ctx[1], &ctx[2]});
-      }
-      Array prev = act.step(k - 1), o = obs.step(k), nu = in.at("reset_noise_u").step(k - m),
-            nh = in.at("reset_noise_h").step(k - m);
-      auto s = observe({&u, &d, &h, &ctx[0], &prev, &o, &nu, &nh});
-      u = s[0], d = s[1], h = s[2];
+    // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
+    // prompt step's token enters the FIFO and the posterior observes the next observation.
+    Array o_head = obs.head(m + 1), a_head = act.head(m), r_head = rew.head(m);
+    Array nu0 = in.at("reset_noise_u").step(0), nh0 = in.at("reset_noise_h").step(0);
+    auto s = prime({&o_head, &a_head, &r_head, &nu0, &nh0});  // u, d, h, keys, values
+    for (int64_t k = m + 1; k <= T; ++k) {
+      Array po = obs.step(k - 1), pa = act.step(k - 1), pr = rew.step(k - 1), o = obs.step(k),
+            nu = in.at("reset_noise_u").step(k - m), nh = in.at("reset_noise_h").step(k - m);
+      s = observe({&s[0], &s[1], &s[2], &s[3], &s[4], &po, &pa, &pr, &o, &nu, &nh});
     }
+    Array u = s[0], d = s[1], h = s[2];
     // Imagine H steps: reward of the action, its token into the FIFO, one prior step.
-    Array last = obs.step(T), keys = ctx[1], values = ctx[2];
+    Array last = obs.step(T), keys = s[3], values = s[4];
     Array out_obs = zeros({B, H, obs.dim(2)}), out_rew = zeros({B, H});
     const auto start = std::chrono::steady_clock::now();
     for (int64_t t = 0; t < H; ++t) {

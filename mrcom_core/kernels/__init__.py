@@ -30,12 +30,21 @@ Dispatch (:func:`resolve_backend`). The explicit ``backend`` argument wins; othe
   ``RuntimeError``.
 
 Triton is imported lazily, so ``import mrcom_core.kernels`` works where it is missing (e.g. macOS).
+
+Triton and OpenGL (:func:`settle_triton_import`). Triton bundles its own LLVM; Mesa's EGL and OSMesa
+(``MUJOCO_GL=egl`` / ``osmesa``, usual on headless servers) load another LLVM when dm_control is imported, and
+importing Triton after that segfaults. PyTorch imports Triton on its own too (``torch._dynamo``, e.g. when an
+optimizer is built) whenever it is installed. So ``mrcom_train`` calls :func:`settle_triton_import` when it is
+imported, before anything can load a GL library: a process that will run the CUDA kernels imports Triton
+right then; any other process, under a GL backend that loads LLVM, makes ``import triton`` fail (for PyTorch
+too, which then does without it), so a CPU-only run never imports it.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import sys
 
 import torch
 
@@ -48,6 +57,7 @@ __all__ = [
     "gaussian_sample_kl_reference",
     "gaussian_std",
     "resolve_backend",
+    "settle_triton_import",
     "triton_available",
 ]
 
@@ -66,6 +76,31 @@ def triton_available() -> bool:
     except Exception:  # ImportError, or a broken install failing at import time
         return False
     return True
+
+
+#: ``MUJOCO_GL`` values whose GL library loads Mesa's LLVM, which clashes with Triton's.
+GL_BACKENDS_WITH_LLVM = ("egl", "osmesa")
+
+
+def settle_triton_import() -> str:
+    """Decide once per process, before anything can load a GL library, whether Triton is imported.
+
+    Imports it now when this process will run the fused kernels (``MRCOM_KERNELS=triton``, or ``auto`` with a
+    CUDA GPU); otherwise, when ``MUJOCO_GL`` selects a GL backend that loads LLVM, blocks ``import triton``
+    (``sys.modules["triton"] = None``) so that neither this package nor PyTorch loads it later. Returns
+    ``"imported"``, ``"blocked"`` or ``"untouched"`` (no GL clash possible: Triton stays lazily importable).
+    """
+    if "triton" in sys.modules:
+        return "blocked" if sys.modules["triton"] is None else "imported"
+    name = os.environ.get(_ENV_VAR, "auto").strip().lower() or "auto"
+    wanted = name == "triton" or (name == "auto" and torch.cuda.is_available())
+    if wanted and triton_available():
+        return "imported"
+    if os.environ.get("MUJOCO_GL", "").strip().lower() in GL_BACKENDS_WITH_LLVM:
+        sys.modules["triton"] = None
+        triton_available.cache_clear()
+        return "blocked"
+    return "untouched"
 
 
 def _interpret_enabled() -> bool:

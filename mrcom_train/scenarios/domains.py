@@ -1,7 +1,9 @@
 """The three dm_control domains of the paper (§5.1), rebuilt from their own XML with a scaled torso.
 
-One table (:data:`DOMAINS`) holds what differs per domain; :func:`build_dm_env` turns a scenario's
-physical parameters into a ``dm_control.rl.control.Environment``.
+One record per domain (:class:`Domain` in :data:`DOMAINS`) holds everything that differs: the suite module
+and XML, the torso scaler, the suite task and the target-speed task, the control step, v_max and the
+dims. Every domain list in the project derives from :data:`DOMAINS`; :func:`build_dm_env` turns a
+scenario's physical parameters into a ``dm_control.rl.control.Environment``.
 
 Torso scaling, per domain (``length`` scales the long axis, ``size`` the capsule radius):
 
@@ -26,13 +28,25 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
-from dm_control.rl import control
-from dm_control.suite import cheetah, common, hopper, walker
-from dm_control.utils import rewards
+from mrcom_core.errors import UserInputError
+
+try:  # dm_control sets up rendering at import: a GL backend that cannot load fails here
+    from dm_control.rl import control
+    from dm_control.suite import cheetah, common, hopper, walker
+    from dm_control.utils import rewards
+except Exception as e:
+    gl = os.environ.get("MUJOCO_GL")
+    if not gl or gl.strip().lower() in ("disable", "disabled", "off", "false", "0"):
+        raise
+    raise UserInputError(f"dm_control cannot start with MUJOCO_GL={gl} ({type(e).__name__}: "
+                         f"{str(e).strip().splitlines()[-1] if str(e).strip() else e!r}); mrcom never renders, so "
+                         f"MUJOCO_GL=disable is enough") from None
 
 
 class _DropSetTotalMassWarning(logging.Filter):
@@ -43,27 +57,6 @@ class _DropSetTotalMassWarning(logging.Filter):
 
 
 logging.getLogger("absl").addFilter(_DropSetTotalMassWarning())
-
-
-@dataclass(frozen=True)
-class DomainInfo:
-    """What differs per domain. ``v_max`` is the suite's own saturation speed of the task reward
-    (hopper ``_HOP_SPEED``, walker ``_RUN_SPEED``, cheetah ``_RUN_SPEED``): our choice for the paper's
-    "fastest speed under default dynamics", overridable per split."""
-
-    module: ModuleType
-    task: str
-    xml_file: str
-    v_max: float
-    obs_dim: int
-    act_dim: int
-
-
-DOMAINS: dict[str, DomainInfo] = {
-    "hopper": DomainInfo(hopper, "hop", "hopper.xml", float(hopper._HOP_SPEED), 15, 4),
-    "walker": DomainInfo(walker, "run", "walker.xml", float(walker._RUN_SPEED), 24, 6),
-    "cheetah": DomainInfo(cheetah, "run", "cheetah.xml", float(cheetah._RUN_SPEED), 17, 6),
-}
 
 
 def _floats(text: str) -> list[float]:
@@ -121,14 +114,11 @@ def _scale_cheetah(root: ET.Element, length: float, size: float) -> None:
         body.set("pos", _fmt([x * length, y, z]))
 
 
-_SCALERS = {"hopper": _scale_hopper, "walker": _scale_walker, "cheetah": _scale_cheetah}
-
-
 def scaled_xml(domain: str, length_scale: float, size_scale: float) -> str:
     """The domain's suite XML with the torso length and radius scaled (see the module docstring)."""
     info = DOMAINS[domain]
     root = ET.fromstring(common.read_model(info.xml_file))
-    _SCALERS[domain](root, float(length_scale), float(size_scale))
+    info.scale_torso(root, float(length_scale), float(size_scale))
     return ET.tostring(root, encoding="unicode")
 
 
@@ -180,16 +170,35 @@ class CheetahTargetSpeed(cheetah.Cheetah):
         return self._speed_term(physics.speed())
 
 
-def _suite_task(domain: str, random):
-    if domain == "hopper":
-        return hopper.Hopper(hopping=True, random=random)
-    if domain == "walker":
-        return walker.PlanarWalker(move_speed=walker._RUN_SPEED, random=random)
-    return cheetah.Cheetah(random=random)
+@dataclass(frozen=True)
+class Domain:
+    """Everything that differs per domain. ``v_max`` is the suite's own saturation speed of the task reward
+    (hopper ``_HOP_SPEED``, walker ``_RUN_SPEED``, cheetah ``_RUN_SPEED``): our choice for the paper's
+    "fastest speed under default dynamics", overridable per split."""
+
+    name: str
+    module: ModuleType  # the dm_control suite module (its Physics class)
+    xml_file: str
+    scale_torso: Callable[[ET.Element, float, float], None]  # (root, length_scale, size_scale), in place
+    task: str  # the suite task whose reward a scenario without a target speed keeps (``suite.load(name, task)``)
+    suite_task: Callable  # (random) -> that task, built on our physics
+    target_task: type  # (target_speed, speed_margin, random) -> the target-speed task
+    control_timestep: float | None  # None: the physics step
+    v_max: float
+    obs_dim: int
+    act_dim: int
 
 
-_TARGET_TASKS = {"hopper": HopperTargetSpeed, "walker": WalkerTargetSpeed, "cheetah": CheetahTargetSpeed}
-_CONTROL_TIMESTEP = {"hopper": hopper._CONTROL_TIMESTEP, "walker": walker._CONTROL_TIMESTEP, "cheetah": None}
+DOMAINS: dict[str, Domain] = {d.name: d for d in (
+    Domain("hopper", hopper, "hopper.xml", _scale_hopper, "hop",
+           lambda random: hopper.Hopper(hopping=True, random=random),
+           HopperTargetSpeed, hopper._CONTROL_TIMESTEP, float(hopper._HOP_SPEED), 15, 4),
+    Domain("walker", walker, "walker.xml", _scale_walker, "run",
+           lambda random: walker.PlanarWalker(move_speed=walker._RUN_SPEED, random=random),
+           WalkerTargetSpeed, walker._CONTROL_TIMESTEP, float(walker._RUN_SPEED), 24, 6),
+    Domain("cheetah", cheetah, "cheetah.xml", _scale_cheetah, "run", lambda random: cheetah.Cheetah(random=random),
+           CheetahTargetSpeed, None, float(cheetah._RUN_SPEED), 17, 6),
+)}
 
 
 def build_dm_env(domain: str, length_scale: float = 1.0, size_scale: float = 1.0,
@@ -205,9 +214,8 @@ def build_dm_env(domain: str, length_scale: float = 1.0, size_scale: float = 1.0
     info = DOMAINS[domain]
     physics = info.module.Physics.from_xml_string(scaled_xml(domain, length_scale, size_scale), common.ASSETS)
     if target_speed is None:
-        task = _suite_task(domain, random)
+        task = info.suite_task(random)
     else:
         margin = info.v_max / 2 if speed_margin is None else speed_margin
-        task = _TARGET_TASKS[domain](target_speed, margin, random=random)
-    return control.Environment(physics, task, time_limit=math.inf,
-                               control_timestep=_CONTROL_TIMESTEP[domain])
+        task = info.target_task(target_speed, margin, random=random)
+    return control.Environment(physics, task, time_limit=math.inf, control_timestep=info.control_timestep)

@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import gymnasium as gym
 import numpy as np
 
-from ..errors import UserInputError
+from mrcom_core.errors import UserInputError
+
 from .domains import build_dm_env
 from .obs_functions import make_obs_function
 from .spec import ScenarioSpec
@@ -118,10 +119,22 @@ class ScenarioEnv(gym.Env):
         """The wrapped ``dm_control.rl.control.Environment``."""
         return self._env
 
+    def random_state(self) -> dict:
+        """Every random state of the environment (task initial states, observation function), JSON-ready:
+        :meth:`set_random_state` continues from exactly here."""
+        name, keys, pos, has_gauss, gauss = self._env.task.random.get_state()
+        return {"task": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
+                "obs_rng": self._rng.bit_generator.state}
+
+    def set_random_state(self, state: dict) -> None:
+        name, keys, pos, has_gauss, gauss = state["task"]
+        self._env.task.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
+        self._rng.bit_generator.state = state["obs_rng"]
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         if seed is not None:
-            self._env.task._random = np.random.RandomState(seed)  # dm_control has no public reseed
+            self._env.task.random.seed(seed)  # the same state as a fresh RandomState(seed)
             self._rng = np.random.default_rng(seed)
         time_step = self._env.reset()
         self._steps = 0

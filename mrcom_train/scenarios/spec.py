@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from ..errors import UserInputError
+from mrcom_core.errors import UserInputError
+
 from .domains import DOMAINS
 from .obs_functions import OBS_FUNCTIONS, affected_count
 

@@ -27,7 +27,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from ..errors import UserInputError
+from mrcom_core.errors import UserInputError
+
 from .domains import DOMAINS
 from .obs_functions import OBS_FUNCTIONS
 from .spec import ScenarioSpec

@@ -21,16 +21,42 @@ from pathlib import Path
 
 import numpy as np
 
-from .adapt import AdaptConfig, Adapter, summarize
-from .errors import UserInputError
+from mrcom_core.atomic import write_json_atomic
+from mrcom_core.errors import UserInputError
+from mrcom_core.registry import MODELS, model_class
+from mrcom_export.exporter import export_model
+
+from ..data.collect import CollectConfig, collect
+from ..data.dataset import is_complete
+from ..rl.adapt import AdaptConfig, Adapter, summarize
+from ..rollout import runtime_error
+from ..scenarios import DOMAINS, get_split
+from ..training.checkpoint import latest_checkpoint, load_model, read_state
+from ..training.config import RunRequest
+from ..training.evaluation import KEY
+from ..training.trainer import Trainer
+from ..workers import WorkerPool
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
-DOMAIN_ROWS = ("hopper", "walker", "cheetah")
-MODEL_METHODS = {"mrcom": ({}, ()), "dreamerv3": ({"model_type": "rssm"}, ()), "cadm": ({"model_type": "cadm"}, ())}
-ABLATION_METHODS = {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in ("no_d", "no_context", "no_ls", "no_lv")}
 ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined rollouts per (method, range), steps
-LABELS = {"mrcom": "Ours", "dreamerv3": "DreamerV3", "cadm": "CaDM", "sac": "SAC (model-free)"}
+SAC = "sac"  # the model-free arm
+
+
+def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, ...]]]:
+    """Method name → (model overrides, ablations): every registered world model (by registry name), plus
+    MrCoM's ablations (``w/o d`` …) when asked."""
+    methods = {name: ({"model_type": name}, ()) for name in MODELS}
+    if ablations:
+        methods |= {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in model_class("mrcom").ablations}
+    return methods
+
+
+def label(method: str) -> str:
+    """A method's column title: the model class's label (``Ours``, ``DreamerV3`` …)."""
+    if method == SAC:
+        return "SAC (model-free)"
+    return MODELS[method].label if method in MODELS else method
 
 
 @dataclass(frozen=True)
@@ -65,17 +91,17 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
+def _measured(err_file: Path) -> bool:
+    """Whether ``err_file`` holds the open-loop errors in the current layout (older layouts are measured again)."""
+    if not err_file.is_file():
+        return False
+    per = json.loads(err_file.read_text())
+    return all(any(k.startswith(f"{KEY}_") for k in per.get(kind, {}).get("in", {})) for kind in ("mean", "sampled"))
+
+
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
                      ablations: bool = False, workers: int = 1, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: "mean±std"}}}}``."""
-    from mrcom_export.exporter import export_model
-
-    from .checkpoint import latest_checkpoint, load_model, read_state
-    from .collect import CollectConfig, collect
-    from .dataset import MANIFEST
-    from .rollout_cli import run_rollout
-    from .trainer import RunRequest, Trainer
-
+    """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}``."""
     if table not in TABLE_SPLITS:
         raise UserInputError(f"unknown table {table}; choose one of {', '.join(map(str, TABLE_SPLITS))}")
     if budget_name not in BUDGETS:
@@ -88,13 +114,13 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
     b = BUDGETS[budget_name]
     out = Path(out)
-    methods = {**MODEL_METHODS, **(ABLATION_METHODS if ablations else {})}
+    methods = model_methods(ablations)
     results: dict = {}
     quiet = dict(progress=False, log=lambda s: None)
     for split in chosen:
         root = out / split
         data = root / "data"
-        if not (data / MANIFEST).is_file() or not json.loads((data / MANIFEST).read_text()).get("complete"):
+        if not is_complete(data):
             log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
             collect(CollectConfig(split=split, scenarios_per_domain=b.scenarios_per_domain,
                                   episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
@@ -102,7 +128,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
         evals = {}
         for rng_name in ("in", "ood"):
             path = root / f"eval-{rng_name}"
-            if not (path / MANIFEST).is_file() or not json.loads((path / MANIFEST).read_text()).get("complete"):
+            if not is_complete(path):
                 collect(CollectConfig(split=split, range=rng_name, scenarios_per_domain=b.eval_scenarios,
                                       episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
                                       seed=1, workers=workers), path, resume=True, **quiet)
@@ -122,15 +148,15 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                              source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
                              log=lambda s: None)
             err_file = root / "errors" / f"{method}.json"
-            if not _done(err_file) or "mean" not in json.loads(err_file.read_text()):  # older files: one kind
-                per = {kind: {r: run_rollout(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0, False, None,
-                                             lambda s: None, mean_latents=kind == "mean") for r in evals}
+            if not _measured(err_file):
+                per = {kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0,
+                                               mean_latents=kind == "mean") for r in evals}
                        for kind in ("mean", "sampled")}
                 err_file.parent.mkdir(parents=True, exist_ok=True)
-                err_file.write_text(json.dumps(per))
+                write_json_atomic(err_file, per)
             errors[method] = json.loads(err_file.read_text())
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in DOMAIN_ROWS for method in [*methods, "sac"]]  # seed-major: early cells cover all
+                 for domain in DOMAINS for method in [*methods, SAC]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
         for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
@@ -138,7 +164,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
                 method, []).append(score)
             curves.setdefault((rng_name, domain, method), []).append(curve)
-        _write_outputs(root, split, results[split], errors, curves, [*methods, "sac"], b, seeds)
+        _write_outputs(root, split, results[split], errors, curves, [*methods, SAC], b, seeds)
     _write_summary(out, table, budget_name, results, chosen)
     return results
 
@@ -154,28 +180,20 @@ def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, s
     config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
                          episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
                          checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
-                         use_model=method != "sac", **b.adapt)
-    export = None if method == "sac" else root / "exports" / method
+                         use_model=method != SAC, **b.adapt)
+    export = None if method == SAC else root / "exports" / method
     return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
                    log=lambda s: None, threads=threads).run()["normalized_return"]
 
 
 def _cell_worker_init() -> None:
-    import os
-    import threading
-    import time
-
     import torch
 
     torch.set_num_threads(1)  # W adapters on W cores must not fight over intra-op threads
-    parent = os.getppid()
 
-    def orphan_watch() -> None:  # a killed driver must not leave workers writing into its cells
-        while os.getppid() == parent:
-            time.sleep(2)
-        os._exit(1)
 
-    threading.Thread(target=orphan_watch, daemon=True).start()
+def _run_cell_in_worker(args: tuple) -> float:
+    return _run_cell(*args, threads=1)
 
 
 def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers: int,
@@ -189,24 +207,16 @@ def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers:
             log(f"[{split}] adapting {name(*cell)} [{i + 1}/{len(pending)}]")
             _run_cell(root, split, *cell, b)
         return
-    import multiprocessing as mp
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
     log(f"[{split}] adapting {len(pending)} cells, {workers} at a time")
-    with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=_cell_worker_init) as pool:
-        futures = {pool.submit(_run_cell, root, split, *cell, b, 1): cell for cell in pending}
-        finished = 0
-        while futures:
-            done, _ = wait(futures, return_when=FIRST_COMPLETED)
-            for future in done:
-                cell = futures.pop(future)
-                if future.exception() is not None:
-                    for other in futures:
-                        other.cancel()
-                    raise future.exception()
-                finished += 1
-                log(f"[{split}] adapted {name(*cell)}: normalized return {future.result():.1f} "
-                    f"[{finished}/{len(pending)}]")
+    finished = 0
+
+    def report(args: tuple, score: float) -> None:
+        nonlocal finished
+        finished += 1
+        log(f"[{split}] adapted {name(*args[2:6])}: normalized return {score:.1f} [{finished}/{len(pending)}]")
+
+    with WorkerPool(workers, _cell_worker_init) as pool:
+        pool.run(_run_cell_in_worker, [(root, split, *cell, b) for cell in pending], on_result=report)
 
 
 def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
@@ -219,17 +229,15 @@ def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
 
 def _write_outputs(root: Path, split: str, scores: dict, errors: dict, curves: dict, methods: list[str],
                    budget: Budget, seeds: int) -> None:
-    from .scenarios import get_split
-
     s = get_split(split)
     lines = []
     csv_rows = [["split", "range", "domain", "method", "mean", "std", "seeds"]]
     for rng_name in ("in", "ood"):
         lines.append(f"#### Train {s.train.describe()} · evaluate {s.evaluate[rng_name].describe()} "
                      f"({'in-distribution' if rng_name == 'in' else 'out-of-distribution'})\n")
-        lines.append("| | " + " | ".join(LABELS.get(m, m) for m in methods) + " |")
+        lines.append("| | " + " | ".join(label(m) for m in methods) + " |")
         lines.append("|---|" + "---:|" * len(methods))
-        for domain in DOMAIN_ROWS:
+        for domain in DOMAINS:
             cells = []
             for m in methods:
                 values = scores[rng_name][domain][m]
@@ -238,17 +246,17 @@ def _write_outputs(root: Path, split: str, scores: dict, errors: dict, curves: d
                                  len(values)])
             lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
         lines.append("")
-    model_methods = [m for m in methods if m != "sac"]
+    model_methods = [m for m in methods if m != SAC]
     for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
         lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
                      "rollouts; normalized MSE over real dims; lower is better)\n")
-        lines.append("| | " + " | ".join(f"{LABELS.get(m, m)} in / OOD" for m in model_methods) + " |")
+        lines.append("| | " + " | ".join(f"{label(m)} in / OOD" for m in model_methods) + " |")
         lines.append("|---|" + "---:|" * len(model_methods))
-        for domain in [*DOMAIN_ROWS, "open_loop_error"]:
-            cells = [f"{errors[m][kind]['in'].get(domain, float('nan')):.3f} / "
-                     f"{errors[m][kind]['ood'].get(domain, float('nan')):.3f}" for m in model_methods]
-            label = "All" if domain == "open_loop_error" else domain.capitalize()
-            lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        for domain in [*DOMAINS, None]:
+            key = KEY if domain is None else f"{KEY}_{domain}"
+            cells = [f"{errors[m][kind]['in'].get(key, float('nan')):.3f} / "
+                     f"{errors[m][kind]['ood'].get(key, float('nan')):.3f}" for m in model_methods]
+            lines.append(f"| {'All' if domain is None else domain.capitalize()} | " + " | ".join(cells) + " |")
         lines.append("")
     (root / "table.md").write_text("\n".join(lines) + "\n")
     with open(root / "table.csv", "w", newline="") as f:
@@ -263,15 +271,15 @@ def _plots(root: Path, curves: dict, errors: dict, methods: list[str], model_met
     import matplotlib.pyplot as plt
 
     for rng_name in ("in", "ood"):
-        fig, axes = plt.subplots(1, len(DOMAIN_ROWS), figsize=(4 * len(DOMAIN_ROWS), 3.2), squeeze=False)
-        for ax, domain in zip(axes[0], DOMAIN_ROWS, strict=True):
+        fig, axes = plt.subplots(1, len(DOMAINS), figsize=(4 * len(DOMAINS), 3.2), squeeze=False)
+        for ax, domain in zip(axes[0], DOMAINS, strict=True):
             for m in methods:
                 runs = curves.get((rng_name, domain, m), [])
                 if not runs:
                     continue
                 steps = [x for x, _ in runs[0]]
                 values = np.array([[v for _, v in r] for r in runs if len(r) == len(steps)])
-                ax.plot(steps, values.mean(0), label=LABELS.get(m, m))
+                ax.plot(steps, values.mean(0), label=label(m))
                 if len(values) > 1:
                     ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
             ax.set_title(f"{domain} ({rng_name})")
@@ -284,9 +292,9 @@ def _plots(root: Path, curves: dict, errors: dict, methods: list[str], model_met
     fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
     x = np.arange(len(model_methods))
     for i, rng_name in enumerate(("in", "ood")):
-        ax.bar(x + 0.38 * i, [errors[m]["mean"][rng_name]["open_loop_error"] for m in model_methods], 0.38,
+        ax.bar(x + 0.38 * i, [errors[m]["mean"][rng_name][KEY] for m in model_methods], 0.38,
                label=rng_name)
-    ax.set_xticks(x + 0.19, [LABELS.get(m, m) for m in model_methods], fontsize=8)
+    ax.set_xticks(x + 0.19, [label(m) for m in model_methods], fontsize=8)
     ax.set_ylabel("open-loop error (mean latents)")
     ax.legend()
     fig.tight_layout()

@@ -15,11 +15,9 @@ Evaluation: normalized return = 100 × mean episode return / episode length (dm_
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,10 +25,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .dataset import write_json_atomic
-from .errors import UserInputError
+from mrcom_core.atomic import atomic_path, write_json_atomic
+from mrcom_core.errors import UserInputError
+from mrcom_export.runtime import Runtime
+from mrcom_export.vector_env import ImaginedVectorEnv
+
+from ..metrics_log import MetricsLog
+from ..scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, sample_scenarios
 from .sac import SAC, ReplayBuffer, SACConfig
-from .scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, sample_scenarios
 
 
 @dataclass(frozen=True)
@@ -111,14 +113,13 @@ class Adapter:
                     raise UserInputError(f"cannot resume {self.run_dir}: it ran with {name}={saved.get(name)!r}, "
                                          f"now {value!r}")
         self.spec = config.target()
-        self.runtime = None
+        self.imagined_env = None
         if config.use_model:
             if export_dir is None:
                 raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
-            from mrcom_export.runtime import Runtime
-
-            self.runtime = Runtime(export_dir, seed=config.seed, threads=threads)
-            space = UnifiedSpace(self.runtime.obs_dim, self.runtime.act_dim)
+            runtime = Runtime(export_dir, seed=config.seed, threads=threads)
+            self.imagined_env = ImaginedVectorEnv(runtime, config.rollout_batch, seed=config.seed)
+            space = UnifiedSpace(runtime.obs_dim, runtime.act_dim)
             if space.obs_dim < self.spec.obs_dim or space.act_dim < self.spec.act_dim:
                 raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "
                                      f"scenario {self.spec.describe()}'s")
@@ -149,7 +150,8 @@ class Adapter:
 
     def imagine(self, horizon: int) -> int:
         """Imagined rollouts from real states into the model buffer; returns the transitions added."""
-        m = self.runtime.context_len
+        env = self.imagined_env
+        m = env.runtime.context_len
         # Start states t ≥ m (so m real steps precede them), uniform over all of them: pick an episode by its
         # number of valid starts, then a start within it.
         counts = np.array([max(0, len(ep["reward"]) - m + 1) for ep in self.episodes])
@@ -158,18 +160,18 @@ class Adapter:
         episodes = self.rng.choice(len(counts), size=self.cfg.rollout_batch, p=counts / counts.sum())
         starts = m + (self.rng.random(self.cfg.rollout_batch) * counts[episodes]).astype(np.int64)
         picks = [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
-        obs = np.stack([ep["obs"][t - m : t + 1] for ep, t in picks])
-        act = np.stack([ep["action"][t - m : t] for ep, t in picks])
-        rew = np.stack([ep["reward"][t - m : t] for ep, t in picks])
-        current = self.runtime.reset(obs, act, rew)
+        prompts = tuple(np.stack([ep[key][t - m : t + k] for ep, t in picks])
+                        for key, k in (("obs", 1), ("action", 0), ("reward", 0)))
+        env.horizon = horizon
+        current, _ = env.reset(options={"prompts": prompts})
         od, ad = self.spec.obs_dim, self.spec.act_dim
-        added = 0
-        for _ in range(horizon):
+        added, truncated = 0, False
+        while not truncated:
             action = self._act(current)
-            nxt, reward, _ = self.runtime.step(action)
+            nxt, reward, _, trunc, _ = env.step(action)
             self.model.add_batch(current[:, :od], action[:, :ad], reward, nxt[:, :od], np.zeros(len(reward)))
             added += len(reward)
-            current = nxt
+            current, truncated = nxt, bool(trunc.all())
         self.imagined += added
         return added
 
@@ -196,7 +198,6 @@ class Adapter:
     # -------------------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, float]:
         """Adapt for ``env_steps`` env steps (continuing from the checkpoint when resumed)."""
-        from torch.utils.tensorboard import SummaryWriter
         from tqdm import tqdm
 
         c = self.cfg
@@ -207,16 +208,7 @@ class Adapter:
         self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        fields = ["env_steps", "normalized_return", "imagined", "wall_s"]
-        rows = []
-        if self.step and (self.run_dir / "metrics.csv").exists():
-            with open(self.run_dir / "metrics.csv", newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r["env_steps"]) <= self.step]
-        metrics_file = open(self.run_dir / "metrics.csv", "w", newline="")
-        writer = csv.DictWriter(metrics_file, fields)
-        writer.writeheader()
-        writer.writerows(rows)
-        tb = SummaryWriter(str(self.run_dir / "tb"), purge_step=self.step or None)
+        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", "wall_s"], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -225,7 +217,7 @@ class Adapter:
         next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         try:
             if self.step == 0:
-                writer.writerow({"env_steps": 0, "normalized_return": self.evaluate(), "imagined": 0, "wall_s": 0.0})
+                metrics.write(0, {"normalized_return": self.evaluate(), "imagined": 0, "wall_s": 0.0})
                 obs, _ = self.env.reset(seed=c.seed)
             else:
                 obs, _ = self.env.reset()  # the checkpoint was taken just before this reset
@@ -244,7 +236,7 @@ class Adapter:
                 boundary = None
                 if truncated:
                     self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
-                    boundary = self._env_state()  # what the next reset starts from
+                    boundary = self.env.random_state()  # what the next reset starts from
                     obs, _ = self.env.reset()
                     episode = {"obs": [obs], "action": [], "reward": []}
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
@@ -259,22 +251,18 @@ class Adapter:
                 if self.step % c.eval_every == 0 or self.step == c.env_steps:
                     score = self.evaluate()
                     result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined}
-                    writer.writerow({"env_steps": self.step, "normalized_return": score, "imagined": self.imagined,
-                                     "wall_s": time.perf_counter() - start})
-                    metrics_file.flush()
-                    tb.add_scalar("eval/normalized_return", score, self.step)
-                    tb.add_scalar("train/imagined_transitions", self.imagined, self.step)
+                    metrics.write(self.step, {"normalized_return": score, "imagined": self.imagined,
+                                              "wall_s": time.perf_counter() - start},
+                                  {"eval/normalized_return": score, "train/imagined_transitions": self.imagined})
                     (bar.write if self.progress else self.log)(
                         f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions)")
                 if boundary is not None and self.step >= next_checkpoint and self.step < c.env_steps:
-                    metrics_file.flush()
                     self.save(boundary)  # only at episode ends, so a resumed run continues exactly
                     next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every
         finally:
             torch.set_num_threads(threads)
             bar.close()
-            metrics_file.close()
-            tb.close()
+            metrics.close()
         self.save(None, complete=True)
         write_json_atomic(self.run_dir / "result.json", result)
         return result
@@ -284,31 +272,25 @@ class Adapter:
         out[: len(raw)] = raw
         return out
 
-    def _env_state(self) -> dict:
-        name, keys, pos, has_gauss, gauss = self.env.dm_env.task.random.get_state()
-        return {"task": [name, keys.tolist(), int(pos), int(has_gauss), float(gauss)],
-                "obs_rng": self.env._rng.bit_generator.state}
-
     def save(self, env_state: dict | None, complete: bool = False) -> Path:
         """Checkpoint at an episode boundary: the agent (``agent.pt``, loadable with ``weights_only=True``;
         ``mrcom export --policy`` takes it), replay buffers and real episodes (``buffers.npz``), and every
         random state (``state.json``). Files are replaced atomically; ``state.json`` is written last."""
         path = self.run_dir / "checkpoint"
         path.mkdir(exist_ok=True)
-        tmp = path / f".agent.pt.tmp-{os.getpid()}"
-        torch.save({"agent": self.agent.state_dict(), "env_steps": self.step}, tmp)
-        os.replace(tmp, path / "agent.pt")
+        with atomic_path(path / "agent.pt") as tmp:
+            torch.save({"agent": self.agent.state_dict(), "env_steps": self.step}, tmp)
         state = {"env_steps": self.step, "imagined": self.imagined, "complete": complete}
         if not complete:
             arrays = {f"real_{k}": v for k, v in self.real.state_dict().items()}
             arrays.update({f"model_{k}": v for k, v in self.model.state_dict().items()})
             for i, ep in enumerate(self.episodes):
                 arrays.update({f"ep{i}_{k}": v for k, v in ep.items()})
-            tmp = path / f".buffers.tmp-{os.getpid()}.npz"
-            np.savez(tmp, **arrays)
-            os.replace(tmp, path / "buffers.npz")
+            with atomic_path(path / "buffers.npz") as tmp:
+                np.savez(tmp, **arrays)
+            runtime = self.imagined_env.runtime if self.imagined_env else None
             state.update(episodes=len(self.episodes), env=env_state, rng=self.rng.bit_generator.state,
-                         runtime_rng=self.runtime.rng.bit_generator.state if self.runtime else None)
+                         runtime_rng=runtime.rng.bit_generator.state if runtime else None)
         write_json_atomic(path / "state.json", state)
         return path
 
@@ -324,12 +306,10 @@ class Adapter:
             self.model.load_state_dict({k[6:]: arrays[k] for k in arrays.files if k.startswith("model_")})
             self.episodes = [{k: arrays[f"ep{i}_{k}"] for k in ("obs", "action", "reward")}
                              for i in range(state["episodes"])]
-        name, keys, pos, has_gauss, gauss = state["env"]["task"]
-        self.env.dm_env.task.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
-        self.env._rng.bit_generator.state = state["env"]["obs_rng"]
+        self.env.set_random_state(state["env"])
         self.rng.bit_generator.state = state["rng"]
-        if self.runtime is not None:
-            self.runtime.rng.bit_generator.state = state["runtime_rng"]
+        if self.imagined_env is not None:
+            self.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
         self.step, self.imagined = state["env_steps"], state["imagined"]
 
 

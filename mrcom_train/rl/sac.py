@@ -14,11 +14,14 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import dataclass, fields
+from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mrcom_core.errors import UserInputError
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _LOG_2PI = math.log(2.0 * math.pi)
@@ -51,8 +54,8 @@ class SACConfig:
     buffer_size: int = 1_000_000
 
     def __post_init__(self) -> None:
-        def bad(name: str, rule: str) -> ValueError:
-            return ValueError(f"SACConfig.{name} must be {rule}, got {getattr(self, name)!r}")
+        def bad(name: str, rule: str) -> UserInputError:
+            return UserInputError(f"SACConfig.{name} must be {rule}, got {getattr(self, name)!r}")
 
         for f in fields(self):
             v = getattr(self, f.name)
@@ -92,6 +95,7 @@ class Actor(nn.Module):
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, hidden_layers: int):
         super().__init__()
+        self.obs_dim, self.act_dim = obs_dim, act_dim
         self.net = mlp(obs_dim, 2 * act_dim, hidden_dim, hidden_layers)
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -266,16 +270,24 @@ class SAC:
             "alpha_loss": alpha_loss.item(), "entropy": -logp.mean().item(), "q_mean": q.mean().item(),
         }
 
+    def architecture(self) -> dict[str, int]:
+        """The networks' shape, stored with the weights so a saved actor can be rebuilt (:func:`load_actor`)."""
+        return {"obs_dim": self.obs_dim, "act_dim": self.act_dim, "hidden_dim": self.config.hidden_dim,
+                "hidden_layers": self.config.hidden_layers}
+
     def state_dict(self) -> dict:
         """Everything needed to resume exactly; loadable with ``torch.load(..., weights_only=True)``."""
         return {
-            "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
+            "architecture": self.architecture(), "actor": self.actor.state_dict(), "critic": self.critic.state_dict(),
             "critic_target": self.critic_target.state_dict(), "log_alpha": self.log_alpha.detach().clone(),
             "actor_opt": self.actor_opt.state_dict(), "critic_opt": self.critic_opt.state_dict(),
             "alpha_opt": self.alpha_opt.state_dict(), "generator": self.generator.get_state(),
         }
 
     def load_state_dict(self, state: dict) -> None:
+        if state.get("architecture") != self.architecture():
+            raise UserInputError(f"the saved SAC agent has architecture {state.get('architecture')}, this one "
+                                 f"{self.architecture()}")
         self.actor.load_state_dict(state["actor"])
         self.critic.load_state_dict(state["critic"])
         self.critic_target.load_state_dict(state["critic_target"])
@@ -285,3 +297,27 @@ class SAC:
         self.critic_opt.load_state_dict(state["critic_opt"])
         self.alpha_opt.load_state_dict(state["alpha_opt"])
         self.generator.set_state(state["generator"].cpu())
+
+
+def load_actor(path: Path | str) -> Actor:
+    """The actor of a saved agent (``{"agent": SAC.state_dict(), …}`` as ``mrcom collect`` and ``mrcom adapt``
+    write, or a bare ``SAC.state_dict()``), rebuilt from its architecture record; loaded with
+    ``weights_only=True`` (nothing is unpickled). Its dims are ``actor.obs_dim`` / ``actor.act_dim``."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise UserInputError(f"policy checkpoint {path} not found") from None
+    except Exception as e:
+        raise UserInputError(f"cannot read policy checkpoint {path}: {str(e).splitlines()[0]}") from None
+    agent = state.get("agent", state) if isinstance(state, dict) else None
+    arch = agent.get("architecture") if isinstance(agent, dict) else None
+    if not isinstance(arch, dict) or not isinstance(agent.get("actor"), dict):
+        raise UserInputError(f"{path} holds no SAC agent (expected a SAC state_dict with 'architecture' and "
+                             f"'actor' entries)")
+    actor = Actor(arch["obs_dim"], arch["act_dim"], arch["hidden_dim"], arch["hidden_layers"])
+    try:
+        actor.load_state_dict(agent["actor"])
+    except RuntimeError as e:
+        raise UserInputError(f"{path}: the actor's weights do not fit its architecture record "
+                             f"({str(e).strip().splitlines()[0]})") from None
+    return actor.eval()

@@ -1,4 +1,5 @@
-"""``mrcom rollout``: imagined rollouts through the export runtime from a dataset's prompts."""
+"""``mrcom rollout``: imagined rollouts of an export through its torch-free runtime from a dataset's prompts,
+scored with the open-loop error of :mod:`mrcom_train.training.evaluation` (also used by ``mrcom reproduce``)."""
 
 from __future__ import annotations
 
@@ -7,26 +8,29 @@ from collections.abc import Callable
 
 import numpy as np
 
+from mrcom_core.errors import UserInputError
 from mrcom_export.manifest import ExportError
 from mrcom_export.runtime import Runtime
 
-from .dataset import Dataset
-from .errors import UserInputError
-from .sampler import SequenceSampler
+from .data.dataset import Dataset
+from .data.sampler import SequenceSampler
+from .training.evaluation import KEY, by_domain, open_loop_error
 
 
 def prompts_from_dataset(dataset: Dataset, context_len: int, horizon: int, batch: int, seed: int = 0):
-    """``B`` prompts (m context steps + the next observation) and the ``H`` real steps that follow."""
+    """``B`` prompts (m context steps + the next observation) and the batch whose ``H`` real steps follow."""
     b = SequenceSampler(dataset, context_len, horizon, batch, seed=seed).sample()
     obs = np.concatenate([b["context_obs"], b["obs"][:, :1]], axis=1)
     return (obs, b["context_action"], b["context_reward"]), b
 
 
-def run_rollout(export_dir, data, batch: int, horizon: int, seed: int, bench: bool, provider: str | None,
-                log: Callable[[str], None], mean_latents: bool = False) -> dict:
-    """Imagine ``batch`` rollouts of ``horizon`` steps from prompts of ``data`` with the real actions and
-    return the open-loop error (overall and per domain; plus throughput with ``bench``). The latents are
-    sampled with seeded noise, or set to their means with ``mean_latents`` (a deterministic prediction)."""
+def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, mean_latents: bool = False,
+                  bench: bool = False, provider: str | None = None,
+                  log: Callable[[str], None] = lambda s: None) -> dict[str, float]:
+    """Imagine ``batch`` rollouts of ``horizon`` steps through the export's runtime from prompts of dataset
+    ``data`` (default: the one the model trained on) with the real actions; returns the open-loop error
+    (and with ``bench`` the throughput). The latents are sampled with seeded noise, or set to their means
+    with ``mean_latents`` (a deterministic prediction)."""
     if batch < 1:
         raise UserInputError(f"--batch must be >= 1, got {batch}")
     if horizon < 1:
@@ -47,19 +51,17 @@ def run_rollout(export_dir, data, batch: int, horizon: int, seed: int, bench: bo
 
     rt.reset(*prompt, noise=zeros(1))  # the prompt holds exactly m steps: one posterior step
     out = rt.rollout(real["action"], horizon, noise=zeros(horizon))
-    std = np.asarray(rt.manifest["obs_std"], np.float32)
-    err = np.square((out["obs"] - real["obs"][:, 1:]) / std) * real["obs_mask"][:, None]
-    per_row = err.sum((1, 2)) / (real["obs_mask"].sum(1) * horizon)
+    mean, std = (np.asarray(rt.manifest[k], np.float32) for k in ("obs_mean", "obs_std"))
+    per_row = open_loop_error((out["obs"] - mean) / std, (real["obs"][:, 1:] - mean) / std, real["obs_mask"])
     domains = [ds.scenarios[s].domain for s in real["scenario"]]
+    summary = by_domain(per_row, domains)
     log(f"{batch} rollouts × {horizon} steps from {data} prompts ({rt.providers[0]}, "
-        f"{'mean' if mean_latents else 'sampled'} latents): open-loop error "
-        f"{per_row.mean():.4f}; predicted reward/step {out['reward'].mean():.3f} vs real {real['reward'].mean():.3f}")
-    summary = {"open_loop_error": float(per_row.mean())}
+        f"{'mean' if mean_latents else 'sampled'} latents): open-loop error {summary[KEY]:.4f}; "
+        f"predicted reward/step {out['reward'].mean():.3f} vs real {real['reward'].mean():.3f}")
     for domain in dict.fromkeys(domains):
         pick = np.array([d == domain for d in domains])
-        summary[domain] = float(per_row[pick].mean())
-        log(f"  {domain:<8} {pick.sum():>4} rollouts  error {per_row[pick].mean():.4f}  reward/step predicted "
-            f"{out['reward'][pick].mean():.3f} real {real['reward'][pick].mean():.3f}")
+        log(f"  {domain:<8} {pick.sum():>4} rollouts  error {summary[f'{KEY}_{domain}']:.4f}  reward/step "
+            f"predicted {out['reward'][pick].mean():.3f} real {real['reward'][pick].mean():.3f}")
     if bench:
         for fused in (False, True) if horizon == rt.horizon else (False,):
             rt.reset(*prompt)

@@ -15,15 +15,16 @@ swapped with ``os.replace``. A crash at any point leaves the previous checkpoint
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .dataset import write_json_atomic
-from .errors import UserInputError
+from mrcom_core.atomic import atomic_dir, write_json_atomic
+from mrcom_core.config import ModelConfig, apply_overrides
+from mrcom_core.errors import UserInputError
+from mrcom_core.registry import build_model
 
 LATEST = "latest.json"
 CHECKPOINT_VERSION = 1
@@ -52,27 +53,19 @@ def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, opti
                     generator: torch.Generator, state: dict, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest.json`` at it; keep the newest ``keep``."""
     root = Path(run_dir) / "checkpoints"
-    root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:08d}"
-    tmp = root / f".tmp-{name}-{os.getpid()}"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "model.safetensors"))
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-    save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-    save_file({"torch_generator": generator.get_state()}, str(tmp / "rng.safetensors"))
-    write_json_atomic(tmp / "state.json", {"version": CHECKPOINT_VERSION, "step": step, "optimizer": opt_meta,
-                                           **state})
-    final = root / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    with atomic_dir(root / name) as tmp:
+        weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+        save_file(weights, str(tmp / "model.safetensors"))
+        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
+        save_file({"torch_generator": generator.get_state()}, str(tmp / "rng.safetensors"))
+        (tmp / "state.json").write_text(json.dumps({"version": CHECKPOINT_VERSION, "step": step,
+                                                    "optimizer": opt_meta, **state}, indent=1))
     write_json_atomic(root / LATEST, {"step": step, "dir": name})
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
-    return final
+    return root / name
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
@@ -124,9 +117,6 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
 
 def load_model(run_dir: Path | str):
     """The world model of a training run's latest checkpoint (eval mode, CPU) and its ``state.json``."""
-    from mrcom_core.baselines import build_model
-    from mrcom_core.config import ModelConfig, apply_overrides
-
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserInputError(f"no training run at {run_dir}")
@@ -137,26 +127,3 @@ def load_model(run_dir: Path | str):
     model = build_model(apply_overrides(ModelConfig(), state["model_config"]))
     load_weights(path, model)
     return model.eval(), state
-
-
-def load_actor(path: Path | str):
-    """A SAC actor from a saved agent (``{"agent": SAC.state_dict(), …}`` as ``mrcom collect`` writes, or a bare
-    ``SAC.state_dict()``); returns ``(actor, obs_dim, act_dim)``. Loaded with ``weights_only=True``."""
-    from .sac import Actor
-
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise UserInputError(f"policy checkpoint {path} not found") from None
-    except Exception as e:
-        raise UserInputError(f"cannot read policy checkpoint {path}: {str(e).splitlines()[0]}") from None
-    weights = state.get("agent", state).get("actor") if isinstance(state, dict) else None
-    if not isinstance(weights, dict) or "net.0.weight" not in weights:
-        raise UserInputError(f"{path} holds no SAC actor (expected a SAC state_dict with an 'actor' entry)")
-    linear = sorted((k for k in weights if k.endswith(".weight") and weights[k].dim() == 2),
-                    key=lambda k: int(k.split(".")[1]))
-    hidden, obs_dim = weights["net.0.weight"].shape
-    act_dim = weights[linear[-1]].shape[0] // 2
-    actor = Actor(obs_dim, act_dim, hidden, len(linear) - 1)
-    actor.load_state_dict(weights)
-    return actor.eval(), obs_dim, act_dim

@@ -1,0 +1,192 @@
+"""What every world model shares: the latent state, its sizes, and :class:`BaseWorldModel`, the interface
+the trainer, the evaluation, the imagination steps (:mod:`mrcom_core.steps`) and the exporters use.
+
+A world model class (MrCoM or a baseline) subclasses :class:`BaseWorldModel` and declares:
+
+* ``latent_sizes(config)`` — the dims of its latent slots ``u`` (stochastic), ``d`` (deterministic),
+  ``h`` (auxiliary) and of its context readout ``c`` (0 = no context encoder);
+* ``observe_step`` (posterior) and ``imagine_step`` (prior) — one latent step, noise given as input;
+* ``observe_window`` (its ``forward``) — the training pass over a sampled window, returning whatever
+  latents its loss needs (a NamedTuple of its own), and ``loss(window, batch, noise)`` — the loss terms;
+* ``label`` (its name in tables), ``ablations`` / ``supports_overshoot`` (the config switches it honours).
+
+It registers itself in :mod:`mrcom_core.registry`; nothing else needs to know about it.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar, NamedTuple
+
+import torch
+from torch import nn
+
+from .config import ABLATIONS, ModelConfig
+from .errors import UserInputError
+from .layers import KVCache, StreamingContextEncoder
+
+
+class LatentState(NamedTuple):
+    """``s_t = [u_t, d_t, h_t]``; a slot a model does not have has 0 dims."""
+
+    u: torch.Tensor
+    d: torch.Tensor
+    h: torch.Tensor
+
+    def cat(self) -> torch.Tensor:
+        return torch.cat([self.u, self.d, self.h], dim=-1)
+
+
+class LatentSizes(NamedTuple):
+    """Dims of the latent slots and of the context readout ``c_t`` (0: the model has no such part)."""
+
+    u: int
+    d: int
+    h: int
+    context: int
+
+    @property
+    def state(self) -> int:
+        """Dims of ``[u, d, h]``."""
+        return self.u + self.d + self.h
+
+
+class Gaussian(NamedTuple):
+    """A diagonal Gaussian's raw head output: ``mean`` and ``std_raw`` (std = softplus(raw) + min_std)."""
+
+    mean: torch.Tensor
+    std_raw: torch.Tensor
+
+    @classmethod
+    def split(cls, raw: torch.Tensor) -> Gaussian:
+        mean, std_raw = raw.chunk(2, dim=-1)
+        return cls(mean, std_raw)
+
+
+class BaseWorldModel(nn.Module):
+    """Observation normalization (buffers saved with the weights), context tokens, the optional streaming
+    context encoder, latent bookkeeping, decoding and the reward head's interface (see the module docstring
+    for what a subclass adds)."""
+
+    label: ClassVar[str] = ""
+    ablations: ClassVar[tuple[str, ...]] = ()
+    supports_overshoot: ClassVar[bool] = False
+
+    @classmethod
+    def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
+        raise NotImplementedError
+
+    @classmethod
+    def check_config(cls, config: ModelConfig, name: str) -> None:
+        """Raise :class:`UserInputError` for a switch this class does not honour (``name``: its registry key)."""
+        for ablation in ABLATIONS:
+            if getattr(config, ablation) and ablation not in cls.ablations:
+                raise UserInputError(f"model.{ablation}: ablations apply to model.model_type=mrcom, not {name}")
+        if config.overshoot_horizon and not cls.supports_overshoot:
+            raise UserInputError(f"model.overshoot_horizon applies to model.model_type=mrcom, not {name}")
+
+    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
+        super().__init__()
+        self.config = c = config
+        self.sizes = self.latent_sizes(config)
+        self.register_buffer("obs_mean", torch.zeros(c.obs_dim) if obs_mean is None
+                             else torch.as_tensor(obs_mean, dtype=torch.float32).clone())
+        self.register_buffer("obs_std", torch.ones(c.obs_dim) if obs_std is None
+                             else torch.as_tensor(obs_std, dtype=torch.float32).clone())
+        self.encoder = None if self.sizes.context == 0 else StreamingContextEncoder(
+            c.token_dim, c.ctx_width, c.ctx_layers, c.ctx_heads, self.sizes.context, c.context_len)
+
+    # ------------------------------------------------------------------------------ observations, tokens
+    def normalize(self, obs: torch.Tensor) -> torch.Tensor:
+        return (obs - self.obs_mean) / self.obs_std
+
+    def denormalize(self, obs_n: torch.Tensor) -> torch.Tensor:
+        return obs_n * self.obs_std + self.obs_mean
+
+    def tokens(self, obs_n: torch.Tensor, action: torch.Tensor, reward: torch.Tensor) -> torch.Tensor:
+        """Context tokens ``(o_k, a_k[, r_k])`` from normalized observations."""
+        parts = [obs_n, action] + ([reward[..., None]] if self.config.context_reward else [])
+        return torch.cat(parts, dim=-1)
+
+    def initial_state(self, batch: int, device=None) -> LatentState:
+        s = self.sizes
+        return LatentState(torch.zeros(batch, s.u, device=device), torch.zeros(batch, s.d, device=device),
+                           torch.zeros(batch, s.h, device=device))
+
+    # ------------------------------------------------------------------------------------------ context
+    def cache_shape(self, batch: int) -> tuple[int, ...]:
+        """Shape of the key/value FIFO: ``(layers, B, heads, m, head_dim)``; a model without a context encoder
+        carries a ``(1, B, 1, 1, 1)`` placeholder that every step passes through unchanged."""
+        c = self.config
+        if self.encoder is None:
+            return (1, batch, 1, 1, 1)
+        return (c.ctx_layers, batch, c.ctx_heads, c.context_len, c.ctx_width // c.ctx_heads)
+
+    def encode_context(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Full-sequence context encoding: ``tokens`` (B, T, E) → readouts (B, T, ctx) and the cache.
+
+        The readout at token k is ``c_{k+1}``. Without an encoder the readouts have 0 dims and the cache
+        is the placeholder of :meth:`cache_shape`.
+        """
+        if self.encoder is None:
+            B, T, _ = tokens.shape
+            empty = tokens.new_zeros(self.cache_shape(B))
+            return tokens.new_zeros(B, T, 0), KVCache(empty, empty)
+        return self.encoder(tokens)
+
+    def context_step(self, token: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """Add one token (B, E) to the context: ``c`` of the next step and the shifted cache."""
+        if self.encoder is None:
+            return token.new_zeros(token.shape[0], 0), cache
+        return self.encoder.step(token, cache)
+
+    def window_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """``c_0 … c_L`` (B, L+1, ctx) of a sampled window: context and window read as one token sequence."""
+        m = self.config.context_len
+        obs_n = self.normalize(batch["obs"])
+        B, T1, _ = obs_n.shape
+        ctx_tokens = self.tokens(self.normalize(batch["context_obs"]), batch["context_action"],
+                                 batch["context_reward"])
+        win_tokens = self.tokens(obs_n[:, :-1], batch["action"], batch["reward"])
+        tokens = torch.cat([ctx_tokens, win_tokens], dim=1)
+        if self.config.ctx_reencode and self.encoder is not None:  # each step's window from scratch (slow)
+            windows = tokens.unfold(1, m, 1).transpose(-1, -2)  # (B, L+1, m, E)
+            readout, _ = self.encode_context(windows.reshape(B * T1, m, -1))
+            return readout[:, -1].reshape(B, T1, -1)
+        readout, _ = self.encode_context(tokens)
+        return readout[:, m - 1 :]
+
+    # ----------------------------------------------------------------------------------------- readouts
+    def decode(self, state: LatentState) -> torch.Tensor:
+        """Predicted normalized observation (the Gaussian decoder's mean)."""
+        return self.decoder(state.cat())
+
+    def reward(self, state: LatentState, action: torch.Tensor) -> torch.Tensor:
+        return self.reward_head(torch.cat([state.cat(), action], dim=-1))[..., 0]
+
+    def noise_shapes(self, batch_size: int, window_len: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the standard-normal inputs of :meth:`observe_window` and :meth:`loss` for ``window_len``
+        = L (the trainer draws them in this order)."""
+        u, h = (batch_size, window_len + 1, self.sizes.u), (batch_size, window_len + 1, self.sizes.h)
+        return {"u": u, "h": h, "u_prior": u, "h_prior": h}
+
+    # ------------------------------------------------------------------------------ what subclasses add
+    def observe_step(self, state: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
+                     obs_n: torch.Tensor, noise_u: torch.Tensor, noise_h: torch.Tensor) -> LatentState:
+        """Posterior step: ``s_t`` from ``s_{t-1}``, ``c_t``, ``a_{t-1}`` and the normalized ``o_t``."""
+        raise NotImplementedError
+
+    def imagine_step(self, state: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
+                     noise_u: torch.Tensor, noise_h: torch.Tensor) -> LatentState:
+        """Prior step: ``ŝ_t`` from ``s_{t-1}``, ``c_t`` and ``a_{t-1}`` (no observation)."""
+        raise NotImplementedError
+
+    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]):
+        """The training pass over a sampled window (``mrcom_train.data.sampler``'s layout)."""
+        raise NotImplementedError
+
+    def loss(self, window, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:
+        """Loss terms of :meth:`observe_window`'s output: ``{"loss": what to minimize, …terms to log}``."""
+        raise NotImplementedError
+
+    def forward(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]):
+        return self.observe_window(batch, noise)

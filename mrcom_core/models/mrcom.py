@@ -1,0 +1,115 @@
+"""The MrCoM world model (paper §3.1), with separate ``observe`` (posterior) and ``imagine`` (prior) steps.
+
+Index convention (DESIGN.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}`` and
+``c_t = Enc(C_t)``;
+
+* stochastic ``u_t``: prior ``p(u_t | c_t, a_{t-1})``, posterior ``q(u_t | c_t, a_{t-1}, o_t)``;
+* deterministic ``d_t = GRU(d_{t-1}, [u_t, a_{t-1}])``;
+* auxiliary ``h_t``: prior ``p(h_t | c_t, h_{t-1})``, posterior ``q(h_t | c_t, h_{t-1}, o_t)``;
+* latent ``s_t = [u_t, d_t, h_t]``; decoder ``o_t ≈ dec(s_t)``; reward ``r_t ≈ rew(s_t, a_t)``;
+* per-scenario value heads ``v_i(s_t)`` and the meta-value ``v(s_t)`` (§3.3).
+
+The losses are in :mod:`mrcom_core.losses` (one function per equation). Random numbers never come from
+inside: every sample takes its standard-normal noise as an input.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
+from ..config import ABLATIONS, ModelConfig
+from ..kernels import gaussian_sample, gaussian_sample_kl
+from ..layers import GRUCell, mlp
+from ..losses import MrCoMWindow, total_loss
+
+
+class MrCoM(BaseWorldModel):
+    """MrCoM's latent world model. See the module docstring for the factorization."""
+
+    label = "Ours"
+    ablations = ABLATIONS
+    supports_overshoot = True
+    loss = total_loss
+
+    @classmethod
+    def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
+        return LatentSizes(u=config.u_dim, d=0 if config.no_d else config.d_dim, h=config.h_dim,
+                           context=0 if config.no_context else config.ctx_dim)
+
+    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
+        super().__init__(config, obs_mean, obs_std)
+        c, s = config, self.sizes
+        A, C, H = c.act_dim, s.context, c.h_dim
+        self.u_prior = mlp(C + A, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.u_post = mlp(C + A + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.gru = None if c.no_d else GRUCell(c.u_dim + A, s.d)
+        self.h_prior = mlp(C + H, 2 * H, c.hidden_dim, c.hidden_layers)
+        self.h_post = mlp(C + H + c.obs_dim, 2 * H, c.hidden_dim, c.hidden_layers)
+        self.decoder = mlp(s.state, c.obs_dim, c.hidden_dim, c.hidden_layers)
+        self.reward_head = mlp(s.state + A, 1, c.hidden_dim, c.hidden_layers)
+        if not c.no_lv:
+            self.value_heads = mlp(s.state, c.num_scenarios, c.hidden_dim, c.hidden_layers)
+            self.meta_value = mlp(s.state, 1, c.hidden_dim, c.hidden_layers)
+        else:
+            self.value_heads = self.meta_value = None
+
+    def deterministic(self, d: torch.Tensor, u: torch.Tensor, prev_action: torch.Tensor) -> torch.Tensor:
+        """``d_t = GRU(d_{t-1}, [u_t, a_{t-1}])`` (``d`` unchanged, 0 dims, under ``no_d``)."""
+        if self.gru is None:
+            return d
+        return self.gru(torch.cat([u, prev_action], dim=-1), d)
+
+    # ------------------------------------------------------------------------------------ step functions
+    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+        ms = self.config.min_std
+        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+        u = gaussian_sample(q.mean, q.std_raw, noise_u, min_std=ms)
+        d = self.deterministic(state.d, u, prev_action)
+        qh = Gaussian.split(self.h_post(torch.cat([context, state.h, obs_n], -1)))
+        return LatentState(u, d, gaussian_sample(qh.mean, qh.std_raw, noise_h, min_std=ms))
+
+    def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
+        ms = self.config.min_std
+        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
+        u = gaussian_sample(p.mean, p.std_raw, noise_u, min_std=ms)
+        d = self.deterministic(state.d, u, prev_action)
+        ph = Gaussian.split(self.h_prior(torch.cat([context, state.h], -1)))
+        return LatentState(u, d, gaussian_sample(ph.mean, ph.std_raw, noise_h, min_std=ms))
+
+    # ------------------------------------------------------------------------------ training-time pass
+    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
+        """Posterior pass over a sampled window (see ``mrcom_train.data.sampler`` for the batch layout).
+
+        The context and window form one (m + L)-token sequence that the streaming encoder reads once;
+        ``c_j`` for window step j is the readout at token ``m - 1 + j``. ``u`` depends on no recurrent
+        state, so its posterior and prior heads and their fused sample+KL run over all steps at once; ``d``
+        and ``h`` are recurrent and run step by step. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
+        """
+        c = self.config
+        obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
+        B, T1, _ = obs_n.shape
+        context = self.window_context(batch)  # (B, L+1, ctx)
+        prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
+
+        reverse = c.kl_direction == "prior_post"
+        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
+        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+        u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
+                                     reverse=reverse)
+        state = self.initial_state(B, obs_n.device)
+        ds, hs, kls, h_priors = [], [], [], []
+        for j in range(T1):
+            d = self.deterministic(state.d, u[:, j], prev_action[:, j])
+            hp = Gaussian.split(self.h_prior(torch.cat([context[:, j], state.h], -1)))
+            hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
+            h, kl_h = gaussian_sample_kl(hp.mean, hp.std_raw, hq.mean, hq.std_raw, noise["h"][:, j],
+                                         min_std=c.min_std, reverse=reverse)
+            ds.append(d)
+            hs.append(h)
+            kls.append(kl_h)
+            h_priors.append(hp)
+            state = LatentState(u[:, j], d, h)
+        posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
+        h_prior = Gaussian(*(torch.stack(x, 1) for x in zip(*h_priors, strict=True)))
+        return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))

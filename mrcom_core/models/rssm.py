@@ -1,0 +1,84 @@
+"""DreamerV3-style recurrent state-space model, the paper's DreamerV3 comparison (§5.1), behind the same
+interface as MrCoM so it trains, evaluates, exports and drives adaptation through the same code paths.
+
+``d_t = GRU(d_{t-1}, [u_{t-1}, a_{t-1}])``, prior ``p(u_t | d_t)``, posterior ``q(u_t | d_t, o_t)``; no
+context, no auxiliary state, no meta regularizers. Loss (:func:`rssm_loss`): free-nats KL + reconstruction
++ reward (Gaussian, unit variance), as ``L_var`` without h. DreamerV3's discrete latents, symlog and KL
+balancing are not reproduced: the comparison isolates the architecture.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
+from ..config import ModelConfig
+from ..kernels import gaussian_sample, gaussian_sample_kl
+from ..layers import GRUCell, mlp
+from ..losses import drop_last, masked_sq_error, reward_nll
+
+
+class RSSMWindow(NamedTuple):
+    state: LatentState  # posterior latents (B, L+1, ·)
+    kl_u: torch.Tensor  # (B, L+1), fused with the posterior sample
+
+
+def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dict) -> dict[str, torch.Tensor]:
+    """Free-nats KL of u + reconstruction NLL (real dims) + reward NLL over the window."""
+    c = model.config
+    recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
+    recon = recon.mean()
+    reward = reward_nll(model, drop_last(window.state), batch).mean()
+    kl = window.kl_u
+    loss = c.lambda_var * (torch.clamp(kl, min=c.kl_free_nats).mean() + recon + c.reward_loss_weight * reward)
+    return {"loss": loss, "var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
+
+
+class RSSM(BaseWorldModel):
+    """DreamerV3-style RSSM baseline (see the module docstring)."""
+
+    label = "DreamerV3"
+    loss = rssm_loss
+
+    @classmethod
+    def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
+        return LatentSizes(u=config.u_dim, d=config.d_dim, h=0, context=0)
+
+    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
+        super().__init__(config, obs_mean, obs_std)
+        c = config
+        self.gru = GRUCell(c.u_dim + c.act_dim, c.d_dim)
+        self.prior = mlp(c.d_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.post = mlp(c.d_dim + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.decoder = mlp(self.sizes.state, c.obs_dim, c.hidden_dim, c.hidden_layers)
+        self.reward_head = mlp(self.sizes.state + c.act_dim, 1, c.hidden_dim, c.hidden_layers)
+
+    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+        d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
+        q = Gaussian.split(self.post(torch.cat([d, obs_n], -1)))
+        return LatentState(gaussian_sample(q.mean, q.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
+
+    def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
+        d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
+        p = Gaussian.split(self.prior(d))
+        return LatentState(gaussian_sample(p.mean, p.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
+
+    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> RSSMWindow:
+        """Posterior pass over the window with the prior's KL fused into each sample."""
+        c = self.config
+        obs_n = self.normalize(batch["obs"])
+        prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
+        state = self.initial_state(obs_n.shape[0], obs_n.device)
+        states, kls = [], []
+        for j in range(obs_n.shape[1]):
+            d = self.gru(torch.cat([state.u, prev_action[:, j]], -1), state.d)
+            p = Gaussian.split(self.prior(d))
+            q = Gaussian.split(self.post(torch.cat([d, obs_n[:, j]], -1)))
+            u, kl = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"][:, j], min_std=c.min_std,
+                                       reverse=c.kl_direction == "prior_post")
+            state = LatentState(u, d, state.h)
+            states.append(state)
+            kls.append(kl)
+        return RSSMWindow(LatentState(*(torch.stack(x, 1) for x in zip(*states, strict=True))), torch.stack(kls, 1))

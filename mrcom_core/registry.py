@@ -1,0 +1,67 @@
+"""The one registry of world-model classes. Everything that lists or builds models derives from it: the
+builder (:func:`build_model`), config checking, the CLI's ``model.model_type`` choices and ``mrcom
+reproduce``'s method list and table labels.
+
+Adding a model = one new module with a :class:`~mrcom_core.base.BaseWorldModel` subclass + one line in
+:data:`MODELS` (or :func:`register_model` at run time, e.g. from a plug-in or a test).
+"""
+
+from __future__ import annotations
+
+from .base import BaseWorldModel
+from .config import ModelConfig, apply_overrides, preset_values
+from .errors import UserInputError
+from .models.cadm import CaDM
+from .models.mrcom import MrCoM
+from .models.rssm import RSSM
+
+#: registry name (``model.model_type``) → class; the order is the order of tables and method lists.
+MODELS: dict[str, type[BaseWorldModel]] = {
+    "mrcom": MrCoM,
+    "rssm": RSSM,
+    "cadm": CaDM,
+}
+
+
+def register_model(name: str, cls: type[BaseWorldModel]) -> type[BaseWorldModel]:
+    """Add ``cls`` under ``name`` (``model.model_type=name`` then builds it); returns ``cls``."""
+    if not (isinstance(cls, type) and issubclass(cls, BaseWorldModel)):
+        raise TypeError(f"register_model({name!r}, …): {cls!r} is not a BaseWorldModel subclass")
+    if name in MODELS and MODELS[name] is not cls:
+        raise ValueError(f"a model is already registered as {name!r} ({MODELS[name].__name__})")
+    MODELS[name] = cls
+    return cls
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from the registry (a no-op when it is not there)."""
+    MODELS.pop(name, None)
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(MODELS)
+
+
+def model_class(name: str) -> type[BaseWorldModel]:
+    """The class registered as ``name``; a :class:`UserInputError` naming the field otherwise."""
+    if name not in MODELS:
+        raise UserInputError(f"model.model_type must be one of {', '.join(MODELS)}, got {name!r}")
+    return MODELS[name]
+
+
+def check_config(config: ModelConfig) -> ModelConfig:
+    """``config`` if its ``model_type`` is registered and every switch it sets is honoured by that class."""
+    model_class(config.model_type).check_config(config, config.model_type)
+    return config
+
+
+def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] = (),
+                 overrides: dict | None = None, **data_dims) -> ModelConfig:
+    """A checked :class:`ModelConfig` from a preset, ablation names, field overrides and data dims."""
+    config = apply_overrides(ModelConfig(), {**preset_values(preset, ablations), **data_dims})
+    return check_config(apply_overrides(config, overrides or {}))
+
+
+def build_model(config: ModelConfig, obs_mean=None, obs_std=None) -> BaseWorldModel:
+    """The world model of ``config.model_type``, with the dataset's observation statistics."""
+    return model_class(check_config(config).model_type)(config, obs_mean, obs_std)

@@ -1,0 +1,1 @@
+"""The paper's protocol end to end (``reproduce``): collect → train → export → measure → adapt → tables."""

@@ -1,0 +1,1 @@
+"""Policy learning: SAC (``sac``) and scenario adaptation on real + imagined data (``adapt``)."""

@@ -1,0 +1,121 @@
+"""What ``mrcom train`` is asked for and how it resolves: :class:`TrainConfig` (validated), its size presets,
+and :class:`RunRequest` (a TOML file, ``--set`` pairs and flags) resolved against a dataset and, on resume,
+the checkpoint's saved configs."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+from mrcom_core.config import ModelConfig, apply_overrides, parse_assignments
+from mrcom_core.errors import UserInputError
+from mrcom_core.registry import check_config, model_config
+
+from ..data.dataset import Dataset
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How to train. ``steps`` counts gradient updates; ``batch_size`` is the global batch (split across
+    DDP ranks); ``window_len`` is L; evaluation uses ``eval_batches`` fixed batches of held-out windows
+    (``holdout_fraction`` of each scenario's episodes) and reports the ``eval_horizon``-step open-loop
+    error."""
+
+    steps: int = 3000
+    batch_size: int = 32
+    window_len: int = 16
+    lr: float = 3e-4
+    adam_eps: float = 1e-8
+    grad_clip: float = 100.0
+    eval_every: int = 250
+    eval_batch_size: int = 64
+    eval_batches: int = 2
+    eval_horizon: int = 15
+    holdout_fraction: float = 0.2
+    checkpoint_every: int = 250
+    log_every: int = 10
+    seed: int = 0
+    device: str = "auto"
+    bf16: bool = True
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "window_len", "eval_every", "eval_batch_size", "eval_batches",
+                     "eval_horizon", "checkpoint_every", "log_every"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserInputError(f"train.{name} must be an integer >= 1, got {value!r}")
+        for name in ("lr", "adam_eps", "grad_clip"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
+                raise UserInputError(f"train.{name} must be a finite number > 0, got {value!r}")
+        if not 0 <= self.holdout_fraction < 1:
+            raise UserInputError(f"train.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
+        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
+            raise UserInputError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+
+
+TRAIN_PRESETS: dict[str, dict] = {
+    "tiny": dict(steps=200, batch_size=8, window_len=8, eval_every=100, eval_batch_size=16, eval_batches=1,
+                 eval_horizon=8, checkpoint_every=100),
+    "small": dict(steps=3000, batch_size=32, window_len=16),
+    "base": dict(steps=100_000, batch_size=128, window_len=32, eval_every=2000, eval_batch_size=256,
+                 checkpoint_every=2000, log_every=50),
+}
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """What the user asked for; ``preset=None`` means "small" for a new run, the saved config on resume."""
+
+    preset: str | None = None
+    ablations: tuple[str, ...] = ()
+    model: dict = dataclasses.field(default_factory=dict)
+    train: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def from_sources(cls, preset: str | None, ablations: tuple[str, ...], config_file: str | None,
+                     sets: tuple[str, ...], train_flags: dict) -> RunRequest:
+        """Merge a TOML file, ``--set section.field=value`` pairs and explicit flags (later wins)."""
+        model, train, file_preset, file_ablations = {}, {}, None, ()
+        if config_file:
+            try:
+                data = tomllib.loads(Path(config_file).read_text())
+            except FileNotFoundError:
+                raise UserInputError(f"config file {config_file} not found") from None
+            except tomllib.TOMLDecodeError as e:
+                raise UserInputError(f"config file {config_file} is not valid TOML: {e}") from None
+            unknown = set(data) - {"preset", "ablations", "model", "train"}
+            if unknown:
+                raise UserInputError(f"config file {config_file}: unknown key(s) {sorted(unknown)}; use preset, "
+                                     f"ablations, [model] and [train]")
+            file_preset, file_ablations = data.get("preset"), tuple(data.get("ablations", ()))
+            model.update(data.get("model", {}))
+            train.update(data.get("train", {}))
+        sets = parse_assignments(sets, ("model", "train"))
+        model.update(sets["model"])
+        train.update(sets["train"])
+        train.update({k: v for k, v in train_flags.items() if v is not None})
+        return cls(preset or file_preset, tuple(ablations) or file_ablations, model, train)
+
+
+def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -> tuple[ModelConfig, TrainConfig, str]:
+    dims = dict(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, num_scenarios=len(dataset.scenarios))
+    if saved is None or request.preset is not None or request.ablations or request.model:
+        preset = request.preset or (saved["preset"] if saved else "small")
+        mcfg = model_config(preset, request.ablations, request.model, **dims)
+    else:
+        preset = saved["preset"]
+        mcfg = check_config(apply_overrides(ModelConfig(), saved["model_config"]))
+    base = TrainConfig(**{**TRAIN_PRESETS[preset]}) if saved is None else \
+        apply_overrides(TrainConfig(), saved["train_config"], "train")
+    tcfg = apply_overrides(base, request.train, "train")
+    if saved is not None:
+        old = saved["model_config"]
+        for name, value in mcfg.to_dict().items():
+            if old.get(name) != value:
+                raise UserInputError(f"cannot resume: the checkpoint's model was trained with model.{name}="
+                                     f"{old.get(name)!r}, this run asks for {value!r}")
+    return mcfg, tcfg, preset
