@@ -70,9 +70,13 @@ def _max_error(a, b, names, obs_std: np.ndarray) -> float:
 
 
 def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[str, ...] = FORMATS, horizon: int = 15,
-                 policy: G.PolicyActor | None = None, source: dict | None = None,
+                 policy: G.PolicyActor | None = None, blocks: bool = True, source: dict | None = None,
                  log: Callable[[str], None] = print) -> dict:
     """Export ``model`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
+
+    ``blocks=False`` leaves out the building-block graphs (:data:`~.graphs.BLOCK_GRAPHS`: context encoder,
+    latent transition, reward head) that only hand-written loops need; the runtime, the vector env and the
+    C++ examples use :data:`~.graphs.RUNTIME_GRAPHS`.
 
     ``horizon`` is the number of steps fused into the ``rollout`` graphs; ``policy`` (a
     :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
@@ -90,7 +94,7 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model = model.float().eval().cpu()
-    names = list(G.MODEL_GRAPHS)
+    names = [*(G.BLOCK_GRAPHS if blocks else ()), *G.RUNTIME_GRAPHS]
     if policy is not None:
         policy = policy.float().eval().cpu()
         names += ["policy", "policy_rollout"]

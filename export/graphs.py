@@ -238,5 +238,8 @@ GRAPHS: dict[str, type[nn.Module]] = {
     "prime": Prime, "observe": Observe, "step": Step, "rollout": Rollout, "policy": Policy,
     "policy_rollout": PolicyRollout,
 }
-#: the graphs every export has (``policy`` and ``policy_rollout`` come with ``--policy``).
-MODEL_GRAPHS = ("context_full", "context_step", "imagine", "reward", "prime", "observe", "step", "rollout")
+#: what the runtime, the vector env and the C++ examples run (every export has them).
+RUNTIME_GRAPHS = ("prime", "observe", "step", "rollout")
+#: the building blocks for hand-written loops (``mrcom export`` includes them unless ``--no-blocks``);
+#: ``policy`` and ``policy_rollout`` come with ``--policy``.
+BLOCK_GRAPHS = ("context_full", "context_step", "imagine", "reward")

@@ -119,7 +119,10 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
 @click.option("--horizon", type=int, default=15, show_default=True, help="Steps fused into the rollout graphs.")
 @click.option("--policy", type=click.Path(dir_okay=False), default=None,
               help="A SAC agent checkpoint (e.g. DATA/sac/s0000.pt) to export and fuse into policy rollouts.")
-def export_cmd(run, out, fmt, horizon, policy):
+@click.option("--no-blocks", is_flag=True,
+              help="Only the graphs the runtime runs (prime, observe, step, rollout): leave out the building blocks "
+                   "(context_full, context_step, imagine, reward) that hand-written loops use.")
+def export_cmd(run, out, fmt, horizon, policy, no_blocks):
     """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json."""
     from mrcom_export.exporter import FORMATS, export_model
     from mrcom_export.graphs import PolicyActor
@@ -140,7 +143,8 @@ def export_cmd(run, out, fmt, horizon, policy):
         actor = PolicyActor(net, net.obs_dim, net.act_dim, model.config.act_dim)
     click.echo(f"exporting {run} (step {state['step']}) as {', '.join(formats)} into {out}")
     source = {"run": str(run), "step": state["step"], "data": state["data"]["path"], "policy": policy}
-    export_model(model, out, formats=formats, horizon=horizon, policy=actor, source=source, log=click.echo)
+    export_model(model, out, formats=formats, horizon=horizon, policy=actor, blocks=not no_blocks, source=source,
+                 log=click.echo)
     click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")
 
 

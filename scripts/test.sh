@@ -4,4 +4,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check .
-MUJOCO_GL=disable .venv/bin/python -m pytest -q "$@"
+# One test worker per core (pytest-xdist; each worker runs torch single-threaded), a test file per worker.
+MUJOCO_GL=disable .venv/bin/python -m pytest -q -n "${MRCOM_TEST_WORKERS:-auto}" --dist loadfile "$@"

@@ -5,6 +5,11 @@ import warnings
 import pytest
 
 os.environ.setdefault("MUJOCO_GL", "disable")  # no rendering in tests; silences glfw's display warning
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one core per test worker: two 2-thread pools on 2 cores collapse
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    import torch
+
+    torch.set_num_threads(1)
 warnings.filterwarnings("ignore", module="glfw")
 logging.getLogger("absl").setLevel(logging.ERROR)
 

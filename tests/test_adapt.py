@@ -25,7 +25,7 @@ def unified_export(tmp_path_factory):
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("adapt-export")
     model = build_model(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
-    export_model(model, out, formats=("onnx",), horizon=2, log=lambda s: None)
+    export_model(model, out, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     return out
 
 

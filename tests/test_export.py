@@ -229,8 +229,9 @@ def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
     torch.manual_seed(0)
     model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,
                                      num_scenarios=2)).eval()
-    manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, log=lambda s: None)
+    manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
+    assert set(manifest["graphs"]) == set(G.RUNTIME_GRAPHS)  # blocks=False: only what the runtime runs
     rt = Runtime(tmp_path)
     rt.reset(*_prompt(model, 3))
     out = rt.rollout(np.zeros((3, 2, 3), np.float32))

@@ -51,7 +51,7 @@ def test_every_subcommand_runs_under_egl(tmp_path):
         ("splits", "t1-a5b20", "-n", "1"),
         ("models",),
         ("train", "--data", data, "--out", run, "--preset", "tiny", "--steps", "2", "--no-progress"),
-        ("export", run, "--out", exp, "--horizon", "1", "--policy", data / "sac" / "s0000.pt"),
+        ("export", run, "--out", exp, "--horizon", "1", "--no-blocks", "--policy", data / "sac" / "s0000.pt"),
         ("rollout", exp, "--batch", "4", "--horizon", "1"),
         ("adapt", "--model", exp, "--domain", "hopper", "--env-steps", "40", "--episode-length", "20",
          "--set", "learning_starts=20", "--set", "model_rollout_every=10", "--set", "rollout_batch=4",

@@ -93,7 +93,7 @@ def test_a_registered_model_trains_exports_and_rolls_out(drift, tmp_path):
     assert trainer.train_step()["loss"] < first  # it learned
     model, _ = load_model(tmp_path / "run")
     assert type(model) is Drift
-    manifest = export_model(model, tmp_path / "export", formats=("onnx",), horizon=2,
+    manifest = export_model(model, tmp_path / "export", formats=("onnx",), horizon=2, blocks=False,
                             source={"data": str(data)}, log=lambda s: None)
     assert manifest["model_type"] == "drift" and manifest["latent"] == {"u": model.config.obs_dim, "d": 0, "h": 0}
     rt = Runtime(tmp_path / "export")

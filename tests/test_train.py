@@ -190,7 +190,7 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
     run, exp = tmp_path / "run", tmp_path / "export"
     Trainer(data, run, _request(30), **QUIET).run()
     model, _ = load_model(run)
-    export_model(model, exp, formats=("onnx",), horizon=4, log=lambda s: None)
+    export_model(model, exp, formats=("onnx",), horizon=4, blocks=False, log=lambda s: None)
     B, H = 16, 4
     batch = SequenceSampler(Dataset(data), model.config.context_len, H, B, seed=3).sample()
     with torch.no_grad():

@@ -26,7 +26,7 @@ Dispatch (:func:`resolve_backend`). The explicit ``backend`` argument wins; othe
 * ``reference``: always the eager reference;
 * ``triton``: the fused kernels; on CPU tensors only with ``TRITON_INTERPRET=1`` in the environment (the Triton
   interpreter then runs them on CPU; it must be set before Triton builds the kernels, i.e. before
-  :mod:`.triton_sample_kl` is first imported), otherwise ``ValueError``. Without Triton installed it raises
+  :mod:`.triton_sample_kl` is first imported), otherwise ``UserInputError``. Without Triton installed it raises
   ``RuntimeError``.
 
 Triton is imported lazily, so ``import mrcom_core.kernels`` works where it is missing (e.g. macOS).
@@ -48,6 +48,7 @@ import sys
 
 import torch
 
+from ..errors import UserInputError
 from .reference import check_inputs, gaussian_sample, gaussian_sample_kl_reference, gaussian_std
 
 __all__ = [
@@ -110,15 +111,16 @@ def _interpret_enabled() -> bool:
 def resolve_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
     """Return ``'triton'`` or ``'reference'`` for inputs like ``tensor`` (see the module docstring's rules).
 
-    ``backend`` (if not None) overrides the ``MRCOM_KERNELS`` environment variable. Raises ``ValueError`` for an
-    unknown name, or for ``'triton'`` on a CPU tensor without ``TRITON_INTERPRET=1``; ``RuntimeError`` for
+    ``backend`` (if not None) overrides the ``MRCOM_KERNELS`` environment variable. Raises
+    :class:`~mrcom_core.errors.UserInputError` (a ``ValueError``) for an unknown name, or for ``'triton'`` on a CPU
+    tensor without ``TRITON_INTERPRET=1``; ``RuntimeError`` for
     ``'triton'`` where Triton is not installed.
     """
     source = "backend" if backend is not None else _ENV_VAR
     name = backend if backend is not None else os.environ.get(_ENV_VAR, "auto")
     name = str(name).strip().lower() or "auto"
     if name not in BACKENDS:
-        raise ValueError(f"unknown kernel backend {name!r} (from {source}); expected one of {', '.join(BACKENDS)}")
+        raise UserInputError(f"unknown kernel backend {name!r} (from {source}); expected one of {', '.join(BACKENDS)}")
     if name == "reference":
         return "reference"
     if name == "auto":
@@ -128,9 +130,9 @@ def resolve_backend(tensor: torch.Tensor, backend: str | None = None) -> str:
         raise RuntimeError(f"kernel backend 'triton' was requested (from {source}) but triton is not installed "
                            "or failed to import; use backend='reference' or MRCOM_KERNELS=reference")
     if not tensor.is_cuda and not _interpret_enabled():
-        raise ValueError(f"kernel backend 'triton' was requested (from {source}) for a {tensor.device.type} tensor: "
-                         "set TRITON_INTERPRET=1 to run the Triton kernels on CPU in the interpreter, or use "
-                         "backend='reference' / MRCOM_KERNELS=reference")
+        raise UserInputError(f"kernel backend 'triton' was requested (from {source}) for a {tensor.device.type} "
+                             "tensor: set TRITON_INTERPRET=1 to run the Triton kernels on CPU in the interpreter, or "
+                             "use backend='reference' / MRCOM_KERNELS=reference")
     return "triton"
 
 

@@ -144,7 +144,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             if not _done(export / "manifest.json"):
                 log(f"[{split}] exporting {method}")
                 model, state = load_model(run)
-                export_model(model, export, formats=("onnx",), horizon=b.export_horizon,
+                export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False,
                              source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
                              log=lambda s: None)
             err_file = root / "errors" / f"{method}.json"
