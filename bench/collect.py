@@ -7,7 +7,7 @@ per domain (hopper, walker, cheetah):
 2. :class:`~mrcom_train.scenarios.ScenarioEnv` steps/s on a scaled-torso, target-speed scenario padded to
    ``UnifiedSpace(27, 6)``,
 3. their ratio (goal >= 0.85),
-4. end-to-end :func:`~mrcom_train.data.collect.collect` throughput (random policy) with 1 and W workers.
+4. end-to-end :func:`~mrcom_train.datasets.collect.collect` throughput (random policy) with 1 and W workers.
 
 Raw and wrapped are timed interleaved (the order alternates every repeat), best of R, on the same
 pre-generated uniform random actions; ``reset()`` is excluded from both.
@@ -159,7 +159,7 @@ def collect_shape(steps: int, workers: int) -> tuple[int, int, int]:
 def bench_collect(domain: str, steps: int, worker_counts: tuple[int, ...], repeats: int,
                   max_workers: int) -> dict[int, tuple[float, float]]:
     """Best-of-``repeats`` end-to-end ``collect()`` wall time per worker count: {W: (steps/s, seconds)}."""
-    from mrcom_train.data.collect import CollectConfig, collect
+    from mrcom_train.datasets.collect import CollectConfig, collect
 
     scenarios, episodes, length = collect_shape(steps, max_workers)
     total = scenarios * episodes * length
@@ -199,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     # Import once up front so that module import time is not charged to the first measurement.
     import torch  # noqa: F401  (collect() imports it; W=1 runs in this process)
 
-    import mrcom_train.data.collect  # noqa: F401
+    import mrcom_train.datasets.collect  # noqa: F401
     from mrcom_train.scenarios import DOMAINS
 
     print("# MrCoM env-stepping and collect() benchmark\n")

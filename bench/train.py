@@ -23,7 +23,7 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 import torch  # noqa: E402
 
-from mrcom_train.data.collect import CollectConfig, collect  # noqa: E402
+from mrcom_train.datasets.collect import CollectConfig, collect  # noqa: E402
 from mrcom_train.training.config import RunRequest  # noqa: E402
 from mrcom_train.training.trainer import Trainer  # noqa: E402
 

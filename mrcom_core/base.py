@@ -181,7 +181,7 @@ class BaseWorldModel(nn.Module):
         raise NotImplementedError
 
     def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]):
-        """The training pass over a sampled window (``mrcom_train.data.sampler``'s layout)."""
+        """The training pass over a sampled window (``mrcom_train.datasets.sampler``'s layout)."""
         raise NotImplementedError
 
     def loss(self, window, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:

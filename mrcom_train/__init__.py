@@ -1,6 +1,6 @@
 """MrCoM training side, in sub-packages that follow the data:
 
-``scenarios`` (the multi-scenario suite) → ``data`` (collect, dataset, sampler) → ``training`` (trainer,
+``scenarios`` (the multi-scenario suite) → ``datasets`` (collect, dataset, sampler) → ``training`` (trainer,
 checkpoints, open-loop error) → [``mrcom_export``: graphs, runtime] → ``rollout`` (an export's error from
 dataset prompts) and ``rl`` (SAC, scenario adaptation) → ``experiments`` (``mrcom reproduce``), with the
 ``mrcom`` CLI (``cli``) on top. ``workers`` and ``metrics_log`` are shared plumbing.

@@ -60,8 +60,8 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
             workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, out,
             resume, no_progress):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
-    from .data.collect import CollectConfig
-    from .data.collect import collect as run_collect
+    from .datasets.collect import CollectConfig
+    from .datasets.collect import collect as run_collect
     from .scenarios import DOMAINS
 
     config = CollectConfig(split=split, range=range_, domains=_domains(domains) if domains else tuple(DOMAINS),
@@ -254,7 +254,7 @@ def models():
 
 
 def _print_dataset(path) -> None:
-    from .data.dataset import Dataset
+    from .datasets.dataset import Dataset
 
     ds = Dataset(path)
     m = ds.manifest

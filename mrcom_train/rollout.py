@@ -12,8 +12,8 @@ from mrcom_core.errors import UserInputError
 from mrcom_export.manifest import ExportError
 from mrcom_export.runtime import Runtime
 
-from .data.dataset import Dataset
-from .data.sampler import SequenceSampler
+from .datasets.dataset import Dataset
+from .datasets.sampler import SequenceSampler
 from .training.evaluation import KEY, by_domain, open_loop_error
 
 

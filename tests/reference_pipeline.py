@@ -31,8 +31,8 @@ def run_pipeline(root: Path) -> dict:
 
     from mrcom_export.exporter import export_model
     from mrcom_export.runtime import Runtime
-    from mrcom_train.data.collect import CollectConfig, collect
-    from mrcom_train.data.dataset import Dataset
+    from mrcom_train.datasets.collect import CollectConfig, collect
+    from mrcom_train.datasets.dataset import Dataset
     from mrcom_train.rollout import prompts_from_dataset, runtime_error
     from mrcom_train.training.checkpoint import load_model
     from mrcom_train.training.config import RunRequest

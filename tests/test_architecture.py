@@ -68,7 +68,7 @@ def _parents(name: str) -> list[str]:
 def test_the_scan_sees_the_project():
     assert {"mrcom_core.registry", "mrcom_core.steps", "mrcom_export.runtime", "mrcom_train.cli"} <= set(MODULES)
     assert "mrcom_core.steps" in GRAPH["mrcom_core.losses"] and "torch" in GRAPH["mrcom_core.steps"]
-    assert "mrcom_train.data.dataset" in GRAPH["mrcom_train.data.collect"]  # relative imports resolve
+    assert "mrcom_train.datasets.dataset" in GRAPH["mrcom_train.datasets.collect"]  # relative imports resolve
 
 
 def test_no_import_cycles():

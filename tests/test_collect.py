@@ -8,12 +8,12 @@ import time
 import numpy as np
 import pytest
 
-import mrcom_train.data.collect as collect_mod
+import mrcom_train.datasets.collect as collect_mod
 from mrcom_core.errors import UserInputError
 from mrcom_train.cli import main
-from mrcom_train.data.collect import CollectConfig, collect
-from mrcom_train.data.dataset import Dataset
-from mrcom_train.data.sampler import SequenceSampler
+from mrcom_train.datasets.collect import CollectConfig, collect
+from mrcom_train.datasets.dataset import Dataset
+from mrcom_train.datasets.sampler import SequenceSampler
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 

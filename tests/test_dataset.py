@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from mrcom_core.errors import UserInputError
-from mrcom_train.data.dataset import (
+from mrcom_train.datasets.dataset import (
     MANIFEST,
     VERSION,
     Dataset,
@@ -15,7 +15,7 @@ from mrcom_train.data.dataset import (
     read_episode,
     write_episode,
 )
-from mrcom_train.data.sampler import SequenceSampler
+from mrcom_train.datasets.sampler import SequenceSampler
 from mrcom_train.scenarios import ScenarioSpec, UnifiedSpace
 
 

@@ -75,7 +75,7 @@ def drift():
 def test_a_registered_model_trains_exports_and_rolls_out(drift, tmp_path):
     from mrcom_export.exporter import export_model
     from mrcom_export.runtime import Runtime
-    from mrcom_train.data.collect import CollectConfig, collect
+    from mrcom_train.datasets.collect import CollectConfig, collect
     from mrcom_train.experiments.reproduce import label, model_methods
     from mrcom_train.rollout import runtime_error
     from mrcom_train.training.checkpoint import load_model

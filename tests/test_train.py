@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from mrcom_core.errors import UserInputError
-from mrcom_train.data.collect import CollectConfig, collect
+from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.training.checkpoint import latest_checkpoint, read_state
 from mrcom_train.training.config import RunRequest
 from mrcom_train.training.trainer import Trainer, TrainingDiverged
@@ -181,8 +181,8 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
 
     from mrcom_core.steps import open_loop_predictions
     from mrcom_export.exporter import export_model
-    from mrcom_train.data.dataset import Dataset
-    from mrcom_train.data.sampler import SequenceSampler
+    from mrcom_train.datasets.dataset import Dataset
+    from mrcom_train.datasets.sampler import SequenceSampler
     from mrcom_train.rollout import runtime_error
     from mrcom_train.training.checkpoint import load_model
     from mrcom_train.training.evaluation import open_loop_error

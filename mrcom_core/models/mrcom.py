@@ -79,7 +79,7 @@ class MrCoM(BaseWorldModel):
 
     # ------------------------------------------------------------------------------ training-time pass
     def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
-        """Posterior pass over a sampled window (see ``mrcom_train.data.sampler`` for the batch layout).
+        """Posterior pass over a sampled window (see ``mrcom_train.datasets.sampler`` for the batch layout).
 
         The context and window form one (m + L)-token sequence that the streaming encoder reads once;
         ``c_j`` for window step j is the readout at token ``m - 1 + j``. ``u`` depends on no recurrent

@@ -26,8 +26,8 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.registry import MODELS, model_class
 from mrcom_export.exporter import export_model
 
-from ..data.collect import CollectConfig, collect
-from ..data.dataset import is_complete
+from ..datasets.collect import CollectConfig, collect
+from ..datasets.dataset import is_complete
 from ..rl.adapt import AdaptConfig, Adapter, summarize
 from ..rollout import runtime_error
 from ..scenarios import DOMAINS, get_split

@@ -14,7 +14,7 @@ from mrcom_core.config import ModelConfig, apply_overrides, parse_assignments
 from mrcom_core.errors import UserInputError
 from mrcom_core.registry import check_config, model_config
 
-from ..data.dataset import Dataset
+from ..datasets.dataset import Dataset
 
 
 @dataclass(frozen=True)

@@ -22,8 +22,8 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.registry import build_model
 from mrcom_core.steps import open_loop_predictions
 
-from ..data.dataset import Dataset
-from ..data.sampler import SequenceSampler
+from ..datasets.dataset import Dataset
+from ..datasets.sampler import SequenceSampler
 from ..metrics_log import MetricsLog
 from .checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
 from .config import RunRequest, resolve_configs
