@@ -1,5 +1,6 @@
 """Scenario adaptation (``mrcom adapt``, paper §3.4): MBPO-style SAC in a target scenario, with imagined
-rollouts from the exported world model through the torch-free runtime.
+rollouts from the exported world model through the torch-free runtime, wrapped as a Gymnasium vector env
+(:class:`~mrcom_export.vector_env.ImaginedVectorEnv`, the same one standard RL code can train in).
 
 Each env step the agent acts in the real target scenario; every ``model_rollout_every`` steps,
 ``rollout_batch`` imagined rollouts start from real states the agent reached, their context FIFO primed
