@@ -83,7 +83,7 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
 @click.option("--batch-size", type=int, default=None, help="Global batch size (split across torchrun ranks).")
 @click.option("--device", default=None, help="auto, cpu or cuda [default: auto].")
 @click.option("--model", "model_type", default=None,
-              help="World model: a registered model_type (mrcom, rssm, cadm; `mrcom models` lists them) "
+              help="World model: a registered model_type (`mrcom models` lists them) "
                    "[default: mrcom; on --resume the run's own].")
 @click.option("--ablation", "ablations", multiple=True,
               help="Remove a component: no_d, no_context, no_ls, no_lv (repeat or comma-separate).")
