@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.atomic import write_json_atomic
 from mrcom_core.base import BaseWorldModel
+from mrcom_core.files import write_json_atomic
 
 from . import graphs as G
 from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256

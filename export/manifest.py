@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import read_versioned_json
 
 FORMAT = "mrcom-export"
 VERSION = 2  # 2: prime/observe graphs (the runtime no longer stitches context_full + observe itself)
@@ -28,18 +28,7 @@ def sha256(path: Path | str) -> str:
 def read_manifest(export_dir: Path | str, verify: bool = True) -> dict:
     """Load and validate ``export_dir/manifest.json``; with ``verify``, check every file's SHA-256."""
     root = Path(export_dir)
-    path = root / MANIFEST
-    if not path.is_file():
-        raise ExportError(f"no MrCoM export at {root}: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if manifest.get("format") != FORMAT:
-        raise ExportError(f"{path} is not an MrCoM export manifest (format {manifest.get('format')!r})")
-    if manifest.get("version") != VERSION:
-        raise ExportError(f"{path} has export format version {manifest.get('version')!r}; this runtime reads "
-                          f"version {VERSION} (export the model again)")
+    manifest = read_versioned_json(root / MANIFEST, FORMAT, VERSION, "export", "export the model again", ExportError)
     if verify:
         for name, expected in manifest["files"].items():
             file = root / name

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcom_core.atomic import atomic_path
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import atomic_path
 
 from ..scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, override_range, sample_scenarios
 from ..workers import WorkerPool

@@ -17,7 +17,6 @@ when a collection resumes. A dataset is usable once its manifest says ``complete
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcom_core.atomic import atomic_dir, remove_stale_temporaries, write_json_atomic
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import atomic_dir, read_versioned_json, remove_stale_temporaries, write_json_atomic
 
 from .. import __version__
 from ..scenarios import ScenarioSpec, UnifiedSpace
@@ -69,19 +68,7 @@ def remove_episode(root: Path | str, scenario: int, episode: int) -> None:
 
 def read_manifest(root: Path | str) -> dict:
     """``root/manifest.json``, checked to be a dataset manifest of this version (complete or not)."""
-    path = Path(root) / MANIFEST
-    if not path.is_file():
-        raise UserInputError(f"no dataset at {root}: {MANIFEST} is missing")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"{path} is not valid JSON ({e.msg} at line {e.lineno})") from None
-    if manifest.get("format") != FORMAT:
-        raise UserInputError(f"{path} is not an MrCoM dataset manifest (format {manifest.get('format')!r})")
-    if manifest.get("version") != VERSION:
-        raise UserInputError(f"{path} has dataset format version {manifest.get('version')!r}; "
-                             f"this mrcom reads version {VERSION} (collect the data again)")
-    return manifest
+    return read_versioned_json(Path(root) / MANIFEST, FORMAT, VERSION, "dataset", "collect the data again")
 
 
 def is_complete(root: Path | str) -> bool:

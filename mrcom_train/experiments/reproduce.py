@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcom_core.atomic import write_json_atomic
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import write_json_atomic
 from mrcom_core.registry import MODELS, model_class
 from mrcom_export.exporter import export_model
 

@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.atomic import atomic_path, write_json_atomic
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import atomic_path, write_json_atomic
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from mrcom_core.atomic import atomic_dir, write_json_atomic
 from mrcom_core.config import ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import atomic_dir, write_json_atomic
 from mrcom_core.registry import build_model
 
 LATEST = "latest.json"

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.atomic import write_json_atomic
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import write_json_atomic
 from mrcom_core.registry import build_model
 from mrcom_core.steps import open_loop_predictions
 
