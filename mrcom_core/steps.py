@@ -36,6 +36,15 @@ class Imagined(NamedTuple):
     cache: KVCache
 
 
+def _mean(model: BaseWorldModel, like: torch.Tensor, noise_u, noise_h, t: int | None = None):
+    """The noise for one step: the given noise (at step ``t`` of a sequence), or zeros (the latents' means)."""
+    B = like.shape[0]
+    if t is not None:
+        noise_u, noise_h = (None if n is None else n[:, t] for n in (noise_u, noise_h))
+    return (like.new_zeros(B, model.sizes.u) if noise_u is None else noise_u,
+            like.new_zeros(B, model.sizes.h) if noise_h is None else noise_h)
+
+
 def prime(model: BaseWorldModel, prompt_obs: torch.Tensor, prompt_action: torch.Tensor,
           prompt_reward: torch.Tensor, obs: torch.Tensor, noise_u: torch.Tensor,
           noise_h: torch.Tensor) -> tuple[LatentState, KVCache]:
@@ -71,13 +80,10 @@ def rollout(model: BaseWorldModel, state: LatentState, cache: KVCache, obs: torc
     """``horizon`` imagined steps; ``act`` is the actions (B, H, A) or ``act(t, obs) -> action`` (a policy
     reading the current normalized prediction). ``noise_u``/``noise_h`` (B, H, ·) sample the latents;
     ``None`` predicts with their means. Gradients flow (the overshooting loss trains through this)."""
-    B = obs.shape[0]
-    zero_u, zero_h = obs.new_zeros(B, model.sizes.u), obs.new_zeros(B, model.sizes.h)
     observations, rewards = [], []
     for t in range(horizon):
         action = act(t, obs) if callable(act) else act[:, t]
-        step = imagine(model, state, cache, obs, action, zero_u if noise_u is None else noise_u[:, t],
-                       zero_h if noise_h is None else noise_h[:, t])
+        step = imagine(model, state, cache, obs, action, *_mean(model, obs, noise_u, noise_h, t))
         state, obs, cache = step.state, step.obs, step.cache
         observations.append(obs)
         rewards.append(step.reward)
@@ -89,10 +95,8 @@ def prime_from_batch(model: BaseWorldModel, batch: dict[str, torch.Tensor], nois
     """:func:`prime` on a sampled batch: its context is the prompt, the window's first observation the
     posterior's (``None`` noise: the latents' means)."""
     obs = model.normalize(batch["obs"][:, 0])
-    B = obs.shape[0]
     return prime(model, model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"],
-                 obs, obs.new_zeros(B, model.sizes.u) if noise_u is None else noise_u,
-                 obs.new_zeros(B, model.sizes.h) if noise_h is None else noise_h)
+                 obs, *_mean(model, obs, noise_u, noise_h))
 
 
 @torch.no_grad()

@@ -249,7 +249,7 @@ def models():
     from mrcom_core.registry import MODELS
 
     for name, cls in MODELS.items():
-        summary = (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+        summary = (cls.__doc__ or "").strip().split("\n")[0]
         click.echo(f"{name:<8} {cls.label:<10} {summary}")
 
 

@@ -1,13 +1,16 @@
 """``metrics.csv`` plus TensorBoard scalars for a run folder, shared by ``mrcom train`` and ``mrcom adapt``.
 
 One row per log event (empty cells for absent fields). On resume, rows newer than the restored step are
-dropped, so the log matches the restored run, and TensorBoard events after it are purged.
+dropped, so the log matches the restored run (the kept rows are written to a new file that replaces the old
+one, so a crash at that moment loses nothing), and TensorBoard events after it are purged.
 """
 
 from __future__ import annotations
 
 import csv
 from pathlib import Path
+
+from mrcom_core.files import atomic_path
 
 
 class MetricsLog:
@@ -26,11 +29,12 @@ class MetricsLog:
         if step and self.path.exists():
             with open(self.path, newline="") as f:
                 rows = [r for r in csv.DictReader(f) if int(r[self.fields[0]]) <= step]
-        self.file = open(self.path, "w", newline="")
+        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            kept = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            kept.writeheader()
+            kept.writerows(rows)
+        self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
-        self.writer.writeheader()
-        self.writer.writerows(rows)
-        self.file.flush()
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
 
     def write(self, step: int, row: dict[str, float], scalars: dict[str, float] | None = None) -> None:

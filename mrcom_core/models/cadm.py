@@ -39,7 +39,7 @@ def cadm_loss(model: BaseWorldModel, window: CaDMWindow, batch: dict, noise: dic
 
 
 class CaDM(BaseWorldModel):
-    """CaDM-style context-conditioned observation-space dynamics baseline (see the module docstring)."""
+    """CaDM-style baseline: context-conditioned dynamics in observation space (see the module docstring)."""
 
     label = "CaDM"
     loss = cadm_loss

@@ -25,7 +25,10 @@ from ..losses import MrCoMWindow, total_loss
 
 
 class MrCoM(BaseWorldModel):
-    """MrCoM's latent world model. See the module docstring for the factorization."""
+    """MrCoM (paper §3): context encoder, latents u (stochastic), d (GRU), h (auxiliary), meta-value heads.
+
+    See the module docstring for the factorization.
+    """
 
     label = "Ours"
     ablations = ABLATIONS
