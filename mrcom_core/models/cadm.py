@@ -39,7 +39,7 @@ def cadm_loss(model: BaseWorldModel, window: CaDMWindow, batch: dict, noise: dic
 
 
 class CaDM(BaseWorldModel):
-    """CaDM-style baseline: context-conditioned dynamics in observation space (see the module docstring)."""
+    """CaDM-style baseline: context-conditioned dynamics in observation space."""
 
     label = "CaDM"
     loss = cadm_loss

@@ -37,7 +37,7 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
 
 
 class RSSM(BaseWorldModel):
-    """DreamerV3-style RSSM baseline: stochastic u, GRU d, no context (see the module docstring)."""
+    """DreamerV3-style RSSM baseline: stochastic u, GRU d, no context."""
 
     label = "DreamerV3"
     loss = rssm_loss
