@@ -29,7 +29,15 @@ from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
 PARITY_BATCHES = (1, 7, 256)
-PARITY_TOLERANCE = 1e-4
+PARITY_TOLERANCE = 1e-4  # per imagined step: an H-step fused graph may differ by H times this
+
+
+def parity_tolerance(name: str, horizon: int) -> float:
+    """Largest max-abs difference graph ``name`` may show against eager PyTorch. float32 rounding differs
+    between engines by ~1e-7 per op and a trained model's dynamics amplify it from step to step: measured on
+    the demo's trained `small` model, the fused 15-step rollout differs by up to 2.2e-4 from eager on states
+    primed from prompts, while every one-step graph stays near 1e-6. So the bound is per step."""
+    return PARITY_TOLERANCE * (horizon if name in ("rollout", "policy_rollout") else 1)
 
 
 def _export_onnx(module: torch.nn.Module, inputs: tuple, path: Path) -> None:
@@ -80,8 +88,8 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
 
     ``horizon`` is the number of steps fused into the ``rollout`` graphs; ``policy`` (a
     :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
-    :class:`ExportError` if a graph fails the checker or the parity check (max abs error >
-    :data:`PARITY_TOLERANCE`).
+    :class:`ExportError` if a graph fails the checker or the parity check (max abs error above
+    :func:`parity_tolerance`: :data:`PARITY_TOLERANCE` per imagined step).
     """
     import onnx
     import onnxruntime as ort
@@ -101,7 +109,7 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
     policy_act = policy.act_dim if policy is not None else 0
     gen = torch.Generator().manual_seed(0)
     obs_std = model.obs_std.numpy()
-    graphs_meta, parity = {}, {}
+    graphs_meta, parity, tolerances = {}, {}, {}
     for name in names:
         start = time.perf_counter()
         module = G.build_graph(name, model, horizon, policy).eval()
@@ -143,11 +151,12 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
                         got = sess(*inputs)
                     got = [t.numpy() for t in (got if isinstance(got, tuple) else (got,))]
                 errors[f"{fmt}@{batch}"] = _max_error(got, ref, spec.outputs, obs_std)
-        worst = max(errors.values())
-        if worst > PARITY_TOLERANCE:
-            bad = {k: v for k, v in errors.items() if v > PARITY_TOLERANCE}
-            raise ExportError(f"graph {name!r} differs from eager PyTorch beyond {PARITY_TOLERANCE}: {bad}")
+        worst, tolerance = max(errors.values()), parity_tolerance(name, horizon)
+        if worst > tolerance:
+            bad = {k: v for k, v in errors.items() if v > tolerance}
+            raise ExportError(f"graph {name!r} differs from eager PyTorch beyond {tolerance:.0e}: {bad}")
         parity[name] = errors
+        tolerances[name] = tolerance
         graphs_meta[name] = meta
         log(f"  {name:<15} {', '.join(formats)}  parity max |Δ| {worst:.1e} at batch {PARITY_BATCHES}  "
             f"({time.perf_counter() - start:.1f}s)")
@@ -163,7 +172,7 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
         "rollout_horizon": horizon,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
-        "graphs": graphs_meta, "parity": parity, "parity_tolerance": PARITY_TOLERANCE,
+        "graphs": graphs_meta, "parity": parity, "parity_tolerance": tolerances,
         "formats": list(formats), "opset": OPSET,
         "exporter": "torch.onnx.export(dynamo=True)" if "onnx" in formats else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
