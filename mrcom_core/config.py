@@ -175,6 +175,22 @@ def _coerce(cls, name: str, value, prefix: str):
     return value
 
 
+def check_int(name: str, value, minimum: int = 1) -> None:
+    """Raise :class:`UserInputError` naming field ``name`` unless ``value`` is an integer >= ``minimum``
+    (``bool`` is not an integer here). The one integer check every config dataclass uses."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise UserInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def check_number(name: str, value, minimum: float = 0.0, strict: bool = False) -> None:
+    """Raise :class:`UserInputError` naming ``name`` unless ``value`` is a finite number >= ``minimum``
+    (> with ``strict``)."""
+    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
+          and (value > minimum if strict else value >= minimum))
+    if not ok:
+        raise UserInputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
+
+
 def apply_overrides(config, overrides: dict, prefix: str = "model"):
     """A copy of the dataclass ``config`` with ``overrides`` (field → value or string) applied, validated."""
     changes = {name: _coerce(type(config), name, value, prefix) for name, value in overrides.items()}
