@@ -8,3 +8,8 @@ status 2 instead of a traceback. Layer-specific errors (``mrcom_export``'s ``Exp
 
 class UserInputError(ValueError):
     """Bad input from the user; the message names the offending field or path."""
+
+
+class Interrupted(Exception):
+    """The user stopped a long command (Ctrl-C); the message says what was kept and how to continue. The
+    ``mrcom`` command prints ``mrcom: interrupted: <message>`` and exits with status 130."""

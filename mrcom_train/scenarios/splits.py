@@ -27,6 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
+from mrcom_core.config import check_int
 from mrcom_core.errors import UserInputError
 
 from .domains import DOMAINS
@@ -157,8 +158,8 @@ def sample_scenarios(scenario_range: ScenarioRange, domains: list[str] | tuple[s
 
     Each domain has its own random stream, so adding a domain does not change the others' scenarios.
     """
-    if per_domain < 1:
-        raise UserInputError(f"scenarios per domain must be >= 1, got {per_domain}")
+    check_int("scenarios per domain", per_domain)
+    check_int("seed", seed, 0)
     specs = []
     for domain in domains:
         if domain not in DOMAINS:

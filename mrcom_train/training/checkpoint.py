@@ -1,33 +1,35 @@
-"""Training checkpoints that load without executing pickled code, written atomically.
+"""Training checkpoints that load without executing pickled code, written atomically, checksummed.
 
-Layout of ``RUN/checkpoints/``::
+Layout of ``RUN/checkpoints/`` (see :mod:`mrcom_core.snapshots`, which writes and verifies it)::
 
     step_00001000/model.safetensors       model weights and buffers (observation statistics)
     step_00001000/optimizer.safetensors   Adam moments and step counts, flattened
     step_00001000/rng.safetensors         the trainer's torch generator state
-    step_00001000/state.json              step, configs, optimizer param groups, sampler RNG, metrics
-    latest.json                           {"step": …, "dir": "step_00001000"}, replaced atomically
+    step_00001000/state.json              format, step, SHA-256 of the three files, configs, optimizer param
+                                          groups, sampler RNG
+    latest.json                           {"step": …, "dir": "step_00001000", "state_sha256": …}
 
 A checkpoint folder is written under a temporary name and renamed into place; ``latest.json`` is then
 swapped with ``os.replace``. A crash at any point leaves the previous checkpoint intact and pointed to.
+Loading (``--resume``, ``mrcom export``) checks the pointer, every digest and every tensor name and shape
+first: a damaged checkpoint is one error line, never a silent load.
 """
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
+from mrcom_core import snapshots
 from mrcom_core.config import ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_dir, write_json_atomic
+from mrcom_core.files import read_versioned_json
 from mrcom_core.registry import build_model
 
-LATEST = "latest.json"
-CHECKPOINT_VERSION = 1
+FORMAT = "mrcom-checkpoint"
+CHECKPOINT_VERSION = 2  # 2: format name and SHA-256 of every file
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -52,50 +54,66 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
 def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, state: dict, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest.json`` at it; keep the newest ``keep``."""
-    root = Path(run_dir) / "checkpoints"
-    name = f"step_{step:08d}"
-    with atomic_dir(root / name) as tmp:
+    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+
+    def write(folder: Path) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(tmp / "model.safetensors"))
-        opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
-        save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
-        save_file({"torch_generator": generator.get_state()}, str(tmp / "rng.safetensors"))
-        (tmp / "state.json").write_text(json.dumps({"version": CHECKPOINT_VERSION, "step": step,
-                                                    "optimizer": opt_meta, **state}, indent=1))
-    write_json_atomic(root / LATEST, {"step": step, "dir": name})
-    for old in sorted(p for p in root.glob("step_*") if p.is_dir())[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return root / name
+        save_file(weights, str(folder / "model.safetensors"))
+        save_file(opt_tensors, str(folder / "optimizer.safetensors"))
+        save_file({"torch_generator": generator.get_state()}, str(folder / "rng.safetensors"))
+
+    return snapshots.publish(Path(run_dir) / "checkpoints", step, write, {"optimizer": opt_meta, **state}, FORMAT,
+                             CHECKPOINT_VERSION, keep)
+
+
+def clean_checkpoints(run_dir: Path | str) -> int:
+    """Remove the temporary checkpoint folders a killed run left behind (``checkpoints/.tmp-step_*``)."""
+    return snapshots.clean(Path(run_dir) / "checkpoints")
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
-    """The folder ``latest.json`` points to, or None when the run has no checkpoint."""
-    pointer = Path(run_dir) / "checkpoints" / LATEST
-    if not pointer.is_file():
-        return None
-    path = pointer.parent / json.loads(pointer.read_text())["dir"]
-    if not path.is_dir():
-        raise UserInputError(f"{pointer} points to {path.name}, which is missing")
-    return path
+    """The folder ``latest.json`` points to, after checking the pointer and every file's digest; None when
+    the run has no checkpoint yet."""
+    found = snapshots.open_latest(Path(run_dir) / "checkpoints", FORMAT, CHECKPOINT_VERSION, "training checkpoint")
+    return None if found is None else found[0]
 
 
 def read_state(path: Path | str) -> dict:
-    """A checkpoint's ``state.json`` (configs, step, sampler RNG …), checked for its version."""
-    state = json.loads((Path(path) / "state.json").read_text())
-    if state.get("version") != CHECKPOINT_VERSION:
-        raise UserInputError(f"checkpoint {path} has format version {state.get('version')!r}; this mrcom reads "
-                             f"version {CHECKPOINT_VERSION}")
-    return state
+    """A checkpoint's ``state.json`` (configs, step, sampler RNG …), checked for its format and version."""
+    return read_versioned_json(Path(path) / snapshots.STATE, FORMAT, CHECKPOINT_VERSION, "training checkpoint",
+                               "train it again or restore the run from a backup")
+
+
+def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(path))
+    except FileNotFoundError:
+        raise UserInputError(f"{path} is missing") from None
+    except Exception as e:  # safetensors' own error type for a damaged header or body
+        raise UserInputError(f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0]})") from None
 
 
 def load_weights(path: Path | str, model: torch.nn.Module) -> None:
-    """Load ``model.safetensors`` into ``model`` (strict: every name and shape must match)."""
-    weights = load_file(str(Path(path) / "model.safetensors"))
-    try:
-        model.load_state_dict(weights, strict=True)
-    except RuntimeError as e:
-        first = str(e).strip().splitlines()[0]
-        raise UserInputError(f"checkpoint {path} does not fit this model ({first})") from None
+    """Load ``model.safetensors`` into ``model``; every name and shape must match, else an error naming the
+    first tensor that does not."""
+    file = Path(path) / "model.safetensors"
+    weights = _load_tensors(file)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    unexpected = [k for k in weights if k not in expected]
+    wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or wrong:
+        if wrong:
+            k = wrong[0]
+            what = f"tensor {k!r} has shape {tuple(weights[k].shape)}, the model's is {tuple(expected[k].shape)}"
+        elif missing:
+            what = f"tensor {missing[0]!r} is missing"
+        else:
+            what = f"tensor {unexpected[0]!r} is not part of the model"
+        total = len(missing) + len(unexpected) + len(wrong)
+        raise UserInputError(f"checkpoint {file} does not fit this model: {what}"
+                             + (f" (and {total - 1} more)" if total > 1 else ""))
+    model.load_state_dict(weights, strict=True)
 
 
 def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
@@ -105,13 +123,20 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
     state = read_state(path)
     load_weights(path, model)
     device = next(model.parameters()).device
-    opt_state = _unflatten_optimizer(load_file(str(path / "optimizer.safetensors")), state["optimizer"])
-    for values in opt_state["state"].values():  # Adam keeps 'step' on the CPU unless capturable/fused
-        for name, value in values.items():
-            if isinstance(value, torch.Tensor) and name != "step":
-                values[name] = value.to(device)
-    optimizer.load_state_dict(opt_state)
-    generator.set_state(load_file(str(path / "rng.safetensors"))["torch_generator"])
+    try:
+        opt_state = _unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"), state["optimizer"])
+        for values in opt_state["state"].values():  # Adam keeps 'step' on the CPU unless capturable/fused
+            for name, value in values.items():
+                if isinstance(value, torch.Tensor) and name != "step":
+                    values[name] = value.to(device)
+        optimizer.load_state_dict(opt_state)
+        generator.set_state(_load_tensors(path / "rng.safetensors")["torch_generator"])
+    except (KeyError, ValueError, TypeError, RuntimeError) as e:
+        if isinstance(e, UserInputError):
+            raise
+        raise UserInputError(f"checkpoint {path}: the optimizer or RNG state does not fit this run "
+                             f"({type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else e!r})"
+                             ) from None
     return state
 
 
@@ -122,8 +147,12 @@ def load_model(run_dir: Path | str):
         raise UserInputError(f"no training run at {run_dir}")
     path = latest_checkpoint(run_dir)
     if path is None:
-        raise UserInputError(f"run {run_dir} has no checkpoint yet (checkpoints/{LATEST} is missing)")
+        raise UserInputError(f"run {run_dir} has no checkpoint yet (checkpoints/{snapshots.LATEST} is missing)")
     state = read_state(path)
-    model = build_model(apply_overrides(ModelConfig(), state["model_config"]))
+    try:
+        config = apply_overrides(ModelConfig(), state["model_config"])
+    except (KeyError, TypeError, AttributeError):
+        raise UserInputError(f"checkpoint {path}: state.json has no usable model_config") from None
+    model = build_model(config)
     load_weights(path, model)
     return model.eval(), state

@@ -10,7 +10,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrcom_core.config import ModelConfig, apply_overrides, parse_assignments
+from mrcom_core.config import ModelConfig, apply_overrides, check_int, check_number, parse_assignments
 from mrcom_core.errors import UserInputError
 from mrcom_core.registry import check_config, model_config
 
@@ -44,17 +44,18 @@ class TrainConfig:
     def __post_init__(self):
         for name in ("steps", "batch_size", "window_len", "eval_every", "eval_batch_size", "eval_batches",
                      "eval_horizon", "checkpoint_every", "log_every"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserInputError(f"train.{name} must be an integer >= 1, got {value!r}")
+            check_int(f"train.{name}", getattr(self, name))
+        check_int("train.seed", self.seed, 0)
         for name in ("lr", "adam_eps", "grad_clip"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value > 0):
-                raise UserInputError(f"train.{name} must be a finite number > 0, got {value!r}")
-        if not 0 <= self.holdout_fraction < 1:
+            check_number(f"train.{name}", getattr(self, name), 0, strict=True)
+        check_number("train.holdout_fraction", self.holdout_fraction)
+        if not self.holdout_fraction < 1:
             raise UserInputError(f"train.holdout_fraction must be in [0, 1), got {self.holdout_fraction!r}")
-        if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
-            raise UserInputError(f"train.device must be auto, cpu or cuda, got {self.device!r}")
+        if not isinstance(self.device, str) or (self.device not in ("auto", "cpu", "cuda")
+                                                and not self.device.startswith("cuda:")):
+            raise UserInputError(f"train.device must be auto, cpu or cuda (or cuda:N), got {self.device!r}")
+        if not isinstance(self.bf16, bool):
+            raise UserInputError(f"train.bf16 must be true or false, got {self.bf16!r}")
 
 
 TRAIN_PRESETS: dict[str, dict] = {
@@ -91,7 +92,14 @@ class RunRequest:
             if unknown:
                 raise UserInputError(f"config file {config_file}: unknown key(s) {sorted(unknown)}; use preset, "
                                      f"ablations, [model] and [train]")
-            file_preset, file_ablations = data.get("preset"), tuple(data.get("ablations", ()))
+            file_preset, file_ablations = data.get("preset"), _ablation_names(data.get("ablations", []), config_file)
+            if file_preset is not None and not isinstance(file_preset, str):
+                raise UserInputError(f"config file {config_file}: preset must be a name such as \"small\", got "
+                                     f"{file_preset!r}")
+            for section in ("model", "train"):
+                if not isinstance(data.get(section, {}), dict):
+                    raise UserInputError(f"config file {config_file}: {section} must be a table ([{section}] with "
+                                         f"field = value lines), got {data[section]!r}")
             model.update(data.get("model", {}))
             train.update(data.get("train", {}))
         sets = parse_assignments(sets, ("model", "train"))
@@ -99,6 +107,16 @@ class RunRequest:
         train.update(sets["train"])
         train.update({k: v for k, v in train_flags.items() if v is not None})
         return cls(preset or file_preset, tuple(ablations) or file_ablations, model, train)
+
+
+def _ablation_names(value, source: str) -> tuple[str, ...]:
+    """A TOML ``ablations`` value: a list of names, or one string of comma-separated names."""
+    if isinstance(value, str):
+        return tuple(a.strip() for a in value.split(",") if a.strip())
+    if isinstance(value, list) and all(isinstance(a, str) for a in value):
+        return tuple(value)
+    raise UserInputError(f"config file {source}: ablations must be a list of names such as [\"no_d\"], got "
+                         f"{value!r}")
 
 
 def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -> tuple[ModelConfig, TrainConfig, str]:

@@ -11,22 +11,27 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from mrcom_core.errors import UserInputError
-from mrcom_core.files import write_json_atomic
+from mrcom_core.config import ModelConfig
+from mrcom_core.errors import Interrupted, UserInputError
+from mrcom_core.files import has_content, write_json_atomic
+from mrcom_core.locks import folder_lock
 from mrcom_core.registry import build_model
+from mrcom_core.resources import require_memory
 from mrcom_core.steps import open_loop_predictions
 
 from ..datasets.dataset import Dataset
 from ..datasets.sampler import SequenceSampler
 from ..metrics_log import MetricsLog
-from .checkpoint import latest_checkpoint, load_checkpoint, read_state, save_checkpoint
-from .config import RunRequest, resolve_configs
+from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from .config import RunRequest, TrainConfig, resolve_configs
 from .evaluation import KEY, by_domain, format_errors, open_loop_error
 
 
@@ -48,6 +53,20 @@ def _to_torch(batch: dict[str, np.ndarray], rows: slice, device: torch.device) -
     return {k: torch.from_numpy(np.ascontiguousarray(v[rows])).to(device) for k, v in batch.items()}
 
 
+def memory_lower_bound(model_config: ModelConfig, config: TrainConfig) -> int:
+    """Bytes training certainly needs: weights, gradients and Adam's two moments (float32; the parameters are
+    counted on the meta device, without allocating them), the batch arrays and one hidden activation per
+    step and layer kept for the backward pass. A lower bound: a config over it cannot run here."""
+    with torch.device("meta"):
+        params = sum(p.numel() for p in build_model(model_config).parameters())
+    c, m = config, model_config
+    rows = c.batch_size * (c.window_len + m.context_len + 1) + c.eval_batches * c.eval_batch_size * (
+        c.eval_horizon + m.context_len + 1)
+    batch = rows * (m.obs_dim + m.act_dim + 1) * 4
+    activations = c.batch_size * c.window_len * m.hidden_dim * m.hidden_layers * 4
+    return 16 * params + batch + activations
+
+
 LOG_FIELDS = ["step", "loss", "var", "kl_u", "kl_h", "recon", "reward", "s", "value_i", "value", "v", "overshoot",
               "grad_norm", "updates_per_s", KEY]
 
@@ -67,16 +86,44 @@ class Trainer:
     def __init__(self, data: str | Path, run_dir: str | Path, request: RunRequest | None = None,
                  resume: bool = False, progress: bool = True, log=print):
         self.run_dir, self.log, self.progress = Path(run_dir), log, progress
-        request = request or RunRequest()
-        self.dataset = Dataset(data)
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self._fresh = not has_content(self.run_dir)  # a failed run that saved nothing removes its folder
+        self._lock = ExitStack()  # the run folder's lock (rank 0), held until run() ends or close()
+        self._locked = False
+        self.last_good = None
+        try:
+            if self.rank == 0:
+                self._lock.enter_context(folder_lock(self.run_dir, "mrcom train"))
+                self._locked = True
+            self._setup(data, request or RunRequest(), resume)
+        except BaseException:
+            self._fail()
+            raise
+
+    def close(self) -> None:
+        """Release the run folder's lock (``run()`` does this when it returns or fails)."""
+        self._lock.close()
+        self._locked = False
+
+    def _fail(self) -> None:
+        """After a failure: a run folder this trainer created and that holds no checkpoint is removed (so the
+        same command can simply be run again); the lock is released."""
+        if self._locked and self._fresh and self.last_good is None and self.rank == 0:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.close()
+
+    def _setup(self, data: str | Path, request: RunRequest, resume: bool) -> None:
+        log = self.log
+        self.dataset = Dataset(data)
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        ckpt = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
-        if self.run_dir.exists() and any(self.run_dir.iterdir()) and not resume:
+        if not self._fresh and not resume:
             raise UserInputError(f"run folder {self.run_dir} is not empty; pass --resume to continue it, or "
                                  f"choose another --out")
-        if resume and ckpt is None and self.run_dir.exists() and any(self.run_dir.iterdir()):
+        if self.rank == 0:
+            clean_checkpoints(self.run_dir)  # temporary checkpoint folders of a killed run
+        ckpt = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
+        if resume and ckpt is None and not self._fresh:
             log(f"note: {self.run_dir} has no checkpoint yet; starting from scratch")
         saved = read_state(ckpt) if ckpt else None
         self.model_config, self.config, self.preset = resolve_configs(request, self.dataset, saved)
@@ -86,6 +133,10 @@ class Trainer:
         if saved is not None and saved["data"]["obs_dim"] != self.dataset.obs_dim:
             raise UserInputError("cannot resume: the dataset's dims differ from the checkpoint's")
         self.device = _device(self.config.device, local_rank)
+        if self.device.type == "cpu":
+            require_memory(memory_lower_bound(self.model_config, self.config),
+                           f"training {self.model_config.model_type} with this config",
+                           "lower train.batch_size, train.window_len or the model's sizes (model.hidden_dim …)")
         if self.world > 1 and not torch.distributed.is_initialized():
             backend = "nccl" if self.device.type == "cuda" else "gloo"
             torch.distributed.init_process_group(backend)
@@ -108,7 +159,6 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step = 0
-        self.last_good = None
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.generator)
             self.sampler.rng.bit_generator.state = state["sampler_rng"]
@@ -181,7 +231,22 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self) -> dict[str, float]:
-        """Train until ``config.steps`` updates; returns the final evaluation."""
+        """Train until ``config.steps`` updates; returns the final evaluation. Releases the run folder's lock
+        when it returns; on Ctrl-C raises :class:`~mrcom_core.errors.Interrupted` saying what was kept."""
+        try:
+            return self._train()
+        except KeyboardInterrupt:
+            kept = (f"the last checkpoint (update {read_state(self.last_good)['step']}) is kept in {self.run_dir}; "
+                    f"continue with the same command plus --resume" if self.last_good is not None else
+                    "no checkpoint had been written, so the run folder was removed")
+            raise Interrupted(f"training stopped at update {self.step}; {kept}") from None
+        finally:
+            if self.step < self.config.steps:
+                self._fail()
+            else:
+                self.close()
+
+    def _train(self) -> dict[str, float]:
         from tqdm import tqdm
 
         c, main = self.config, self.rank == 0
@@ -189,6 +254,17 @@ class Trainer:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         logger = MetricsLog(self.run_dir, [*LOG_FIELDS, *(f"{KEY}_{d}" for d in dict.fromkeys(self.domains))],
                             self.step) if main else None
+        bar = tqdm(total=c.steps, initial=self.step, unit="upd", disable=not (self.progress and main),
+                   dynamic_ncols=True)
+        try:
+            return self._loop(logger, bar)
+        finally:
+            bar.close()
+            if logger:
+                logger.close()
+
+    def _loop(self, logger: MetricsLog | None, bar) -> dict[str, float]:
+        c, main = self.config, self.rank == 0
         if main:
             write_json_atomic(self.run_dir / "config.json", {
                 "preset": self.preset, "model": self.model_config.to_dict(), "train": dataclasses.asdict(c),
@@ -198,39 +274,32 @@ class Trainer:
                      f"{self.dataset.root} "
                      f"({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} steps) for {c.steps} "
                      f"updates on {self.device} × {self.world}; run folder {self.run_dir}")
-        bar = tqdm(total=c.steps, initial=self.step, unit="upd", disable=not (self.progress and main),
-                   dynamic_ncols=True)
         if main and self.step == 0:
             first = self.evaluate()
             logger.write(self.step, first, _scalars(first))
             self.log(f"step 0: open-loop error {format_errors(first)}")
         result: dict[str, float] = {}
         tick, tick_step = time.perf_counter(), self.step
-        try:
-            while self.step < c.steps:
-                metrics = self.train_step()
-                bar.update(1)
-                if self.step % c.log_every == 0 or self.step == c.steps:
-                    now = time.perf_counter()
-                    metrics["updates_per_s"] = (self.step - tick_step) / max(now - tick, 1e-9)
-                    tick, tick_step = now, self.step
-                    bar.set_postfix_str(f"loss {metrics['loss']:.3f} recon {metrics['recon']:.3f} "
-                                        f"{metrics['updates_per_s']:.1f} upd/s")
-                    if main:
-                        logger.write(self.step, metrics, _scalars(metrics))
-                if self.step % c.eval_every == 0 or self.step == c.steps:
-                    if main:
-                        result = self.evaluate()
-                        logger.write(self.step, result, _scalars(result))
-                        (bar.write if self.progress else self.log)(
-                            f"step {self.step}: open-loop error {format_errors(result)}")
-                if self.step % c.checkpoint_every == 0 or self.step == c.steps:
-                    if main:
-                        self.save()
-                    if self.world > 1:
-                        torch.distributed.barrier()
-        finally:
-            bar.close()
-            if logger:
-                logger.close()
+        while self.step < c.steps:
+            metrics = self.train_step()
+            bar.update(1)
+            if self.step % c.log_every == 0 or self.step == c.steps:
+                now = time.perf_counter()
+                metrics["updates_per_s"] = (self.step - tick_step) / max(now - tick, 1e-9)
+                tick, tick_step = now, self.step
+                bar.set_postfix_str(f"loss {metrics['loss']:.3f} recon {metrics['recon']:.3f} "
+                                    f"{metrics['updates_per_s']:.1f} upd/s")
+                if main:
+                    logger.write(self.step, metrics, _scalars(metrics))
+            if self.step % c.eval_every == 0 or self.step == c.steps:
+                if main:
+                    result = self.evaluate()
+                    logger.write(self.step, result, _scalars(result))
+                    (bar.write if self.progress else self.log)(
+                        f"step {self.step}: open-loop error {format_errors(result)}")
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                if main:
+                    self.save()
+                if self.world > 1:
+                    torch.distributed.barrier()
         return result
