@@ -10,6 +10,7 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.registry import build_model, model_config
 from mrcom_export.exporter import export_model
 from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return, summarize
+from mrcom_train.rl.sac import load_actor
 from mrcom_train.scenarios import ScenarioEnv
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
@@ -54,7 +55,8 @@ def test_adaptation_beats_or_equals_a_random_policy_in_an_easy_scenario(unified_
     assert result["normalized_return"] >= _random_policy_score(config)
     lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
     assert lines[0] == "env_steps,normalized_return,imagined,wall_s" and len(lines) == 3
-    assert (tmp_path / "run" / "checkpoint" / "agent.pt").exists()
+    assert (tmp_path / "run" / "agent.pt").exists() and (tmp_path / "run" / "checkpoints" / "latest.json").exists()
+    assert load_actor(tmp_path / "run" / "agent.pt").act_dim == config.target().act_dim
 
 
 def test_imagined_transitions_come_from_the_runtime(unified_export, tmp_path):

@@ -181,3 +181,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(run, data, tmp_pa
     assert status == 2 and len(lines) == 1 and os.strerror(code) in lines[0], lines
     assert latest_checkpoint(copy).name == "step_00000002"
     assert not list((copy / "checkpoints").glob(".tmp-*"))
+
+
+def test_a_second_reproduce_on_the_same_folder_is_refused(tmp_path):
+    from mrcom_train.experiments.reproduce import run_reproduction
+
+    with folder_lock(tmp_path / "out", "mrcom reproduce"):
+        with pytest.raises(FolderLocked, match=f"PID {os.getpid()}"):
+            run_reproduction(1, "smoke", 1, tmp_path / "out", log=lambda s: None)
+    assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK_NAME]

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import write_json_atomic
+from mrcom_core.files import read_json, write_json_atomic
+from mrcom_core.locks import folder_lock
 from mrcom_core.registry import MODELS, model_class
 from mrcom_export.exporter import export_model
 
@@ -95,7 +96,7 @@ def _measured(err_file: Path) -> bool:
     """Whether ``err_file`` holds the open-loop errors in the current layout (older layouts are measured again)."""
     if not err_file.is_file():
         return False
-    per = json.loads(err_file.read_text())
+    per = read_json(err_file, "prediction-error file")
     return all(any(k.startswith(f"{KEY}_") for k in per.get(kind, {}).get("in", {})) for kind in ("mean", "sampled"))
 
 
@@ -114,7 +115,12 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
     b = BUDGETS[budget_name]
     out = Path(out)
-    methods = model_methods(ablations)
+    with folder_lock(out, "mrcom reproduce"):
+        return _reproduce(table, b, budget_name, seeds, out, chosen, model_methods(ablations), workers, log)
+
+
+def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict, workers: int,
+               log: Callable[[str], None]) -> dict:
     results: dict = {}
     quiet = dict(progress=False, log=lambda s: None)
     for split in chosen:
@@ -144,7 +150,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             if not _done(export / "manifest.json"):
                 log(f"[{split}] exporting {method}")
                 model, state = load_model(run)
-                export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False,
+                export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,
                              source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
                              log=lambda s: None)
             err_file = root / "errors" / f"{method}.json"
@@ -154,7 +160,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                        for kind in ("mean", "sampled")}
                 err_file.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(err_file, per)
-            errors[method] = json.loads(err_file.read_text())
+            errors[method] = read_json(err_file, "prediction-error file")
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
                  for domain in DOMAINS for method in [*methods, SAC]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
@@ -221,7 +227,9 @@ def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers:
 
 def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
     """A finished cell's final score and learning curve."""
-    score = json.loads((cell / "result.json").read_text())["normalized_return"]
+    score = read_json(cell / "result.json", "adaptation result").get("normalized_return")
+    if not isinstance(score, int | float):
+        raise UserInputError(f"{cell / 'result.json'} has no normalized_return; delete it to run the cell again")
     with open(cell / "metrics.csv") as f:
         curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]
     return score, curve

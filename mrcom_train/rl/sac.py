@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
 
@@ -300,24 +301,34 @@ class SAC:
 
 
 def load_actor(path: Path | str) -> Actor:
-    """The actor of a saved agent (``{"agent": SAC.state_dict(), …}`` as ``mrcom collect`` and ``mrcom adapt``
-    write, or a bare ``SAC.state_dict()``), rebuilt from its architecture record; loaded with
-    ``weights_only=True`` (nothing is unpickled). Its dims are ``actor.obs_dim`` / ``actor.act_dim``."""
+    """The actor of a saved agent (``{"agent": SAC.state_dict(), …}`` as ``mrcom collect`` writes
+    (``DATA/sac/s0000.pt``) and ``mrcom adapt`` does (``RUN/agent.pt``, ``RUN/checkpoints/step_*/agent.pt``), or a
+    bare ``SAC.state_dict()``), rebuilt from its architecture record; loaded with ``weights_only=True``
+    (nothing is unpickled). Its dims are ``actor.obs_dim`` / ``actor.act_dim``. A file that is not such an
+    agent is one :class:`UserInputError` line."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # e.g. about a foreign pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserInputError(f"policy checkpoint {path} not found") from None
-    except Exception as e:
-        raise UserInputError(f"cannot read policy checkpoint {path}: {str(e).splitlines()[0]}") from None
+    except IsADirectoryError:
+        raise UserInputError(f"policy checkpoint {path} is a folder, not a file") from None
+    except Exception:  # unpickling, zip and OS errors alike; PyTorch's own advice (weights_only=False) is unsafe
+        raise UserInputError(f"cannot read policy checkpoint {path}: not a PyTorch checkpoint saved by mrcom") from None
     agent = state.get("agent", state) if isinstance(state, dict) else None
     arch = agent.get("architecture") if isinstance(agent, dict) else None
     if not isinstance(arch, dict) or not isinstance(agent.get("actor"), dict):
         raise UserInputError(f"{path} holds no SAC agent (expected a SAC state_dict with 'architecture' and "
                              f"'actor' entries)")
+    dims = ("obs_dim", "act_dim", "hidden_dim", "hidden_layers")
+    if not all(isinstance(arch.get(k), int) and not isinstance(arch.get(k), bool) and arch[k] >= 1 for k in dims):
+        raise UserInputError(f"{path}: the SAC agent's architecture record {arch!r} is damaged (expected positive "
+                             f"integers {', '.join(dims)})")
     actor = Actor(arch["obs_dim"], arch["act_dim"], arch["hidden_dim"], arch["hidden_layers"])
     try:
         actor.load_state_dict(agent["actor"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, KeyError, ValueError, AttributeError) as e:
         raise UserInputError(f"{path}: the actor's weights do not fit its architecture record "
-                             f"({str(e).strip().splitlines()[0]})") from None
+                             f"({str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__})") from None
     return actor.eval()

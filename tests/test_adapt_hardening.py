@@ -1,0 +1,305 @@
+"""`mrcom adapt` against crashes, damaged files, a second process and bad numbers (issue "Hardening").
+
+Model-free runs with 50-step episodes keep every test to a few seconds: checkpoints at env steps 100 and
+200, the final one at 300.
+"""
+
+import json
+import os
+import pickle
+import shutil
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mrcom_core.errors import UserInputError
+from mrcom_core.files import LOCK_NAME, sha256
+from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_train.rl.adapt import AdaptConfig, Adapter
+from mrcom_train.rl.sac import SAC, load_actor
+
+ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
+QUIET = dict(progress=False, log=lambda s: None)
+TINY = AdaptConfig(split="t1-a5b20", domain="cheetah", env_steps=300, episode_length=50, learning_starts=100,
+                   eval_every=150, eval_episodes=1, sac_hidden=32, batch_size=32, seed=3, use_model=False,
+                   checkpoint_every=100, model_buffer_size=10)
+
+
+def _actor(adapter: Adapter) -> dict:
+    return {k: v.clone() for k, v in adapter.agent.actor.state_dict().items()}
+
+
+def _same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _latest(run: Path) -> Path:
+    return run / "checkpoints" / json.loads((run / "checkpoints" / "latest.json").read_text())["dir"]
+
+
+def _resign(folder: Path) -> None:
+    """Record the current digests of ``folder``'s files, as if they had been written that way (so the loaders'
+    own checks, not the checksums, meet the damage)."""
+    state_file = folder / "state.json"
+    try:
+        state = json.loads(state_file.read_text())
+        state["files"] = {name: sha256(folder / name) for name in state["files"]}
+        state_file.write_text(json.dumps(state))
+    except ValueError:
+        pass  # a damaged state.json stays damaged
+    pointer = folder.parent / "latest.json"
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "state_sha256": sha256(state_file)}))
+
+
+def _flip(path: Path, at: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[at % len(data)] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _interrupt_at(adapter: Adapter, monkeypatch, n: int) -> None:
+    real_step, count = adapter.env.step, {"n": 0}
+
+    def step(action):
+        count["n"] += 1
+        if count["n"] == n:
+            raise KeyboardInterrupt
+        return real_step(action)
+
+    monkeypatch.setattr(adapter.env, "step", step)
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory):
+    """An uninterrupted run: (folder, result, final actor weights)."""
+    run = tmp_path_factory.mktemp("straight") / "run"
+    adapter = Adapter(TINY, run, **QUIET)
+    result = adapter.run()
+    return run, result, _actor(adapter)
+
+
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """A run stopped by Ctrl-C at env step 230 (latest checkpoint: step 200); tests work on copies."""
+    run = tmp_path_factory.mktemp("killed") / "run"
+    adapter = Adapter(TINY, run, **QUIET)
+    with pytest.MonkeyPatch.context() as mp:
+        _interrupt_at(adapter, mp, 230)
+        with pytest.raises(KeyboardInterrupt):
+            adapter.run()
+    return run
+
+
+@pytest.fixture
+def copy(killed, tmp_path):
+    return Path(shutil.copytree(killed, tmp_path / "run"))
+
+
+# ------------------------------------------------------------------------------ cause: torn checkpoints
+def test_a_crash_between_checkpoint_files_cannot_desync_a_resume(straight, tmp_path, monkeypatch):
+    # The old layout replaced agent.pt, then buffers.npz, then state.json in place: a crash after agent.pt
+    # left the step-200 agent with the step-100 state, and --resume continued from that mix.
+    run = tmp_path / "run"
+    real_savez, seen = np.savez, []
+
+    def savez(file, **arrays):
+        seen.append((Path(file).parent / "agent.pt").is_file())
+        if len(seen) == 2:  # the checkpoint at step 200, after its agent.pt was written
+            raise KeyboardInterrupt
+        return real_savez(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", savez)
+    with pytest.raises(KeyboardInterrupt):
+        Adapter(TINY, run, **QUIET).run()
+    monkeypatch.undo()
+    assert seen == [True, True]
+    assert _latest(run).name == "step_00000100"
+    assert not list((run / "checkpoints").glob(".tmp-*")) and not (run / "checkpoints" / "step_00000200").exists()
+    with folder_lock(run, "test"):  # Ctrl-C released the lock
+        pass
+    resumed = Adapter(TINY, run, resume=True, **QUIET)
+    assert resumed.step == 100
+    assert resumed.run() == straight[1]
+    assert _same(_actor(resumed), straight[2])
+
+
+def test_resume_continues_exactly_and_checkpoints_are_checksummed(straight, copy):
+    state = json.loads((_latest(copy) / "state.json").read_text())
+    assert state["format"] == "mrcom-adapt-checkpoint" and set(state["files"]) == {"agent.pt", "buffers.npz"}
+    resumed = Adapter(TINY, copy, resume=True, **QUIET)
+    assert resumed.step == 200
+    assert resumed.run() == straight[1] and _same(_actor(resumed), straight[2])
+
+
+# ------------------------------------------------------------------------------ cause: damaged files
+@pytest.mark.parametrize("name", ["agent.pt", "buffers.npz"])
+def test_a_flipped_byte_is_one_line(copy, name):
+    _flip(_latest(copy) / name, 1000)
+    for _ in range(2):  # the failed constructor released the lock: the same message again, not FolderLocked
+        with pytest.raises(UserInputError, match=f"checksum mismatch for .*{name}") as e:
+            Adapter(TINY, copy, resume=True, **QUIET)
+        assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("name,damage,message", [
+    ("buffers.npz", "truncate", "cannot read .*buffers.npz: not replay buffers of this run"),
+    ("buffers.npz", "pickle", "cannot read .*buffers.npz: not replay buffers of this run"),
+    ("agent.pt", "truncate", "cannot read .*agent.pt: not a PyTorch checkpoint saved by mrcom"),
+    ("agent.pt", "pickle", "cannot read .*agent.pt: not a PyTorch checkpoint saved by mrcom"),
+])
+def test_damaged_files_are_one_line_even_with_matching_checksums(copy, name, damage, message):
+    path = _latest(copy) / name
+    if damage == "truncate":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    else:  # a pickle is never loaded: no code from a checkpoint runs
+        path.write_bytes(pickle.dumps({"agent": os.getcwd}))
+    _resign(path.parent)
+    with pytest.raises(UserInputError, match=message) as e:
+        Adapter(TINY, copy, resume=True, **QUIET)
+    assert "\n" not in str(e.value) and "weights_only" not in str(e.value) and "allow_pickle" not in str(e.value)
+
+
+@pytest.mark.parametrize("signed,message", [(False, "checksum mismatch for .*state.json"),
+                                            (True, "state.json is not valid JSON")])
+def test_an_invalid_state_json_is_one_line(copy, signed, message):
+    (_latest(copy) / "state.json").write_text('{"format": "mrcom-adapt-checkpoint", "step": 2')
+    if signed:
+        _resign(_latest(copy))
+    with pytest.raises(UserInputError, match=message):
+        Adapter(TINY, copy, resume=True, **QUIET)
+
+
+def test_a_pointer_out_of_the_run_folder_is_refused(copy):
+    pointer = copy / "checkpoints" / "latest.json"
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "dir": "../../etc"}))
+    with pytest.raises(UserInputError, match=r"names '\.\./\.\./etc'.*refusing to read it"):
+        Adapter(TINY, copy, resume=True, **QUIET)
+
+
+@pytest.mark.parametrize("damage,message", [("missing", "adapt run config .*config.json is missing"),
+                                            ("garbage", "config.json is not valid JSON")])
+def test_a_missing_or_invalid_config_json_is_one_line(copy, damage, message):
+    if damage == "missing":
+        (copy / "config.json").unlink()
+    else:
+        (copy / "config.json").write_text("{oops")
+    with pytest.raises(UserInputError, match=message):
+        Adapter(TINY, copy, resume=True, **QUIET)
+
+
+def test_leftovers_of_a_killed_writer_are_removed_on_resume(copy):
+    stale = [copy / "checkpoints" / ".tmp-step_00000300-99999", copy / ".tmp-99999.metrics.csv",
+             copy / "checkpoints" / "step_00000300"]  # published but never pointed to
+    stale[0].mkdir()
+    stale[1].write_text("half")
+    shutil.copytree(_latest(copy), stale[2])
+    adapter = Adapter(TINY, copy, resume=True, **QUIET)
+    adapter.close()
+    assert adapter.step == 200 and not any(p.exists() for p in stale)
+
+
+def test_an_old_layout_run_is_refused(tmp_path):
+    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
+    (tmp_path / "run" / "checkpoint" / "state.json").write_text("{}")
+    with pytest.raises(UserInputError, match="older layout"):
+        Adapter(TINY, tmp_path / "run", resume=True, **QUIET)
+
+
+# ------------------------------------------------------------------------------ cause: finished runs
+def test_a_finished_run_rewrites_a_missing_result_and_refuses_a_different_one(straight, tmp_path):
+    run = Path(shutil.copytree(straight[0], tmp_path / "run"))
+    (run / "result.json").unlink()
+    (run / "agent.pt").unlink()
+    with Adapter(TINY, run, resume=True, **QUIET) as adapter:
+        assert adapter.run() == straight[1]
+    assert json.loads((run / "result.json").read_text()) == straight[1]
+    assert _same(dict(load_actor(run / "agent.pt").state_dict()), straight[2])
+    (run / "result.json").write_text(json.dumps({**straight[1], "normalized_return": 99.0}))
+    with pytest.raises(UserInputError, match="result.json differs from the result in the final checkpoint"):
+        Adapter(TINY, run, resume=True, **QUIET)
+    (run / "result.json").write_text("{")
+    with pytest.raises(UserInputError, match="result.json is not valid JSON"):
+        Adapter(TINY, run, resume=True, **QUIET)
+
+
+# ------------------------------------------------------------------------------ cause: two processes
+def test_the_run_folder_is_locked_while_adapting(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    with folder_lock(run, "mrcom adapt"):
+        with pytest.raises(FolderLocked, match=rf"`mrcom adapt` \(PID {os.getpid()}\)"):
+            Adapter(TINY, run, **QUIET)
+    adapter = Adapter(TINY, run, **QUIET)  # the lock file alone is no content: no --resume needed
+    with pytest.raises(FolderLocked):  # held from the constructor on…
+        Adapter(TINY, run, resume=True, **QUIET)
+    _interrupt_at(adapter, monkeypatch, 120)
+    with pytest.raises(KeyboardInterrupt):
+        adapter.run()
+    with folder_lock(run, "test"):  # …and released by a Ctrl-C
+        pass
+    assert (run / LOCK_NAME).exists()
+    with pytest.raises(UserInputError, match="not empty; pass --resume"):
+        Adapter(TINY, run, **QUIET)
+    with Adapter(TINY, run, resume=True, **QUIET) as adapter:
+        assert adapter.step == 100
+    with folder_lock(run, "test"):  # released by close()
+        pass
+
+
+# ------------------------------------------------------------------------------ cause: bad numbers
+def test_a_negative_seed_or_a_non_integer_is_refused():
+    with pytest.raises(UserInputError, match="seed must be an integer >= 0, got -1"):
+        AdaptConfig(seed=-1)
+    with pytest.raises(UserInputError, match="seed must be an integer <= "):
+        AdaptConfig(seed=2**40)
+    with pytest.raises(UserInputError, match="env_steps must be an integer >= 1, got 2.5"):
+        AdaptConfig(env_steps=2.5)
+    with pytest.raises(UserInputError, match="real_ratio must be a finite number"):
+        AdaptConfig(real_ratio=float("nan"))
+
+
+def test_replay_buffers_larger_than_memory_are_refused_up_front(tmp_path):
+    config = AdaptConfig(**{**TINY.__dict__, "env_steps": 10_000_000_000_000})
+    with pytest.raises(UserInputError, match=r"needs at least .* of memory available; lower env_steps"):
+        Adapter(config, tmp_path / "run", **QUIET)
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
+    (["--env-steps", "10000000000000"], "lower env_steps (--env-steps)"),
+])
+def test_adapt_cli_refuses_bad_numbers_in_one_line(tmp_path, args, message):
+    r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", "adapt", "--model-free", "--out",
+                        str(tmp_path / "run"), *args], capture_output=True, text=True, env=ENV, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and message in lines[0], r.stderr
+
+
+# ------------------------------------------------------------------------------ cause: garbage --policy
+class _Foreign:
+    pass
+
+
+@pytest.mark.parametrize("kind", ["random", "zip", "foreign pickle"])
+def test_a_garbage_policy_file_is_one_line_without_unsafe_advice(tmp_path, kind):
+    path = tmp_path / "policy.pt"
+    if kind == "random":
+        path.write_bytes(np.random.default_rng(0).bytes(4096))
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("data.txt", "hello")
+    else:  # a real torch.save file whose pickle needs a class: PyTorch advises weights_only=False
+        torch.save({"agent": _Foreign()}, path)
+    with pytest.raises(UserInputError) as e:
+        load_actor(path)
+    assert str(e.value) == f"cannot read policy checkpoint {path}: not a PyTorch checkpoint saved by mrcom"
+    with pytest.raises(UserInputError, match="not found"):
+        load_actor(tmp_path / "none.pt")
+    good = tmp_path / "good.pt"
+    torch.save({"agent": SAC(5, 2).state_dict()}, good)
+    assert load_actor(good).obs_dim == 5
