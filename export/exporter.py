@@ -4,6 +4,12 @@
 checker (full check), then parity of every graph with eager PyTorch on random inputs at several batch
 sizes, recorded in ``manifest.json`` with names, shapes and dtypes of every input and output,
 observation statistics, versions and the SHA-256 of every file.
+
+Publication is all or nothing: the export holds the folder's lock (a sibling ``.NAME.mrcom.lock``, so a
+second ``mrcom export`` into the same folder stops with a message naming the first), refuses a non-empty
+folder unless ``force``, and writes everything into a temporary sibling folder that is verified
+(:func:`~.manifest.read_manifest` with checksums) and only then swapped in one step
+(:func:`mrcom_core.files.atomic_dir`). A failure or a kill mid-export leaves the previous export untouched.
 """
 
 from __future__ import annotations
@@ -12,6 +18,8 @@ import contextlib
 import io
 import logging
 import platform
+import re
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -21,10 +29,11 @@ import numpy as np
 import torch
 
 from mrcom_core.base import BaseWorldModel
-from mrcom_core.files import write_json_atomic
+from mrcom_core.files import TMP_PREFIX, atomic_dir, file_checksums, has_content, write_json_atomic
+from mrcom_core.locks import folder_lock
 
 from . import graphs as G
-from .manifest import FORMAT, MANIFEST, VERSION, ExportError, sha256
+from .manifest import FORMAT, MANIFEST, VERSION, ExportError, read_manifest
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -79,7 +88,7 @@ def _max_error(a, b, names, obs_std: np.ndarray) -> float:
 
 def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[str, ...] = FORMATS, horizon: int = 15,
                  policy: G.PolicyActor | None = None, blocks: bool = True, source: dict | None = None,
-                 log: Callable[[str], None] = print) -> dict:
+                 force: bool = False, log: Callable[[str], None] = print) -> dict:
     """Export ``model`` into ``out_dir`` and return the manifest (also written as ``manifest.json``).
 
     ``blocks=False`` leaves out the building-block graphs (:data:`~.graphs.BLOCK_GRAPHS`: context encoder,
@@ -89,18 +98,48 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
     ``horizon`` is the number of steps fused into the ``rollout`` graphs; ``policy`` (a
     :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
     :class:`ExportError` if a graph fails the checker or the parity check (max abs error above
-    :func:`parity_tolerance`: :data:`PARITY_TOLERANCE` per imagined step).
+    :func:`parity_tolerance`: :data:`PARITY_TOLERANCE` per imagined step), or if ``out_dir`` is not empty
+    and ``force`` is not set; :class:`~mrcom_core.locks.FolderLocked` if another process exports into
+    ``out_dir``. The new export replaces ``out_dir`` in one step once it is complete and verified; on any
+    failure ``out_dir`` keeps what it held.
     """
-    import onnx
-    import onnxruntime as ort
-
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
-    if horizon < 1:
-        raise ExportError(f"rollout horizon must be >= 1, got {horizon}")
+    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
+        raise ExportError(f"rollout horizon must be an integer >= 1, got {horizon!r}")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out, "mrcom export", beside=True):
+        if out.exists() and not out.is_dir():
+            raise ExportError(f"export folder {out} is a file, not a folder")
+        if has_content(out) and not force:
+            raise ExportError(f"export folder {out} is not empty; pass --force to replace it")
+        _remove_stale_exports(out)
+        with atomic_dir(out) as tmp:
+            manifest = _write_export(model, tmp, tuple(formats), int(horizon), policy, blocks, source, log)
+            read_manifest(tmp, verify=True)  # what gets swapped in is exactly what a reader will accept
+    return manifest
+
+
+def _remove_stale_exports(out: Path) -> None:
+    """Delete the temporary folders a killed export of ``out`` left beside it (the caller holds its lock):
+    ``.tmp-NAME-PID`` (:func:`~mrcom_core.files.atomic_dir`) and ``.tmp-old-PID-NAME`` (its swap fallback)."""
+    if not out.parent.is_dir():
+        return
+    name = re.escape(out.name)
+    stale = re.compile(rf"{re.escape(TMP_PREFIX)}(?:{name}-\d+|old-\d+-{name})")
+    for path in out.parent.iterdir():
+        if stale.fullmatch(path.name):
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+
+
+def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], horizon: int,
+                  policy: G.PolicyActor | None, blocks: bool, source: dict | None,
+                  log: Callable[[str], None]) -> dict:
+    """Write every graph, check it and write ``manifest.json``, all into the (temporary) folder ``out``."""
+    import onnx
+    import onnxruntime as ort
+
     model = model.float().eval().cpu()
     names = [*(G.BLOCK_GRAPHS if blocks else ()), *G.RUNTIME_GRAPHS]
     if policy is not None:
@@ -180,6 +219,6 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
         "source": source or {},
     }
     files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".pt") and p.stem in graphs_meta)
-    manifest["files"] = {name: sha256(out / name) for name in files}
+    manifest["files"] = file_checksums(out, files)
     write_json_atomic(out / MANIFEST, manifest)
     return manifest

@@ -10,11 +10,21 @@ fused ``rollout``), which are :mod:`mrcom_core.steps`'s functions frozen; it com
 latent state and the context's key/value FIFO stay on the execution device between calls (ONNX Runtime
 I/O binding: each call's outputs are bound as the next call's inputs); only observations and rewards come
 back to the host. Noise comes from the runtime's own seeded generator, into preallocated buffers.
+
+Everything a caller hands in is checked before it reaches ONNX Runtime, each failure one
+:class:`~.manifest.ExportError` line naming the argument: the export folder (:func:`~.manifest.read_manifest`:
+schema, file names confined to the folder, every graph covered by a checksum, checksums with ``verify``); a
+graph file ONNX Runtime cannot load; ``providers`` (each must be in ``ort.get_available_providers()``, checked
+before any session exists: no silent fallback to CPU for an explicit request); ``seed``, ``threads``,
+``batch`` and ``horizon`` (integers in range, not bools or floats); prompts, actions (also those a callable
+policy returns) and caller-supplied ``noise`` (known keys, exact shapes, finite values).
+:attr:`Runtime.providers` reports the providers ONNX Runtime actually runs the graphs on.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from numbers import Integral
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +33,32 @@ import onnxruntime as ort
 from .manifest import ExportError, read_manifest
 
 _STATE = ("u", "d", "h")
+_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # outputs bound in CUDA memory
+
+
+def _count(name: str, value, minimum: int = 1) -> int:
+    """``value`` as an int, refused unless it is an integer (numpy integers too; not a bool) >= ``minimum``."""
+    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
+        raise ExportError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def _provider_name(provider) -> str:
+    return provider[0] if isinstance(provider, tuple | list) and provider else provider
+
+
+def check_providers(providers) -> list:
+    """``providers`` (names, or ``(name, options)`` pairs as ONNX Runtime takes them) as a list, refused with
+    one line naming the first that this ONNX Runtime build does not offer."""
+    if isinstance(providers, str) or not isinstance(providers, list | tuple):
+        raise ExportError(f"providers must be a list of ONNX Runtime provider names, got {providers!r}")
+    available = ort.get_available_providers()
+    for provider in providers:
+        name = _provider_name(provider)
+        if not isinstance(name, str) or name not in available:
+            raise ExportError(f"ONNX Runtime provider {name!r} is not available here; available: "
+                              f"{', '.join(available)}")
+    return list(providers)
 
 
 def default_providers() -> list[str]:
@@ -36,21 +72,31 @@ class Runtime:
 
     Args:
         export_dir: a folder written by ``mrcom export`` (with the ONNX format).
-        providers: ONNX Runtime execution providers (default: :func:`default_providers`).
-        seed: seeds the latent noise (and the exported policy's action noise).
-        verify: check every file's SHA-256 against the manifest first.
-        threads: intra-op threads per session (``None``: ONNX Runtime's default).
+        providers: ONNX Runtime execution providers (default: :func:`default_providers`); each must be
+            available in this ONNX Runtime build, and an explicitly requested one must also start (no
+            silent fallback to CPU).
+        seed: seeds the latent noise (and the exported policy's action noise); an integer >= 0.
+        verify: check every file's SHA-256 against the manifest first (file names are confined to the
+            folder and graphs must be covered by a checksum either way).
+        threads: intra-op threads per session (``None`` or 0: ONNX Runtime's default).
+
+    The ``prime`` graph's session is opened here, so :attr:`providers` (and :attr:`device`) report what
+    ONNX Runtime actually runs on from the start; later sessions use the same providers.
     """
 
-    def __init__(self, export_dir: str | Path, *, providers: list[str] | None = None, seed: int = 0,
+    def __init__(self, export_dir: str | Path, *, providers: list[str] | None = None, seed: int | None = 0,
                  verify: bool = True, threads: int | None = None):
         self.root = Path(export_dir)
+        explicit = bool(providers)
+        requested = check_providers(providers) if explicit else default_providers()  # before any session
+        if seed is not None:
+            seed = _count("seed", seed, 0)
+        if threads is not None:
+            threads = _count("threads", threads, 0)
         self.manifest = m = read_manifest(self.root, verify=verify)
         if "onnx" not in m["formats"]:
             raise ExportError(f"export {self.root} has no ONNX graphs (formats {m['formats']}); export with "
                               f"--format onnx or all")
-        self.providers = providers or default_providers()
-        self.device = "cuda" if self.providers[0] == "CUDAExecutionProvider" else "cpu"
         self.threads = threads
         self._options = ort.SessionOptions()
         if threads:
@@ -64,14 +110,30 @@ class Runtime:
         self._state: dict[str, ort.OrtValue] | None = None
         self._buffers: dict[tuple, np.ndarray] = {}
         self.batch = 0
+        self._requested = requested
+        first = self.session("prime")  # the providers ONNX Runtime actually took, before anything runs
+        self.providers: list[str] = first.get_providers()
+        missing = [_provider_name(p) for p in requested if _provider_name(p) not in self.providers]
+        if explicit and missing:
+            raise ExportError(f"ONNX Runtime could not start provider(s) {', '.join(missing)} for {self.root} "
+                              f"(it would run on {', '.join(self.providers)}); check the provider's installation "
+                              f"or pick another")
+        self._requested = [p for p in requested if _provider_name(p) in self.providers]
+        self.device = "cuda" if self.providers[0] in _CUDA_PROVIDERS else "cpu"
 
     # ------------------------------------------------------------------------------------------ plumbing
     def session(self, name: str) -> ort.InferenceSession:
+        """The ONNX Runtime session of graph ``name`` (opened on first use)."""
         if name not in self.manifest["graphs"]:
             raise ExportError(f"export {self.root} has no graph {name!r}")
         if name not in self._sessions:
             path = self.root / self.manifest["graphs"][name]["onnx"]
-            self._sessions[name] = ort.InferenceSession(str(path), self._options, providers=self.providers)
+            try:
+                sess = ort.InferenceSession(str(path), self._options, providers=self._requested)
+            except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, …)
+                first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+                raise ExportError(f"{path} is not a loadable ONNX graph: {first}") from None
+            self._sessions[name] = sess
         return self._sessions[name]
 
     def _run(self, name: str, values: dict[str, ort.OrtValue], arrays: dict[str, np.ndarray]) -> dict:
@@ -102,12 +164,27 @@ class Runtime:
             raise ExportError("call reset(prompt_obs, prompt_act, prompt_rew) before stepping the runtime")
 
     def _check(self, name: str, array, shape: tuple) -> np.ndarray:
-        array = np.asarray(array, dtype=np.float32)
+        try:
+            array = np.asarray(array, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ExportError(f"{name} must be a float array of shape {shape}, got {type(array).__name__}") from None
         if array.shape != shape:
             raise ExportError(f"{name} must have shape {shape}, got {array.shape}")
         if not np.isfinite(array).all():
             raise ExportError(f"{name} contains NaN or inf")
         return array
+
+    def _check_noise(self, noise, shapes: dict[str, tuple]) -> dict[str, np.ndarray]:
+        """Caller-supplied ``noise``: a dict with some of the keys of ``shapes``, each an array of exactly
+        that shape with finite values (keys left out are drawn from the seeded generator)."""
+        if noise is None:
+            return {}
+        if not isinstance(noise, dict):
+            raise ExportError(f"noise must be a dict with keys {', '.join(shapes)}, got {type(noise).__name__}")
+        unknown = [k for k in noise if k not in shapes]
+        if unknown:
+            raise ExportError(f"noise has unknown key(s) {unknown}; expected {', '.join(map(repr, shapes))}")
+        return {k: self._check(f"noise[{k!r}]", v, shapes[k]) for k, v in noise.items()}
 
     # ---------------------------------------------------------------------------------------------- API
     def reset(self, prompt_obs, prompt_act, prompt_rew=None, *, batch: int | None = None,
@@ -119,8 +196,11 @@ class Runtime:
         same without the leading B plus ``batch=B`` to start B rollouts from one prompt. The first m steps
         fill the context FIFO and the posterior observes o_m (``prime``); it then observes every later step
         (``observe``), so the state starts at o_T.
-        ``noise`` (``{"u": (B, T-m+1, u), "h": (B, T-m+1, h)}``) replaces the posterior's seeded noise.
+        ``noise`` (``{"u": (B, T-m+1, u), "h": (B, T-m+1, h)}``, either key or both) replaces the
+        posterior's seeded noise. ``batch`` must be an integer >= 1.
         """
+        if batch is not None:
+            batch = _count("batch", batch)
         obs, act = np.asarray(prompt_obs, dtype=np.float32), np.asarray(prompt_act, dtype=np.float32)
         rew = None if prompt_rew is None else np.asarray(prompt_rew, dtype=np.float32)
         if obs.ndim == 2:
@@ -146,11 +226,10 @@ class Runtime:
         rew = self._check("prompt_rew", rew, (B, T))
 
         lat = self.latent
+        given = self._check_noise(noise, {k: (B, T - m + 1, lat[k]) for k in ("u", "h")})
 
         def posterior_noise(k: int) -> dict[str, np.ndarray]:
-            if noise is not None:
-                return {"noise_u": noise["u"][:, k - m], "noise_h": noise["h"][:, k - m]}
-            return {"noise_u": self._noise("u", B, lat["u"]), "noise_h": self._noise("h", B, lat["h"])}
+            return {f"noise_{x}": given[x][:, k - m] if x in given else self._noise(x, B, lat[x]) for x in ("u", "h")}
 
         out = self._run("prime", {}, {"obs": obs[:, : m + 1], "action": act[:, :m], "reward": rew[:, :m],
                                       **posterior_noise(m)})
@@ -174,12 +253,17 @@ class Runtime:
         """Take ``actions`` ``(B, act_dim)`` in every rollout → ``(next_obs, reward, latent)``.
 
         ``reward[b]`` is the predicted reward of taking ``actions[b]`` in the current state. ``noise``
-        (``{"u": (B, u), "h": (B, h)}``) replaces the seeded latent noise.
+        (``{"u": (B, u), "h": (B, h)}``, either key or both) replaces the seeded latent noise.
         """
         self._require_reset()
         B = self.batch
         actions = self._check("actions", actions, (B, self.act_dim))
-        noise = noise or {"u": self._noise("u", B, self.latent["u"]), "h": self._noise("h", B, self.latent["h"])}
+        lat = self.latent
+        given = self._check_noise(noise, {k: (B, lat[k]) for k in ("u", "h")})
+        return self._step(actions, {k: given[k] if k in given else self._noise(k, B, lat[k]) for k in ("u", "h")})
+
+    def _step(self, actions: np.ndarray, noise: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`step` with checked inputs."""
         out = self._run("step", {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")},
                         {"action": actions, "noise_u": noise["u"], "noise_h": noise["h"]})
         self._state = {**{k: out[f"{k}_next"] for k in _STATE}, "obs": out["obs_next"], "keys": out["keys_next"],
@@ -196,7 +280,8 @@ class Runtime:
         ``(B, obs_dim)`` to actions ``(B, act_dim)``; or ``"exported"`` for the policy exported with the
         model. Array and exported-policy rollouts whose H equals the export's fused horizon run as one
         graph call unless ``fused=False``. ``noise`` (``{"u": (B, H, u), "h": (B, H, h)}``, plus ``"action"``
-        ``(B, H, policy act_dim)`` for the exported policy) replaces the seeded noise.
+        ``(B, H, policy act_dim)`` for the exported policy; any subset of these keys) replaces the seeded
+        noise. ``horizon`` must be an integer >= 1; a callable policy's actions are checked like arrays.
         """
         self._require_reset()
         B = self.batch
@@ -205,23 +290,26 @@ class Runtime:
                 raise ExportError(f"unknown policy {policy_or_actions!r}: pass actions, a callable or 'exported'")
             if not self.has_policy:
                 raise ExportError(f"export {self.root} has no policy; export with --policy")
-        horizon = horizon or (np.asarray(policy_or_actions).shape[1] if isinstance(policy_or_actions, np.ndarray)
-                              else self.horizon)
-        if horizon < 1:
-            raise ExportError(f"horizon must be >= 1, got {horizon}")
+        if horizon is None:
+            given_actions = isinstance(policy_or_actions, np.ndarray) and policy_or_actions.ndim >= 2
+            horizon = policy_or_actions.shape[1] if given_actions else self.horizon
+        horizon = _count("horizon", horizon)
         can_fuse = horizon == self.horizon and not callable(policy_or_actions)
         if fused and not can_fuse:
             raise ExportError(f"a fused rollout needs horizon={self.horizon} (the exported one) and actions or the "
                               f"exported policy, got horizon={horizon}")
         use_fused = can_fuse if fused is None else fused
         lat = self.latent
-        noise = dict(noise or {})
-        noise.setdefault("u", self._noise("u", B, horizon, lat["u"]))
-        noise.setdefault("h", self._noise("h", B, horizon, lat["h"]))
+        shapes = {k: (B, horizon, lat[k]) for k in ("u", "h")}
+        if isinstance(policy_or_actions, str):
+            shapes["action"] = (B, horizon, self.manifest["policy"]["act_dim"])
+        noise = self._check_noise(noise, shapes)
+        for key, shape in shapes.items():
+            if key not in noise:
+                noise[key] = self._noise(key, *shape)
         state_in = {k: self._state[k] for k in (*_STATE, "obs", "keys", "values")}
         if isinstance(policy_or_actions, str):
-            pol = self.manifest["policy"]
-            noise_a = noise["action"] if "action" in noise else self._noise("action", B, horizon, pol["act_dim"])
+            noise_a = noise["action"]
             if use_fused:
                 out = self._run("policy_rollout", state_in, {"noise_action": noise_a, "noise_u": noise["u"],
                                                              "noise_h": noise["h"]})
@@ -234,7 +322,7 @@ class Runtime:
 
             return self._loop(exported_policy, horizon, noise)
         if callable(policy_or_actions):
-            return self._loop(policy_or_actions, horizon, noise)
+            return self._loop(policy_or_actions, horizon, noise, check=True)
         actions = self._check("actions", policy_or_actions, (B, horizon, self.act_dim))
         if use_fused:
             out = self._run("rollout", state_in, {"actions": actions, "noise_u": noise["u"], "noise_h": noise["h"]})
@@ -251,12 +339,15 @@ class Runtime:
                 "latent": self.latent_state}
 
     def _loop(self, policy: Callable[[np.ndarray], np.ndarray], horizon: int,
-              noise: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+              noise: dict[str, np.ndarray], check: bool = False) -> dict[str, np.ndarray]:
+        """Step ``horizon`` times with ``policy``'s actions (checked when ``check``: a caller's callable)."""
         obs = self._state["obs"].numpy()
         observations, rewards, actions = [], [], []
         for t in range(horizon):
-            a = np.asarray(policy(obs), dtype=np.float32)
-            obs, reward, _ = self.step(a, {"u": noise["u"][:, t], "h": noise["h"][:, t]})
+            a = policy(obs)
+            if check:
+                a = self._check(f"the actions the policy returned at step {t}", a, (self.batch, self.act_dim))
+            obs, reward, _ = self._step(np.asarray(a, dtype=np.float32), {"u": noise["u"][:, t], "h": noise["h"][:, t]})
             observations.append(obs)
             rewards.append(reward)
             actions.append(a)

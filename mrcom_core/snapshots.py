@@ -21,8 +21,18 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserInputError
-from .files import (TMP_PREFIX, atomic_dir, file_checksums, inside, read_json, read_versioned_json,
-                    remove_stale_temporaries, sha256, verify_checksums, write_json_atomic)
+from .files import (
+    TMP_PREFIX,
+    atomic_dir,
+    file_checksums,
+    inside,
+    read_json,
+    read_versioned_json,
+    remove_stale_temporaries,
+    sha256,
+    verify_checksums,
+    write_json_atomic,
+)
 
 LATEST = "latest.json"
 STATE = "state.json"

@@ -8,7 +8,15 @@ import warnings
 
 import click
 
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import Interrupted, UserInputError
+
+# What a Ctrl-C keeps, per resumable command (train and collect say it themselves, with what they kept).
+_RESUME_HINTS = {
+    "adapt": "the last checkpoint is kept; continue with the same command plus --resume",
+    "reproduce": "finished stages and cells are kept; run the same command again to continue",
+}
+# OS errors a user can fix (a full disk, a read-only or foreign folder): one line, exit 2, no traceback.
+_USER_OS_ERRORS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "EFBIG"}
 
 
 def _quiet_third_party() -> None:
@@ -122,8 +130,12 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
 @click.option("--no-blocks", is_flag=True,
               help="Only the graphs the runtime runs (prime, observe, step, rollout): leave out the building blocks "
                    "(context_full, context_step, imagine, reward) that hand-written loops use.")
-def export_cmd(run, out, fmt, horizon, policy, no_blocks):
-    """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json."""
+@click.option("--force", is_flag=True, help="Replace a non-empty export folder.")
+def export_cmd(run, out, fmt, horizon, policy, no_blocks, force):
+    """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json.
+
+    The new export replaces OUT in one step once it is complete and verified (a failed or killed export
+    leaves OUT as it was); a second export into the same OUT stops with an error while the first runs."""
     from mrcom_export.exporter import FORMATS, export_model
     from mrcom_export.graphs import PolicyActor
 
@@ -144,7 +156,7 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks):
     click.echo(f"exporting {run} (step {state['step']}) as {', '.join(formats)} into {out}")
     source = {"run": str(run), "step": state["step"], "data": state["data"]["path"], "policy": policy}
     export_model(model, out, formats=formats, horizon=horizon, policy=actor, blocks=not no_blocks, source=source,
-                 log=click.echo)
+                 force=force, log=click.echo)
     click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")
 
 
@@ -156,7 +168,8 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks):
 @click.option("--horizon", "-H", type=int, default=15, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--bench", is_flag=True, help="Also time per-step and fused rollouts (samples × steps / s).")
-@click.option("--provider", default=None, help="ONNX Runtime provider, e.g. CPUExecutionProvider.")
+@click.option("--provider", default=None,
+              help="ONNX Runtime provider, e.g. CPUExecutionProvider (must be available in this ONNX Runtime).")
 @click.option("--mean-latents", is_flag=True, help="Predict with the latents' means instead of sampling them.")
 def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latents):
     """Imagine B rollouts from dataset prompts with the real actions; print the error vs the real data."""
@@ -178,7 +191,9 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latent
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds the target scenario and the agent.")
 @click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
               help="Any other AdaptConfig field, e.g. --set real_ratio=0.2 --set horizon_end=10.")
-@click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Run folder: config.json, metrics.csv, tb/, checkpoints/, and when done result.json and "
+                   "agent.pt (the final agent, for `mrcom export --policy`).")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True)
 def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, resume,
@@ -191,10 +206,11 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
     config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
                          episode_length=episode_length, use_model=not model_free)
     config = apply_overrides(config, parse_assignments(sets), "adapt")
-    result = Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
-                     log=click.echo).run()
+    with Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
+                 log=click.echo) as adapter:
+        result = adapter.run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
-               f"({result['imagined']} imagined transitions); run folder {out}")
+               f"({result['imagined']} imagined transitions); run folder {out} (final agent: {out}/agent.pt)")
 
 
 @cli.command()
@@ -239,7 +255,7 @@ def splits(name, sample, range_, seed):
 @cli.command()
 @click.argument("path", type=click.Path())
 def info(path):
-    """Summarize the dataset at PATH."""
+    """Summarize the dataset at PATH after checking it (manifest, episode files and their checksums)."""
     _print_dataset(path)
 
 
@@ -256,11 +272,11 @@ def models():
 def _print_dataset(path) -> None:
     from .datasets.dataset import Dataset
 
-    ds = Dataset(path)
+    ds = Dataset(path)  # checks the manifest, the episode folders and every file's header and checksum
     m = ds.manifest
     click.echo(f"dataset {ds.root}: {len(ds.scenarios)} scenarios, {len(ds)} episodes, {ds.num_steps} steps; "
-               f"obs_dim {ds.obs_dim}, act_dim {ds.act_dim}; split {m['split']}/{m['range']}, "
-               f"policy {m['policy']}")
+               f"obs_dim {ds.obs_dim}, act_dim {ds.act_dim}; split {m.get('split', '?')}/{m.get('range', '?')}, "
+               f"policy {m.get('policy', '?')}; {3 * len(ds)} files verified")
     for domain in dict.fromkeys(s.domain for s in ds.scenarios):
         rets = [e.ret for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
         n = sum(1 for s in ds.scenarios if s.domain == domain)
@@ -268,21 +284,42 @@ def _print_dataset(path) -> None:
                    f"return mean {sum(rets) / len(rets):.1f} (min {min(rets):.1f}, max {max(rets):.1f})")
 
 
+def _os_error(e: OSError) -> str | None:
+    """One line for an OS error the user can fix, else None (a bug: let the traceback show)."""
+    import errno
+
+    if errno.errorcode.get(e.errno) not in _USER_OS_ERRORS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write or read{where}: {e.strerror}"
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input."""
+    """Entry point of the ``mrcom`` script: one-line errors with exit code 2 for bad input (including a full
+    disk or a read-only folder), 1 for a diverged training run and 130 for Ctrl-C (saying what was kept)."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    command = next((a for a in args if not a.startswith("-")), "")
     try:
-        cli.main(args=argv, prog_name="mrcom", standalone_mode=False)
+        cli.main(args=args, prog_name="mrcom", standalone_mode=False)
     except UserInputError as e:
         click.echo(f"mrcom: error: {e}", err=True)
         sys.exit(2)
     except click.ClickException as e:
         click.echo(f"mrcom: error: {e.format_message()}", err=True)
         sys.exit(2)
-    except click.exceptions.Abort:
-        click.echo("mrcom: aborted", err=True)
+    except Interrupted as e:
+        click.echo(f"mrcom: interrupted: {e}", err=True)
         sys.exit(130)
-    except KeyboardInterrupt:
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        hint = _RESUME_HINTS.get(command)
+        click.echo(f"mrcom: interrupted{': ' + hint if hint else ''}", err=True)
         sys.exit(130)
+    except OSError as e:
+        message = _os_error(e)
+        if message is None:
+            raise
+        click.echo(f"mrcom: error: {message}", err=True)
+        sys.exit(2)
     except RuntimeError as e:
         from .training.trainer import TrainingDiverged
 

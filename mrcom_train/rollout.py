@@ -30,13 +30,17 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
     """Imagine ``batch`` rollouts of ``horizon`` steps through the export's runtime from prompts of dataset
     ``data`` (default: the one the model trained on) with the real actions; returns the open-loop error
     (and with ``bench`` the throughput). The latents are sampled with seeded noise, or set to their means
-    with ``mean_latents`` (a deterministic prediction)."""
-    if batch < 1:
-        raise UserInputError(f"--batch must be >= 1, got {batch}")
-    if horizon < 1:
-        raise UserInputError(f"--horizon must be >= 1, got {horizon}")
+    with ``mean_latents`` (a deterministic prediction).
+
+    ``batch``, ``horizon`` (>= 1) and ``seed`` (>= 0) are checked before anything is opened; ``provider``
+    must be one this ONNX Runtime offers (one :class:`ExportError` line otherwise), and the log names the
+    providers the runtime actually ran on."""
+    for flag, value, minimum in (("--batch", batch, 1), ("--horizon", horizon, 1), ("--seed", seed, 0)):
+        if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+            raise UserInputError(f"{flag} must be >= {minimum}, got {value!r}")
     rt = Runtime(export_dir, seed=seed, providers=[provider] if provider else None)
-    data = data or rt.manifest["source"].get("data")
+    source = rt.manifest.get("source")
+    data = data or (source.get("data") if isinstance(source, dict) else None)
     if not data:
         raise UserInputError("--data is needed: the export does not say which dataset its model trained on")
     ds = Dataset(data)
@@ -55,7 +59,7 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
     per_row = open_loop_error((out["obs"] - mean) / std, (real["obs"][:, 1:] - mean) / std, real["obs_mask"])
     domains = [ds.scenarios[s].domain for s in real["scenario"]]
     summary = by_domain(per_row, domains)
-    log(f"{batch} rollouts × {horizon} steps from {data} prompts ({rt.providers[0]}, "
+    log(f"{batch} rollouts × {horizon} steps from {data} prompts (on {', '.join(rt.providers)}, "
         f"{'mean' if mean_latents else 'sampled'} latents): open-loop error {summary[KEY]:.4f}; "
         f"predicted reward/step {out['reward'].mean():.3f} vs real {real['reward'].mean():.3f}")
     for domain in dict.fromkeys(domains):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import mrcom_train.datasets.collect as collect_mod
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_train.cli import main
 from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.datasets.dataset import Dataset
@@ -98,7 +98,7 @@ def test_sac_collection_records_its_replay_and_resumes_mid_scenario(tmp_path, mo
         return real_write(*a, **k)
 
     monkeypatch.setattr(collect_mod, "write_episode", write_then_die)
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted):
         collect(cfg, tmp_path / "resumed", **quiet)
     assert (tmp_path / "resumed" / "sac" / "s0000.pt").exists()
     assert not (tmp_path / "resumed" / "episodes" / "s0000" / "e00002").exists()
@@ -129,7 +129,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     (["collect", "--domains", "hopper,ant", "--out", "{tmp}/a"], "unknown domain 'ant'"),
     (["collect", "--alpha", "-5", "--out", "{tmp}/a"], "alpha must be in [0, 100)"),
     (["collect", "--beta", "150", "--out", "{tmp}/a"], "beta must be in [0, 100]"),
-    (["collect", "--workers", "0", "--out", "{tmp}/a"], "workers must be >= 1"),
+    (["collect", "--workers", "0", "--out", "{tmp}/a"], "workers must be an integer >= 1"),
     (["collect", "--policy", "ppo", "--out", "{tmp}/a"], "unknown policy 'ppo'"),
     (["collect", "--obs-fn", "blur", "--out", "{tmp}/a"], "unknown observation function 'blur'"),
     (["collect", "--out", "{tmp}/full"], "is not empty; pass --resume"),

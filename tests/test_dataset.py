@@ -62,8 +62,12 @@ def test_write_read_round_trip_memory_mapped(tiny_dataset):
     assert ds.action_masks[0].tolist() == [1, 1, 1, 1, 0, 0]
     assert [s.domain for s in ds.scenarios] == ["hopper", "walker", "cheetah"]
     assert ds.manifest["split"] == "test" and ds.manifest["num_steps"] == ds.num_steps
-    reopened = DatasetWriter(tiny_dataset, SPECS, UnifiedSpace.of(SPECS), {}, episodes_per_scenario=2)
-    assert reopened.records[(2, 1)]["length"] == 30 and (2, 2) not in reopened.records  # disk is the truth
+    (tiny_dataset / MANIFEST).unlink()
+    reopened = DatasetWriter(tiny_dataset, SPECS, UnifiedSpace.of(SPECS), {}, episodes_per_scenario=3)
+    assert reopened.records[(2, 2)]["length"] == 30 and len(reopened.records) == 6  # disk is the truth
+    assert reopened.records[(1, 0)]["files"] == ds.manifest["episodes"][2]["files"]  # recomputed from the files
+    with pytest.raises(UserInputError, match="e00002 is not part of this collection"):
+        DatasetWriter(tiny_dataset, SPECS, UnifiedSpace.of(SPECS), {}, episodes_per_scenario=2)
 
 
 def test_write_is_atomic_and_leftovers_are_cleaned(tmp_path):

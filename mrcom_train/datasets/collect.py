@@ -10,13 +10,19 @@ Each scenario of the split's range is one unit of work, run by one worker proces
 Every finished episode is written atomically (see :mod:`.dataset`). A SAC unit also saves its agent,
 random state and progress after each episode, so a killed collection resumes mid-scenario: the replay
 buffer is rebuilt from the episodes on disk. Only the parent process writes the manifest (through its
-:class:`~.dataset.DatasetWriter`).
+:class:`~.dataset.DatasetWriter`, which records each episode's checksums) and holds the output folder's lock
+for the whole collection.
+
+Before anything starts the config is checked (every field, the memory one worker needs at least); a resumed
+collection checks the episodes already there against its manifest and stops at a damaged one, leaving it in
+place. A fresh collection that fails before its first episode is finished leaves no folder behind.
 """
 
 from __future__ import annotations
 
 import multiprocessing as mp
 import queue as queue_lib
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
@@ -24,12 +30,15 @@ from pathlib import Path
 
 import numpy as np
 
-from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_path
+from mrcom_core.config import check_int
+from mrcom_core.errors import Interrupted, UserInputError
+from mrcom_core.files import LOCK_NAME, TMP_PREFIX, atomic_path, has_content, require_fields
+from mrcom_core.locks import folder_lock
+from mrcom_core.resources import require_memory
 
 from ..scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, override_range, sample_scenarios
 from ..workers import WorkerPool
-from .dataset import DatasetWriter, read_episode, read_manifest, remove_episode, write_episode
+from .dataset import EPISODES, MANIFEST, DatasetWriter, read_episode, read_manifest, remove_episode, write_episode
 
 POLICIES = ("random", "sac")
 
@@ -73,10 +82,9 @@ class CollectConfig:
             raise UserInputError(f"policy: unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         for name in ("scenarios_per_domain", "episodes_per_scenario", "episode_length", "workers",
                      "sac_hidden_dim", "sac_batch_size", "sac_update_every"):
-            if getattr(self, name) < 1:
-                raise UserInputError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.sac_learning_starts < 0:
-            raise UserInputError(f"sac_learning_starts must be >= 0, got {self.sac_learning_starts}")
+            check_int(name, getattr(self, name), 1)
+        check_int("sac_learning_starts", self.sac_learning_starts, 0)
+        check_int("seed", self.seed, 0)
         self.scenario_range()  # validates split, range, alpha, beta and obs_fn
 
     def scenario_range(self):
@@ -146,8 +154,26 @@ def run_unit(unit: Unit, report: Callable[[int, int, int, float], None]) -> None
         _run_sac_unit(unit, spec, env, report)
 
 
-def _sac_state_path(root: str, scenario: int) -> Path:
+def _sac_state_path(root: str | Path, scenario: int) -> Path:
     return Path(root) / "sac" / f"s{scenario:04d}.pt"
+
+
+def _sac_resume_state(root: str | Path, scenario: int, done) -> dict | None:
+    """The saved SAC state to continue ``scenario`` from, when it matches the finished episodes ``done``
+    (0 … n-1, all of them); None when the scenario has to start from scratch."""
+    import torch
+
+    done = sorted(done)
+    path = _sac_state_path(root, scenario)
+    if not done or not path.exists() or done != list(range(len(done))):
+        return None
+    try:
+        state = torch.load(path, weights_only=True)
+        episodes_done = int(state["episodes_done"])
+    except Exception as e:  # noqa: BLE001 -- any unreadable state file gets the same one-line answer
+        raise UserInputError(f"SAC state {path} cannot be read ({' '.join(str(e).split())[:200]}); delete it to "
+                             f"collect scenario {scenario} again from scratch") from None
+    return state if episodes_done == len(done) else None
 
 
 def _run_sac_unit(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> None:
@@ -175,18 +201,18 @@ def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
     state_path = _sac_state_path(unit.root, unit.scenario)
     start, env_steps = 0, 0
     done = sorted(unit.done)
-    if state_path.exists() and done == list(range(len(done))):
-        state = torch.load(state_path, weights_only=True)
-        if state["episodes_done"] == len(done):
-            agent.load_state_dict(state["agent"])
-            rng.bit_generator.state = state["rng"]
-            start, env_steps = state["episodes_done"], state["env_steps"]
-            for ep in range(start):  # rebuild the replay from the episodes on disk
-                data = read_episode(unit.root, unit.scenario, ep)
-                o = data["obs"][:, : spec.obs_dim]
-                buffer.add_batch(o[:-1], data["action"][:, : spec.act_dim], data["reward"], o[1:],
-                                 np.zeros(len(data["reward"])))
-    if start == 0:  # no usable state: (re)start the scenario from scratch
+    state = _sac_resume_state(unit.root, unit.scenario, done)
+    if state is not None:
+        agent.load_state_dict(state["agent"])
+        rng.bit_generator.state = state["rng"]
+        start, env_steps = state["episodes_done"], state["env_steps"]
+        for ep in range(start):  # rebuild the replay from the episodes on disk
+            data = read_episode(unit.root, unit.scenario, ep, length=T, obs_dim=unit.space[0],
+                                act_dim=unit.space[1])
+            o = data["obs"][:, : spec.obs_dim]
+            buffer.add_batch(o[:-1], data["action"][:, : spec.act_dim], data["reward"], o[1:],
+                             np.zeros(len(data["reward"])))
+    if start == 0:  # no usable state: (re)start the scenario from scratch (the driver already did, see collect)
         for ep in done:
             remove_episode(unit.root, unit.scenario, ep)
 
@@ -249,7 +275,9 @@ def _run_pool(units: list[Unit], workers: int, policy: str, report) -> None:
 
 # ---------------------------------------------------------------------------------------------- driver
 def _check_resumable(out: Path, config: CollectConfig) -> None:
-    before = read_manifest(out).get("collect_config", {})
+    manifest = read_manifest(out)
+    require_fields(manifest, {"collect_config": dict}, str(out / MANIFEST))
+    before = manifest["collect_config"]
     now = config.to_dict()
     for f in fields(CollectConfig):
         if f.compare and before.get(f.name) != now[f.name]:
@@ -257,29 +285,98 @@ def _check_resumable(out: Path, config: CollectConfig) -> None:
                                  f"now {now[f.name]!r}")
 
 
+def required_memory(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace) -> int:
+    """A lower bound of the bytes one worker needs: one episode's float32 arrays (padded to the unified
+    dims) plus the random policy's planned actions (float64), or the SAC replay buffer of a whole scenario."""
+    T, K = config.episode_length, config.episodes_per_scenario
+    need = ((T + 1) * space.obs_dim + T * space.act_dim + T) * 4
+    if config.policy == "sac":
+        obs_dim, act_dim = max(s.obs_dim for s in specs), max(s.act_dim for s in specs)
+        return need + K * T * (2 * obs_dim + act_dim + 2) * 4
+    return need + T * max(s.act_dim for s in specs) * 8
+
+
+def _check_memory(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace) -> None:
+    T, K = config.episode_length, config.episodes_per_scenario
+    if config.policy == "sac":
+        what = f"collecting episodes of {T} steps with a SAC replay of {K * T} transitions"
+        fix = "lower --episode-length or --episodes-per-scenario"
+    else:
+        what, fix = f"collecting episodes of {T} steps", "lower --episode-length"
+    require_memory(required_memory(config, specs, space), what, fix)
+
+
+def _finished_episodes(out: Path) -> int:
+    """How many finished episode folders ``out`` holds (leftovers of unfinished ones not counted)."""
+    return sum(1 for p in (out / EPISODES).glob("s*/e*")
+               if not p.name.startswith(TMP_PREFIX) and not p.parent.name.startswith(TMP_PREFIX))
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Undo a collection that finished no episode: remove ``out`` if this call created it, else empty it
+    (keeping the lock file, which is held)."""
+    if created:
+        shutil.rmtree(out, ignore_errors=True)
+        return
+    for path in out.iterdir():
+        if path.name != LOCK_NAME:
+            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+
+
 def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
             log: Callable[[str], None] = print) -> Path:
     """Collect the dataset described by ``config`` into ``out``; returns the folder.
 
-    ``resume=True`` continues a killed or finished collection in ``out`` (same config, any worker count).
+    ``resume=True`` continues a killed or finished collection in ``out`` (same config, any worker count);
+    the episodes already there are checked first (:meth:`DatasetWriter.scan`) and a damaged one stops the
+    collection, untouched. The folder is locked for the whole call (:func:`mrcom_core.locks.folder_lock`).
+    A collection that fails before finishing its first episode leaves ``out`` as it found it (removed if
+    this call created it); one that fails later keeps its finished episodes for ``--resume``.
     """
-    from tqdm import tqdm
-
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserInputError(f"output {out} exists and is not a folder")
-    if out.exists() and any(out.iterdir()) and not resume:
-        raise UserInputError(f"output folder {out} is not empty; pass --resume to continue the collection "
-                             f"there, or choose another folder")
-    if resume and out.exists() and any(out.iterdir()):
-        _check_resumable(out, config)
-
     specs = config.scenarios()
     space = UnifiedSpace.of(specs)
+    _check_memory(config, specs, space)
+    created = not out.exists()
+    with folder_lock(out, "mrcom collect"):
+        fresh = not has_content(out)
+        if not fresh and not resume:
+            raise UserInputError(f"output folder {out} is not empty; pass --resume to continue the collection "
+                                 f"there, or choose another folder")
+        try:
+            _collect_locked(config, out, specs, space, fresh, progress, log)
+        except BaseException as e:
+            if not fresh or _finished_episodes(out):
+                raise
+            _discard(out, created)
+            if isinstance(e, KeyboardInterrupt):
+                raise Interrupted(f"no episode had finished, so {out} was {'removed' if created else 'emptied'}; "
+                                  f"run the same command again") from None
+            raise
+    return out
+
+
+def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec], space: UnifiedSpace, fresh: bool,
+                    progress: bool, log: Callable[[str], None]) -> None:
+    from tqdm import tqdm
+
+    if not fresh:
+        _check_resumable(out, config)
     K = config.episodes_per_scenario
     meta = dict(split=config.split, range=config.range, policy=config.policy,
                 scenario_range=asdict(config.scenario_range()), collect_config=config.to_dict())
-    writer = DatasetWriter(out, specs, space, meta, episodes_per_scenario=K)
+    writer = DatasetWriter(out, specs, space, meta, episodes_per_scenario=K)  # checks what is already there
+    if config.policy == "sac":
+        # A SAC scenario without a matching saved state starts from scratch: drop its episodes here, before any
+        # worker rewrites them, so the manifest never records checksums of episodes about to change.
+        for sid in range(len(specs)):
+            done = writer.episodes_of(sid)
+            if done and _sac_resume_state(out, sid, done) is None:
+                for ep in done:
+                    remove_episode(out, sid, ep)
+                writer.forget_scenario(sid)
     writer.save()
 
     units = [Unit(str(out), sid, spec.to_dict(), (space.obs_dim, space.act_dim), config.to_dict(),
@@ -311,16 +408,27 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
                 run_unit(unit, report)
         else:
             _run_pool(units, config.workers, config.policy, report)
-    except KeyboardInterrupt:
-        bar.close()
         writer.save()
-        log(f"interrupted: {len(writer.records)}/{total} episodes are safe in {out}; continue with --resume")
+        writer.scan()  # the folders on disk are the source of truth
+        missing = total - len(writer.records)
+        if missing:
+            raise RuntimeError(f"collection finished with {missing} episode(s) missing in {out}")
+        writer.finalize()
+    except BaseException as e:
+        bar.close()
+        kept = _finished_episodes(out)
+        if kept == 0 and fresh:
+            raise  # collect() discards the folder
+        try:
+            writer.save()
+        except Exception:  # noqa: BLE001 -- the original error matters more than a failed progress save
+            pass
+        if isinstance(e, KeyboardInterrupt):
+            raise Interrupted(f"{kept}/{total} finished episodes are safe in {out}; continue with the same command "
+                              f"plus --resume") from None
+        note = f"{kept}/{total} finished episodes are kept in {out}; continue with --resume"
+        if isinstance(e, UserInputError):
+            raise UserInputError(f"{e} ({note} once fixed)") from e
+        log(f"collection failed: {note} once the cause is fixed")
         raise
     bar.close()
-
-    writer.scan()  # the folders on disk are the source of truth
-    missing = total - len(writer.records)
-    if missing:
-        raise RuntimeError(f"collection finished with {missing} episode(s) missing in {out}")
-    writer.finalize()
-    return out

@@ -13,10 +13,19 @@ Layout::
 Arrays are opened memory-mapped, so a dataset larger than memory trains fine. The manifest is only ever
 written by one process (the writer's), atomically; the episode folders on disk are the source of truth
 when a collection resumes. A dataset is usable once its manifest says ``complete`` (:meth:`finalize`).
+
+Integrity (format version 2): each episode record of the manifest carries the SHA-256 of its three files
+(``files``). :class:`Dataset` checks the manifest's fields, that ``episodes/`` holds nothing but episode
+folders the manifest lists, and every file's ``.npy`` header (float32, the recorded shape, the exact size)
+and checksum before anything reads the data; :func:`read_episode` never unpickles. A damaged, truncated or
+replaced file is a :class:`~mrcom_core.errors.UserInputError` naming it, in one line. A resumed collection
+compares the files on disk with the checksums its manifest recorded and stops at a changed one instead of
+building on it.
 """
 
 from __future__ import annotations
 
+import math
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -25,19 +34,81 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_dir, read_versioned_json, remove_stale_temporaries, write_json_atomic
+from mrcom_core.files import (
+    TMP_PREFIX,
+    atomic_dir,
+    file_checksums,
+    read_versioned_json,
+    remove_stale_temporaries,
+    require_fields,
+    verify_checksums,
+    write_json_atomic,
+)
 
 from .. import __version__
 from ..scenarios import ScenarioSpec, UnifiedSpace
 
 FORMAT = "mrcom-dataset"
-VERSION = 1
+VERSION = 2  # 2: per-episode SHA-256 checksums (``files``) in the manifest
 MANIFEST = "manifest.json"
+EPISODES = "episodes"
 FIELDS = ("obs", "action", "reward")
+FILES = tuple(f"{name}.npy" for name in FIELDS)
+REDO = "collect the data again"
+DTYPE = np.dtype("<f4")
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _episode_dir(root: Path | str, scenario: int, episode: int) -> Path:
-    return Path(root) / "episodes" / f"s{scenario:04d}" / f"e{episode:05d}"
+    return Path(root) / EPISODES / f"s{scenario:04d}" / f"e{episode:05d}"
+
+
+def _index(name: str, prefix: str, width: int) -> int | None:
+    """The number in a folder name ``sNNNN`` / ``eNNNNN`` (exactly as :func:`_episode_dir` spells it), or None."""
+    digits = name[len(prefix):]
+    if not name.startswith(prefix) or not digits.isascii() or not digits.isdigit():
+        return None
+    value = int(digits)
+    return value if f"{prefix}{value:0{width}d}" == name else None
+
+
+def _stray(path: Path) -> UserInputError:
+    return UserInputError(f"{path} does not belong to the dataset ({EPISODES}/ holds only sNNNN/eNNNNN episode "
+                          f"folders of {', '.join(FILES)}); move it out of the dataset folder")
+
+
+def episode_folders(root: Path | str) -> list[tuple[int, int]]:
+    """The ``(scenario, episode)`` pairs of the episode folders under ``root/episodes``, sorted.
+
+    Anything else there (a stray file or folder, an episode folder holding other files) is a
+    :class:`UserInputError` naming it; ``.tmp-`` leftovers of a killed writer are skipped (the writer removes
+    them)."""
+    base = Path(root) / EPISODES
+    if not base.exists():
+        return []
+    if not base.is_dir():
+        raise _stray(base)
+    found = []
+    for scenario_dir in sorted(base.iterdir()):
+        if scenario_dir.name.startswith(TMP_PREFIX):
+            continue
+        sid = _index(scenario_dir.name, "s", 4)
+        if sid is None or not scenario_dir.is_dir():
+            raise _stray(scenario_dir)
+        for episode_dir in sorted(scenario_dir.iterdir()):
+            if episode_dir.name.startswith(TMP_PREFIX):
+                continue
+            ep = _index(episode_dir.name, "e", 5)
+            if ep is None or not episode_dir.is_dir():
+                raise _stray(episode_dir)
+            extra = sorted(p.name for p in episode_dir.iterdir() if p.name not in FILES)
+            if extra:
+                raise _stray(episode_dir / extra[0])
+            found.append((sid, ep))
+    return found
 
 
 def write_episode(root: Path | str, scenario: int, episode: int, obs: np.ndarray, action: np.ndarray,
@@ -53,12 +124,81 @@ def write_episode(root: Path | str, scenario: int, episode: int, obs: np.ndarray
             np.save(tmp / f"{name}.npy", value)
 
 
-def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = False) -> dict[str, np.ndarray]:
-    """One episode's ``obs``, ``action``, ``reward`` arrays (memory-mapped, read-only with ``mmap``)."""
+def _npy_shape(path: Path, redo: str = REDO) -> tuple[int, ...]:
+    """The shape of the float32 ``.npy`` array in ``path``, read from its header (no data is read); a
+    missing file, another format, another dtype (Python objects included) or a size that does not match
+    the header (truncated, or with trailing bytes) is a :class:`UserInputError` naming the file (``redo``:
+    how to get an intact one)."""
+    fmt = np.lib.format
+    try:
+        with open(path, "rb") as f:
+            version = fmt.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = fmt.read_array_header_1_0(f)
+            elif version == (2, 0):
+                shape, _, dtype = fmt.read_array_header_2_0(f)
+            else:
+                raise ValueError(f".npy format version {version} is not one mrcom writes")
+            offset = f.tell()
+    except FileNotFoundError:
+        raise UserInputError(f"{path} is missing ({redo})") from None
+    except IsADirectoryError:
+        raise UserInputError(f"{path} is a folder, not an array file ({redo})") from None
+    except (OSError, ValueError, SyntaxError, TypeError, EOFError) as e:
+        raise UserInputError(f"{path} is not a readable .npy array ({_one_line(e)}; {redo})") from None
+    if dtype.hasobject:
+        raise UserInputError(f"{path} holds Python objects (dtype {dtype}), which mrcom never loads ({redo})")
+    if dtype != DTYPE:
+        raise UserInputError(f"{path} holds {dtype} data, expected float32 ({redo})")
+    expected, size = offset + math.prod(shape) * DTYPE.itemsize, path.stat().st_size
+    if size < expected:
+        raise UserInputError(f"{path} is truncated: {size} bytes, its header promises {expected} ({redo})")
+    if size > expected:
+        raise UserInputError(f"{path} has {size - expected} bytes after its array data ({redo})")
+    return tuple(shape)
+
+
+def check_episode_files(folder: Path | str, length: int | None = None, obs_dim: int | None = None,
+                        act_dim: int | None = None, redo: str = REDO) -> int:
+    """Check an episode folder's three array files by their headers: float32, obs ``(T+1, obs_dim)``,
+    action ``(T, act_dim)``, reward ``(T,)`` with ``T = length`` where given; returns ``T``. A mismatch is a
+    :class:`UserInputError` naming the file (``redo``: how to get an intact one)."""
+    folder = Path(folder)
+    shapes = {name: _npy_shape(folder / f"{name}.npy", redo) for name in FIELDS}
+    ndims = {"obs": 2, "action": 2, "reward": 1}
+    for name, shape in shapes.items():
+        if len(shape) != ndims[name]:
+            raise UserInputError(f"{folder / (name + '.npy')} has shape {shape}, expected a {ndims[name]}-d array "
+                                 f"({redo})")
+    T = shapes["reward"][0] if length is None else length
+    expected = {"obs": (T + 1, obs_dim if obs_dim is not None else shapes["obs"][1]),
+                "action": (T, act_dim if act_dim is not None else shapes["action"][1]), "reward": (T,)}
+    for name in ("reward", "action", "obs"):
+        if shapes[name] != expected[name]:
+            where = f"the manifest records {length} steps" if length is not None else \
+                f"reward.npy has {T} steps"
+            raise UserInputError(f"{folder / (name + '.npy')} has shape {shapes[name]}, expected {expected[name]} "
+                                 f"({where}; obs_dim {expected['obs'][1]}, act_dim {expected['action'][1]}; {redo})")
+    return T
+
+
+def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = False, *, length: int | None = None,
+                 obs_dim: int | None = None, act_dim: int | None = None) -> dict[str, np.ndarray]:
+    """One episode's ``obs``, ``action``, ``reward`` arrays (memory-mapped, read-only with ``mmap``).
+
+    The files' headers are checked first (:func:`check_episode_files`, against ``length`` and the dims
+    where given) and nothing is unpickled: a damaged file is a :class:`UserInputError` naming it."""
     path = _episode_dir(root, scenario, episode)
     if not path.is_dir():
         raise UserInputError(f"dataset {root} has no episode {path.name} of scenario {scenario} on disk")
-    return {name: np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None) for name in FIELDS}
+    check_episode_files(path, length, obs_dim, act_dim)
+    arrays = {}
+    for name in FIELDS:
+        try:
+            arrays[name] = np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError) as e:
+            raise UserInputError(f"{path / (name + '.npy')} cannot be read ({_one_line(e)}; {REDO})") from None
+    return arrays
 
 
 def remove_episode(root: Path | str, scenario: int, episode: int) -> None:
@@ -68,25 +208,56 @@ def remove_episode(root: Path | str, scenario: int, episode: int) -> None:
 
 def read_manifest(root: Path | str) -> dict:
     """``root/manifest.json``, checked to be a dataset manifest of this version (complete or not)."""
-    return read_versioned_json(Path(root) / MANIFEST, FORMAT, VERSION, "dataset", "collect the data again")
+    return read_versioned_json(Path(root) / MANIFEST, FORMAT, VERSION, "dataset", REDO)
 
 
 def is_complete(root: Path | str) -> bool:
     """Whether ``root`` holds a finished dataset (a valid manifest that says ``complete``)."""
     try:
-        return bool(read_manifest(root).get("complete"))
+        return read_manifest(root).get("complete") is True
     except UserInputError:
         return False
+
+
+def _bad(where: str, what: str) -> UserInputError:
+    return UserInputError(f"{where}: {what} (the file is damaged or was not written by this mrcom; {REDO})")
+
+
+def episode_records(manifest: dict, where: str, num_scenarios: int) -> list[dict]:
+    """The manifest's episode records, each checked: ``scenario`` (one of its ``num_scenarios``),
+    ``episode``, ``length``, ``return`` and the ``files`` checksum table; no episode twice."""
+    require_fields(manifest, {"episodes": list}, where)
+    seen = set()
+    for i, record in enumerate(manifest["episodes"]):
+        at = f"{where} episodes[{i}]"
+        if not isinstance(record, dict):
+            raise _bad(at, f"a {type(record).__name__}, expected an object")
+        require_fields(record, {"scenario": int, "episode": int, "length": int, "return": (int, float),
+                                "files": dict}, at)
+        if not 0 <= record["scenario"] < num_scenarios:
+            raise _bad(at, f"scenario {record['scenario']} is out of range (the manifest lists {num_scenarios} "
+                           f"scenario(s))")
+        if record["episode"] < 0 or record["length"] < 0:
+            raise _bad(at, f"negative episode index or length ({record['episode']}, {record['length']})")
+        files = record["files"]
+        if sorted(files) != sorted(FILES) or not all(isinstance(v, str) for v in files.values()):
+            raise _bad(at, f"'files' must give the SHA-256 of exactly {', '.join(FILES)}")
+        key = (record["scenario"], record["episode"])
+        if key in seen:
+            raise _bad(at, f"episode {key[1]} of scenario {key[0]} is listed twice")
+        seen.add(key)
+    return manifest["episodes"]
 
 
 class DatasetWriter:
     """Creates a dataset folder, or continues one, and owns its manifest.
 
-    Episodes are written by :func:`write_episode` (from any process) and announced with :meth:`add`; the
-    manifest is rewritten (atomically) by :meth:`save` as progress and by :meth:`finalize` once every
-    episode is there, with the observation statistics. ``meta`` (split, policy, collect config…) is stored
-    in the manifest as is. Opening a folder removes what a killed writer left half-written and reads the
-    finished episodes from disk.
+    Episodes are written by :func:`write_episode` (from any process) and announced with :meth:`add`, which
+    records their checksums; the manifest is rewritten (atomically) by :meth:`save` as progress and by
+    :meth:`finalize` once every episode is there, with the observation statistics. ``meta`` (split, policy,
+    collect config…) is stored in the manifest as is. Opening a folder removes what a killed writer left
+    half-written and reads the finished episodes from disk (:meth:`scan`). The caller holds the folder's
+    lock (:func:`mrcom_core.locks.folder_lock`).
     """
 
     def __init__(self, root: Path | str, specs: Sequence[ScenarioSpec], space: UnifiedSpace, meta: dict,
@@ -94,25 +265,58 @@ class DatasetWriter:
         self.root, self.specs, self.space, self.meta = Path(root), list(specs), space, dict(meta)
         self.episodes_per_scenario = episodes_per_scenario
         self.root.mkdir(parents=True, exist_ok=True)
-        for folder in (self.root / "episodes").glob("s*"):
-            remove_stale_temporaries(folder)
+        base = self.root / EPISODES
+        if base.is_dir():
+            remove_stale_temporaries(base)
+            for folder in base.iterdir():
+                if _index(folder.name, "s", 4) is not None and folder.is_dir():
+                    remove_stale_temporaries(folder)
         self.records: dict[tuple[int, int], dict] = {}
         self.scan()
 
-    def scan(self) -> None:
-        """Record the finished episodes on disk (the source of truth) of this dataset's scenarios."""
-        self.records = {}
-        K = self.episodes_per_scenario
-        for path in sorted((self.root / "episodes").glob("s*/e*")):
-            sid, ep = int(path.parent.name[1:]), int(path.name[1:])
-            if sid < len(self.specs) and (K is None or ep < K):
-                reward = read_episode(self.root, sid, ep)["reward"]
-                self.add(sid, ep, len(reward), float(reward.sum()))
+    def _recorded_files(self) -> dict[tuple[int, int], dict]:
+        """The checksums the manifest on disk (if any) recorded, by ``(scenario, episode)``."""
+        if not (self.root / MANIFEST).exists():
+            return {}
+        records = episode_records(read_manifest(self.root), str(self.root / MANIFEST), len(self.specs))
+        return {(r["scenario"], r["episode"]): r["files"] for r in records}
 
-    def add(self, scenario: int, episode: int, length: int, ret: float) -> None:
-        """Record a finished episode (its arrays are on disk)."""
-        self.records[(scenario, episode)] = {"scenario": scenario, "episode": episode, "length": length,
-                                             "return": ret}
+    def scan(self) -> None:
+        """Record the finished episodes on disk (the source of truth).
+
+        Each is checked (array headers; checksums where the manifest on disk recorded them): a damaged or
+        changed episode, an episode outside this collection's scenarios × ``episodes_per_scenario`` or a stray
+        entry under ``episodes/`` is a :class:`UserInputError` naming it, and nothing is deleted."""
+        recorded = self._recorded_files()
+        found = {}
+        K = self.episodes_per_scenario
+        for sid, ep in episode_folders(self.root):
+            folder = _episode_dir(self.root, sid, ep)
+            if sid >= len(self.specs) or (K is not None and ep >= K):
+                raise UserInputError(f"{folder} is not part of this collection ({len(self.specs)} scenario(s)"
+                                     f"{'' if K is None else f' × {K} episode(s)'}); move it out of the dataset "
+                                     f"folder")
+            redo = f"delete {folder} to collect that episode again"
+            length = check_episode_files(folder, None, self.space.obs_dim, self.space.act_dim, redo)
+            files = file_checksums(folder, FILES)
+            before = recorded.get((sid, ep))
+            if before is not None and before != files:
+                name = next(n for n in FILES if before.get(n) != files[n])
+                raise UserInputError(f"checksum mismatch for {folder / name}: the file changed after it was "
+                                     f"written; {redo}")
+            reward = np.load(folder / "reward.npy", allow_pickle=False)
+            found[(sid, ep)] = self._record(sid, ep, length, float(reward.sum()), files)
+        self.records = found
+
+    @staticmethod
+    def _record(scenario: int, episode: int, length: int, ret: float, files: dict[str, str]) -> dict:
+        return {"scenario": scenario, "episode": episode, "length": length, "return": ret, "files": files}
+
+    def add(self, scenario: int, episode: int, length: int, ret: float, files: dict[str, str] | None = None) -> None:
+        """Record a finished episode (its arrays are on disk; their checksums are computed unless given)."""
+        if files is None:
+            files = file_checksums(_episode_dir(self.root, scenario, episode), FILES)
+        self.records[(scenario, episode)] = self._record(scenario, episode, length, ret, files)
 
     def episodes_of(self, scenario: int) -> list[int]:
         return sorted(ep for (s, ep) in self.records if s == scenario)
@@ -136,7 +340,9 @@ class DatasetWriter:
 
     def finalize(self) -> None:
         """Compute the observation statistics over every episode and mark the dataset complete."""
-        chunks = ((read_episode(self.root, s, e, mmap=True)["obs"], self.space.obs_mask(self.specs[s]))
+        chunks = ((read_episode(self.root, s, e, mmap=True, length=self.records[(s, e)]["length"],
+                                obs_dim=self.space.obs_dim, act_dim=self.space.act_dim)["obs"],
+                   self.space.obs_mask(self.specs[s]))
                   for (s, e) in sorted(self.records))
         mean, std = observation_stats(chunks, self.space.obs_dim)
         rets = [r["return"] for r in self.records.values()]
@@ -152,8 +358,18 @@ class EpisodeInfo:
     ret: float
 
 
+def _is_number(x) -> bool:
+    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
+
+
 class Dataset:
     """A collected dataset, opened read-only with memory-mapped arrays.
+
+    Opening it checks the manifest's fields and, with ``verify`` (the default), the data on disk: nothing
+    but the listed episode folders under ``episodes/``, and every episode file's ``.npy`` header and
+    SHA-256 checksum (:meth:`verify`). Any problem is a :class:`UserInputError` naming the field or file.
+    ``verify=False`` skips the checksums and the folder listing (headers are still checked as each episode
+    is first read).
 
     Attributes:
         obs_dim, act_dim: the unified (padded) dims.
@@ -163,24 +379,72 @@ class Dataset:
         obs_mean, obs_std: per-dim statistics over all observations (std 1 on padded dims).
     """
 
-    def __init__(self, root: Path | str):
+    def __init__(self, root: Path | str, verify: bool = True):
         self.root = Path(root)
+        where = str(self.root / MANIFEST)
         manifest = read_manifest(self.root)
-        if not manifest.get("complete", False):
+        require_fields(manifest, {"complete": bool}, where)
+        if not manifest["complete"]:
             raise UserInputError(f"dataset {self.root} is incomplete; finish it with `mrcom collect --resume`")
         self.manifest = manifest
-        self.obs_dim = int(manifest["obs_dim"])
-        self.act_dim = int(manifest["act_dim"])
-        self.scenarios = [ScenarioSpec.from_dict(s["spec"]) for s in manifest["scenarios"]]
+        require_fields(manifest, {"obs_dim": int, "act_dim": int, "scenarios": list, "episodes": list,
+                                  "stats": dict}, where)
+        self.obs_dim, self.act_dim = manifest["obs_dim"], manifest["act_dim"]
+        if self.obs_dim < 1 or self.act_dim < 1:
+            raise _bad(where, f"obs_dim {self.obs_dim} and act_dim {self.act_dim} must be >= 1")
+        self.scenarios = [self._scenario(i, s, where) for i, s in enumerate(manifest["scenarios"])]
+        if not self.scenarios:
+            raise _bad(where, "'scenarios' is empty")
         self.obs_masks = np.array([s["obs_mask"] for s in manifest["scenarios"]], dtype=np.float32)
         self.action_masks = np.array([s["action_mask"] for s in manifest["scenarios"]], dtype=np.float32)
-        self.episodes = [EpisodeInfo(e["scenario"], e["episode"], e["length"], e["return"])
-                         for e in manifest["episodes"]]
+        self._records = episode_records(manifest, where, len(self.scenarios))
+        self.episodes = [EpisodeInfo(e["scenario"], e["episode"], e["length"], e["return"]) for e in self._records]
         if not self.episodes:
             raise UserInputError(f"dataset {self.root} has no episodes")
-        self.obs_mean = np.asarray(manifest["stats"]["obs_mean"], dtype=np.float32)
-        self.obs_std = np.asarray(manifest["stats"]["obs_std"], dtype=np.float32)
+        stats = manifest["stats"]
+        for key in ("obs_mean", "obs_std"):
+            value = stats.get(key)
+            if not (isinstance(value, list) and len(value) == self.obs_dim and all(map(_is_number, value))):
+                raise _bad(where, f"stats.{key} must be a list of {self.obs_dim} finite numbers (one per obs dim)")
+        self.obs_mean = np.asarray(stats["obs_mean"], dtype=np.float32)
+        self.obs_std = np.asarray(stats["obs_std"], dtype=np.float32)
+        if not (self.obs_std > 0).all():
+            raise _bad(where, "stats.obs_std must be > 0 in every dim")
         self._cache: dict[int, dict[str, np.ndarray]] = {}
+        if verify:
+            self.verify()
+
+    def _scenario(self, i: int, record, where: str) -> ScenarioSpec:
+        at = f"{where} scenarios[{i}]"
+        if not isinstance(record, dict):
+            raise _bad(at, f"a {type(record).__name__}, expected an object")
+        require_fields(record, {"spec": dict, "obs_mask": list, "action_mask": list}, at)
+        for key, dim in (("obs_mask", self.obs_dim), ("action_mask", self.act_dim)):
+            mask = record[key]
+            if len(mask) != dim or any(isinstance(v, bool) or v not in (0, 1) for v in mask):
+                raise _bad(at, f"{key} must be a list of {dim} zeros and ones")
+        try:
+            return ScenarioSpec.from_dict(record["spec"])
+        except UserInputError as e:
+            raise _bad(at, f"invalid spec ({e})") from None
+        except (TypeError, ValueError) as e:
+            raise _bad(at, f"invalid spec ({_one_line(e)})") from None
+
+    def verify(self) -> None:
+        """Check the data on disk against the manifest: no stray or unlisted entry under ``episodes/``, and
+        every episode file's header (float32, the recorded shape) and checksum."""
+        listed = {(e.scenario, e.index) for e in self.episodes}
+        for sid, ep in episode_folders(self.root):
+            if (sid, ep) not in listed:
+                raise UserInputError(f"{_episode_dir(self.root, sid, ep)} is not listed in {self.root / MANIFEST}, "
+                                     f"so it does not belong to the dataset; move it out of the dataset folder")
+        for info, record in zip(self.episodes, self._records, strict=True):
+            folder = _episode_dir(self.root, info.scenario, info.index)
+            if not folder.is_dir():
+                raise UserInputError(f"dataset {self.root} has no episode {folder.name} of scenario {info.scenario} "
+                                     f"on disk ({self.root / MANIFEST} lists it; {REDO})")
+            check_episode_files(folder, info.length, self.obs_dim, self.act_dim)
+            verify_checksums(folder, record["files"], f"{self.root / MANIFEST}", REDO)
 
     def __len__(self) -> int:
         return len(self.episodes)
@@ -193,7 +457,8 @@ class Dataset:
         """Episode ``i``'s arrays (memory-mapped, read-only): ``obs``, ``action``, ``reward``."""
         if i not in self._cache:
             info = self.episodes[i]
-            self._cache[i] = read_episode(self.root, info.scenario, info.index, mmap=True)
+            self._cache[i] = read_episode(self.root, info.scenario, info.index, mmap=True, length=info.length,
+                                          obs_dim=self.obs_dim, act_dim=self.act_dim)
         return self._cache[i]
 
     def episodes_of(self, scenario: int) -> list[int]:

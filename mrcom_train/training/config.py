@@ -5,7 +5,6 @@ the checkpoint's saved configs."""
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
