@@ -167,12 +167,13 @@ def main() -> int:
     print(f"# MrCoM imagined rollouts: {args.preset} model, H = {H}\n")
     print(f"- {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} with {args.threads} thread(s); "
           f"ONNX Runtime with its default intra-op pool, in a separate process that never imports torch")
-    with tempfile.TemporaryDirectory(prefix="mrcom-bench-rollout-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="mrcom-bench-rollout-") as root:
+        tmp = Path(root) / "export"  # the export's lock file goes beside it, inside the temporary folder
         t0 = time.perf_counter()
         export_model(model, tmp, formats=("onnx", "torchscript"), horizon=H, log=lambda s: None)
         print(f"- export (ONNX + TorchScript, with parity checks) took {time.perf_counter() - t0:.0f} s")
         rt = Runtime(tmp)  # ONNX Runtime's default thread pool: faster than forcing 2 threads at small batch
-        scripted = torch.jit.load(str(Path(tmp) / "rollout.pt"))
+        scripted = torch.jit.load(str(tmp / "rollout.pt"))
         flops = flops_per_sample_step(model)
         peak = gemm_peak(args.threads)
         print(f"- model: {flops / 1e6:.2f} MFLOP per sample-step (torch flop counter, step graph); measured "

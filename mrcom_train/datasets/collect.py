@@ -13,9 +13,10 @@ buffer is rebuilt from the episodes on disk. Only the parent process writes the 
 :class:`~.dataset.DatasetWriter`, which records each episode's checksums) and holds the output folder's lock
 for the whole collection.
 
-Before anything starts the config is checked (every field, the memory one worker needs at least); a resumed
-collection checks the episodes already there against its manifest and stops at a damaged one, leaving it in
-place. A fresh collection that fails before its first episode is finished leaves no folder behind.
+Before anything starts the config is checked (every field, the memory one worker needs at least: see
+:mod:`.collect_config`, which holds :class:`CollectConfig`); a resumed collection checks the episodes already
+there against its manifest and stops at a damaged one, leaving it in place. A fresh collection that fails
+before its first episode is finished leaves no folder behind.
 """
 
 from __future__ import annotations
@@ -25,80 +26,20 @@ import queue as queue_lib
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from mrcom_core.config import check_int
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import LOCK_NAME, TMP_PREFIX, atomic_path, has_content, require_fields
+from mrcom_core.files import LOCK_NAME, TMP_PREFIX, atomic_path, has_content
 from mrcom_core.locks import folder_lock
-from mrcom_core.resources import require_memory
 
-from ..scenarios import DOMAINS, ScenarioEnv, ScenarioSpec, UnifiedSpace, get_split, override_range, sample_scenarios
+from ..scenarios import ScenarioEnv, ScenarioSpec, UnifiedSpace
 from ..workers import WorkerPool
-from .dataset import EPISODES, MANIFEST, DatasetWriter, read_episode, read_manifest, remove_episode, write_episode
-
-POLICIES = ("random", "sac")
-
-
-@dataclass(frozen=True)
-class CollectConfig:
-    """What ``mrcom collect`` gathers. Every field is checked here; errors name the field.
-
-    ``alpha`` / ``beta`` / ``obs_fn`` override the chosen range of ``split`` (``beta`` replaces a fixed
-    target speed). ``sac_*`` configure the behaviour policy when ``policy='sac'``: one gradient update
-    every ``sac_update_every`` env steps after ``sac_learning_starts`` random steps.
-    """
-
-    split: str = "t1-a5b20"
-    range: str = "train"
-    domains: tuple[str, ...] = tuple(DOMAINS)
-    scenarios_per_domain: int = 4
-    episodes_per_scenario: int = 4
-    policy: str = "random"
-    episode_length: int = 1000
-    seed: int = 0
-    alpha: float | None = None
-    beta: float | None = None
-    obs_fn: str | None = None
-    sac_hidden_dim: int = 256
-    sac_batch_size: int = 256
-    sac_learning_starts: int = 1000
-    sac_update_every: int = 1
-    workers: int = field(default=1, compare=False)
-
-    def __post_init__(self):
-        object.__setattr__(self, "domains", tuple(self.domains))
-        if not self.domains:
-            raise UserInputError("domains: give at least one domain")
-        for d in self.domains:
-            if d not in DOMAINS:
-                raise UserInputError(f"domains: unknown domain {d!r}; choose from {', '.join(DOMAINS)}")
-        if len(set(self.domains)) != len(self.domains):
-            raise UserInputError(f"domains: listed twice in {','.join(self.domains)}")
-        if self.policy not in POLICIES:
-            raise UserInputError(f"policy: unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
-        for name in ("scenarios_per_domain", "episodes_per_scenario", "episode_length", "workers",
-                     "sac_hidden_dim", "sac_batch_size", "sac_update_every"):
-            check_int(name, getattr(self, name), 1)
-        check_int("sac_learning_starts", self.sac_learning_starts, 0)
-        check_int("seed", self.seed, 0)
-        self.scenario_range()  # validates split, range, alpha, beta and obs_fn
-
-    def scenario_range(self):
-        split = get_split(self.split)
-        return override_range(split.range(self.range), alpha=self.alpha, beta=self.beta, obs_fn=self.obs_fn)
-
-    def scenarios(self) -> list[ScenarioSpec]:
-        return sample_scenarios(self.scenario_range(), self.domains, self.scenarios_per_domain, self.seed,
-                                episode_length=self.episode_length)
-
-    def to_dict(self) -> dict:
-        data = asdict(self)
-        data["domains"] = list(self.domains)
-        return data
+from .checks import EPISODES
+from .collect_config import CollectConfig, check_memory, check_resumable
+from .dataset import DatasetWriter, read_episode, remove_episode, write_episode
 
 
 def _episode_seed(spec_seed: int, episode: int) -> int:
@@ -274,38 +215,6 @@ def _run_pool(units: list[Unit], workers: int, policy: str, report) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- driver
-def _check_resumable(out: Path, config: CollectConfig) -> None:
-    manifest = read_manifest(out)
-    require_fields(manifest, {"collect_config": dict}, str(out / MANIFEST))
-    before = manifest["collect_config"]
-    now = config.to_dict()
-    for f in fields(CollectConfig):
-        if f.compare and before.get(f.name) != now[f.name]:
-            raise UserInputError(f"cannot resume {out}: it was collected with {f.name}={before.get(f.name)!r}, "
-                                 f"now {now[f.name]!r}")
-
-
-def required_memory(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace) -> int:
-    """A lower bound of the bytes one worker needs: one episode's float32 arrays (padded to the unified
-    dims) plus the random policy's planned actions (float64), or the SAC replay buffer of a whole scenario."""
-    T, K = config.episode_length, config.episodes_per_scenario
-    need = ((T + 1) * space.obs_dim + T * space.act_dim + T) * 4
-    if config.policy == "sac":
-        obs_dim, act_dim = max(s.obs_dim for s in specs), max(s.act_dim for s in specs)
-        return need + K * T * (2 * obs_dim + act_dim + 2) * 4
-    return need + T * max(s.act_dim for s in specs) * 8
-
-
-def _check_memory(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace) -> None:
-    T, K = config.episode_length, config.episodes_per_scenario
-    if config.policy == "sac":
-        what = f"collecting episodes of {T} steps with a SAC replay of {K * T} transitions"
-        fix = "lower --episode-length or --episodes-per-scenario"
-    else:
-        what, fix = f"collecting episodes of {T} steps", "lower --episode-length"
-    require_memory(required_memory(config, specs, space), what, fix)
-
-
 def _finished_episodes(out: Path) -> int:
     """How many finished episode folders ``out`` holds (leftovers of unfinished ones not counted)."""
     return sum(1 for p in (out / EPISODES).glob("s*/e*")
@@ -338,7 +247,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
         raise UserInputError(f"output {out} exists and is not a folder")
     specs = config.scenarios()
     space = UnifiedSpace.of(specs)
-    _check_memory(config, specs, space)
+    check_memory(config, specs, space)
     created = not out.exists()
     with folder_lock(out, "mrcom collect"):
         fresh = not has_content(out)
@@ -363,7 +272,7 @@ def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec],
     from tqdm import tqdm
 
     if not fresh:
-        _check_resumable(out, config)
+        check_resumable(out, config)
     K = config.episodes_per_scenario
     meta = dict(split=config.split, range=config.range, policy=config.policy,
                 scenario_range=asdict(config.scenario_range()), collect_config=config.to_dict())

@@ -1,6 +1,7 @@
-"""The on-disk multi-scenario dataset, and the only code that knows its files: a writer
-(:class:`DatasetWriter`, plus :func:`write_episode` for worker processes), a reader (:class:`Dataset`,
-:func:`read_episode`) and :func:`is_complete`.
+"""The on-disk multi-scenario dataset's writer and reader, which with :mod:`.checks` (the file and manifest
+checks, and the episode-folder names) are the only code that knows its files: a writer (:class:`DatasetWriter`,
+plus :func:`write_episode` for worker processes), a reader (:class:`Dataset`, :func:`read_episode`,
+:func:`read_manifest`), :func:`is_complete` and :func:`observation_stats`.
 
 Layout::
 
@@ -17,15 +18,14 @@ when a collection resumes. A dataset is usable once its manifest says ``complete
 Integrity (format version 2): each episode record of the manifest carries the SHA-256 of its three files
 (``files``). :class:`Dataset` checks the manifest's fields, that ``episodes/`` holds nothing but episode
 folders the manifest lists, and every file's ``.npy`` header (float32, the recorded shape, the exact size)
-and checksum before anything reads the data; :func:`read_episode` never unpickles. A damaged, truncated or
-replaced file is a :class:`~mrcom_core.errors.UserInputError` naming it, in one line. A resumed collection
-compares the files on disk with the checksums its manifest recorded and stops at a changed one instead of
-building on it.
+and checksum before anything reads the data (the checks are in :mod:`.checks`); :func:`read_episode` never
+unpickles. A damaged, truncated or replaced file is a :class:`~mrcom_core.errors.UserInputError` naming it, in
+one line. A resumed collection compares the files on disk with the checksums its manifest recorded and stops
+at a changed one instead of building on it.
 """
 
 from __future__ import annotations
 
-import math
 import shutil
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -35,7 +35,6 @@ import numpy as np
 
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import (
-    TMP_PREFIX,
     atomic_dir,
     file_checksums,
     read_versioned_json,
@@ -47,68 +46,25 @@ from mrcom_core.files import (
 
 from .. import __version__
 from ..scenarios import ScenarioSpec, UnifiedSpace
+from .checks import (
+    EPISODES,
+    FIELDS,
+    FILES,
+    REDO,
+    check_episode_files,
+    episode_dir,
+    episode_folders,
+    episode_records,
+    folder_index,
+    manifest_error,
+    manifest_stats,
+    one_line,
+    scenario_record,
+)
 
 FORMAT = "mrcom-dataset"
 VERSION = 2  # 2: per-episode SHA-256 checksums (``files``) in the manifest
 MANIFEST = "manifest.json"
-EPISODES = "episodes"
-FIELDS = ("obs", "action", "reward")
-FILES = tuple(f"{name}.npy" for name in FIELDS)
-REDO = "collect the data again"
-DTYPE = np.dtype("<f4")
-
-
-def _one_line(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
-
-
-def _episode_dir(root: Path | str, scenario: int, episode: int) -> Path:
-    return Path(root) / EPISODES / f"s{scenario:04d}" / f"e{episode:05d}"
-
-
-def _index(name: str, prefix: str, width: int) -> int | None:
-    """The number in a folder name ``sNNNN`` / ``eNNNNN`` (exactly as :func:`_episode_dir` spells it), or None."""
-    digits = name[len(prefix):]
-    if not name.startswith(prefix) or not digits.isascii() or not digits.isdigit():
-        return None
-    value = int(digits)
-    return value if f"{prefix}{value:0{width}d}" == name else None
-
-
-def _stray(path: Path) -> UserInputError:
-    return UserInputError(f"{path} does not belong to the dataset ({EPISODES}/ holds only sNNNN/eNNNNN episode "
-                          f"folders of {', '.join(FILES)}); move it out of the dataset folder")
-
-
-def episode_folders(root: Path | str) -> list[tuple[int, int]]:
-    """The ``(scenario, episode)`` pairs of the episode folders under ``root/episodes``, sorted.
-
-    Anything else there (a stray file or folder, an episode folder holding other files) is a
-    :class:`UserInputError` naming it; ``.tmp-`` leftovers of a killed writer are skipped (the writer removes
-    them)."""
-    base = Path(root) / EPISODES
-    if not base.exists():
-        return []
-    if not base.is_dir():
-        raise _stray(base)
-    found = []
-    for scenario_dir in sorted(base.iterdir()):
-        if scenario_dir.name.startswith(TMP_PREFIX):
-            continue
-        sid = _index(scenario_dir.name, "s", 4)
-        if sid is None or not scenario_dir.is_dir():
-            raise _stray(scenario_dir)
-        for episode_dir in sorted(scenario_dir.iterdir()):
-            if episode_dir.name.startswith(TMP_PREFIX):
-                continue
-            ep = _index(episode_dir.name, "e", 5)
-            if ep is None or not episode_dir.is_dir():
-                raise _stray(episode_dir)
-            extra = sorted(p.name for p in episode_dir.iterdir() if p.name not in FILES)
-            if extra:
-                raise _stray(episode_dir / extra[0])
-            found.append((sid, ep))
-    return found
 
 
 def write_episode(root: Path | str, scenario: int, episode: int, obs: np.ndarray, action: np.ndarray,
@@ -119,67 +75,9 @@ def write_episode(root: Path | str, scenario: int, episode: int, obs: np.ndarray
             and obs.shape[0] == action.shape[0] + 1 == reward.shape[0] + 1):
         raise ValueError(f"episode arrays must be obs (T+1, D), action (T, A), reward (T,); got "
                          f"{obs.shape}, {action.shape}, {reward.shape}")
-    with atomic_dir(_episode_dir(root, scenario, episode)) as tmp:
+    with atomic_dir(episode_dir(root, scenario, episode)) as tmp:
         for name, value in zip(FIELDS, (obs, action, reward), strict=True):
             np.save(tmp / f"{name}.npy", value)
-
-
-def _npy_shape(path: Path, redo: str = REDO) -> tuple[int, ...]:
-    """The shape of the float32 ``.npy`` array in ``path``, read from its header (no data is read); a
-    missing file, another format, another dtype (Python objects included) or a size that does not match
-    the header (truncated, or with trailing bytes) is a :class:`UserInputError` naming the file (``redo``:
-    how to get an intact one)."""
-    fmt = np.lib.format
-    try:
-        with open(path, "rb") as f:
-            version = fmt.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = fmt.read_array_header_1_0(f)
-            elif version == (2, 0):
-                shape, _, dtype = fmt.read_array_header_2_0(f)
-            else:
-                raise ValueError(f".npy format version {version} is not one mrcom writes")
-            offset = f.tell()
-    except FileNotFoundError:
-        raise UserInputError(f"{path} is missing ({redo})") from None
-    except IsADirectoryError:
-        raise UserInputError(f"{path} is a folder, not an array file ({redo})") from None
-    except (OSError, ValueError, SyntaxError, TypeError, EOFError) as e:
-        raise UserInputError(f"{path} is not a readable .npy array ({_one_line(e)}; {redo})") from None
-    if dtype.hasobject:
-        raise UserInputError(f"{path} holds Python objects (dtype {dtype}), which mrcom never loads ({redo})")
-    if dtype != DTYPE:
-        raise UserInputError(f"{path} holds {dtype} data, expected float32 ({redo})")
-    expected, size = offset + math.prod(shape) * DTYPE.itemsize, path.stat().st_size
-    if size < expected:
-        raise UserInputError(f"{path} is truncated: {size} bytes, its header promises {expected} ({redo})")
-    if size > expected:
-        raise UserInputError(f"{path} has {size - expected} bytes after its array data ({redo})")
-    return tuple(shape)
-
-
-def check_episode_files(folder: Path | str, length: int | None = None, obs_dim: int | None = None,
-                        act_dim: int | None = None, redo: str = REDO) -> int:
-    """Check an episode folder's three array files by their headers: float32, obs ``(T+1, obs_dim)``,
-    action ``(T, act_dim)``, reward ``(T,)`` with ``T = length`` where given; returns ``T``. A mismatch is a
-    :class:`UserInputError` naming the file (``redo``: how to get an intact one)."""
-    folder = Path(folder)
-    shapes = {name: _npy_shape(folder / f"{name}.npy", redo) for name in FIELDS}
-    ndims = {"obs": 2, "action": 2, "reward": 1}
-    for name, shape in shapes.items():
-        if len(shape) != ndims[name]:
-            raise UserInputError(f"{folder / (name + '.npy')} has shape {shape}, expected a {ndims[name]}-d array "
-                                 f"({redo})")
-    T = shapes["reward"][0] if length is None else length
-    expected = {"obs": (T + 1, obs_dim if obs_dim is not None else shapes["obs"][1]),
-                "action": (T, act_dim if act_dim is not None else shapes["action"][1]), "reward": (T,)}
-    for name in ("reward", "action", "obs"):
-        if shapes[name] != expected[name]:
-            where = f"the manifest records {length} steps" if length is not None else \
-                f"reward.npy has {T} steps"
-            raise UserInputError(f"{folder / (name + '.npy')} has shape {shapes[name]}, expected {expected[name]} "
-                                 f"({where}; obs_dim {expected['obs'][1]}, act_dim {expected['action'][1]}; {redo})")
-    return T
 
 
 def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = False, *, length: int | None = None,
@@ -188,7 +86,7 @@ def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = Fal
 
     The files' headers are checked first (:func:`check_episode_files`, against ``length`` and the dims
     where given) and nothing is unpickled: a damaged file is a :class:`UserInputError` naming it."""
-    path = _episode_dir(root, scenario, episode)
+    path = episode_dir(root, scenario, episode)
     if not path.is_dir():
         raise UserInputError(f"dataset {root} has no episode {path.name} of scenario {scenario} on disk")
     check_episode_files(path, length, obs_dim, act_dim)
@@ -197,13 +95,13 @@ def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = Fal
         try:
             arrays[name] = np.load(path / f"{name}.npy", mmap_mode="r" if mmap else None, allow_pickle=False)
         except (OSError, ValueError, EOFError) as e:
-            raise UserInputError(f"{path / (name + '.npy')} cannot be read ({_one_line(e)}; {REDO})") from None
+            raise UserInputError(f"{path / (name + '.npy')} cannot be read ({one_line(e)}; {REDO})") from None
     return arrays
 
 
 def remove_episode(root: Path | str, scenario: int, episode: int) -> None:
     """Delete one episode's arrays (a scenario restarted from scratch); the writer forgets it on its own."""
-    shutil.rmtree(_episode_dir(root, scenario, episode), ignore_errors=True)
+    shutil.rmtree(episode_dir(root, scenario, episode), ignore_errors=True)
 
 
 def read_manifest(root: Path | str) -> dict:
@@ -217,36 +115,6 @@ def is_complete(root: Path | str) -> bool:
         return read_manifest(root).get("complete") is True
     except UserInputError:
         return False
-
-
-def _bad(where: str, what: str) -> UserInputError:
-    return UserInputError(f"{where}: {what} (the file is damaged or was not written by this mrcom; {REDO})")
-
-
-def episode_records(manifest: dict, where: str, num_scenarios: int) -> list[dict]:
-    """The manifest's episode records, each checked: ``scenario`` (one of its ``num_scenarios``),
-    ``episode``, ``length``, ``return`` and the ``files`` checksum table; no episode twice."""
-    require_fields(manifest, {"episodes": list}, where)
-    seen = set()
-    for i, record in enumerate(manifest["episodes"]):
-        at = f"{where} episodes[{i}]"
-        if not isinstance(record, dict):
-            raise _bad(at, f"a {type(record).__name__}, expected an object")
-        require_fields(record, {"scenario": int, "episode": int, "length": int, "return": (int, float),
-                                "files": dict}, at)
-        if not 0 <= record["scenario"] < num_scenarios:
-            raise _bad(at, f"scenario {record['scenario']} is out of range (the manifest lists {num_scenarios} "
-                           f"scenario(s))")
-        if record["episode"] < 0 or record["length"] < 0:
-            raise _bad(at, f"negative episode index or length ({record['episode']}, {record['length']})")
-        files = record["files"]
-        if sorted(files) != sorted(FILES) or not all(isinstance(v, str) for v in files.values()):
-            raise _bad(at, f"'files' must give the SHA-256 of exactly {', '.join(FILES)}")
-        key = (record["scenario"], record["episode"])
-        if key in seen:
-            raise _bad(at, f"episode {key[1]} of scenario {key[0]} is listed twice")
-        seen.add(key)
-    return manifest["episodes"]
 
 
 class DatasetWriter:
@@ -269,7 +137,7 @@ class DatasetWriter:
         if base.is_dir():
             remove_stale_temporaries(base)
             for folder in base.iterdir():
-                if _index(folder.name, "s", 4) is not None and folder.is_dir():
+                if folder_index(folder.name, "s", 4) is not None and folder.is_dir():
                     remove_stale_temporaries(folder)
         self.records: dict[tuple[int, int], dict] = {}
         self.scan()
@@ -291,7 +159,7 @@ class DatasetWriter:
         found = {}
         K = self.episodes_per_scenario
         for sid, ep in episode_folders(self.root):
-            folder = _episode_dir(self.root, sid, ep)
+            folder = episode_dir(self.root, sid, ep)
             if sid >= len(self.specs) or (K is not None and ep >= K):
                 raise UserInputError(f"{folder} is not part of this collection ({len(self.specs)} scenario(s)"
                                      f"{'' if K is None else f' × {K} episode(s)'}); move it out of the dataset "
@@ -315,7 +183,7 @@ class DatasetWriter:
     def add(self, scenario: int, episode: int, length: int, ret: float, files: dict[str, str] | None = None) -> None:
         """Record a finished episode (its arrays are on disk; their checksums are computed unless given)."""
         if files is None:
-            files = file_checksums(_episode_dir(self.root, scenario, episode), FILES)
+            files = file_checksums(episode_dir(self.root, scenario, episode), FILES)
         self.records[(scenario, episode)] = self._record(scenario, episode, length, ret, files)
 
     def episodes_of(self, scenario: int) -> list[int]:
@@ -358,10 +226,6 @@ class EpisodeInfo:
     ret: float
 
 
-def _is_number(x) -> bool:
-    return not isinstance(x, bool) and isinstance(x, int | float) and math.isfinite(x)
-
-
 class Dataset:
     """A collected dataset, opened read-only with memory-mapped arrays.
 
@@ -391,44 +255,21 @@ class Dataset:
                                   "stats": dict}, where)
         self.obs_dim, self.act_dim = manifest["obs_dim"], manifest["act_dim"]
         if self.obs_dim < 1 or self.act_dim < 1:
-            raise _bad(where, f"obs_dim {self.obs_dim} and act_dim {self.act_dim} must be >= 1")
-        self.scenarios = [self._scenario(i, s, where) for i, s in enumerate(manifest["scenarios"])]
+            raise manifest_error(where, f"obs_dim {self.obs_dim} and act_dim {self.act_dim} must be >= 1")
+        self.scenarios = [scenario_record(i, s, self.obs_dim, self.act_dim, where)
+                          for i, s in enumerate(manifest["scenarios"])]
         if not self.scenarios:
-            raise _bad(where, "'scenarios' is empty")
+            raise manifest_error(where, "'scenarios' is empty")
         self.obs_masks = np.array([s["obs_mask"] for s in manifest["scenarios"]], dtype=np.float32)
         self.action_masks = np.array([s["action_mask"] for s in manifest["scenarios"]], dtype=np.float32)
         self._records = episode_records(manifest, where, len(self.scenarios))
         self.episodes = [EpisodeInfo(e["scenario"], e["episode"], e["length"], e["return"]) for e in self._records]
         if not self.episodes:
             raise UserInputError(f"dataset {self.root} has no episodes")
-        stats = manifest["stats"]
-        for key in ("obs_mean", "obs_std"):
-            value = stats.get(key)
-            if not (isinstance(value, list) and len(value) == self.obs_dim and all(map(_is_number, value))):
-                raise _bad(where, f"stats.{key} must be a list of {self.obs_dim} finite numbers (one per obs dim)")
-        self.obs_mean = np.asarray(stats["obs_mean"], dtype=np.float32)
-        self.obs_std = np.asarray(stats["obs_std"], dtype=np.float32)
-        if not (self.obs_std > 0).all():
-            raise _bad(where, "stats.obs_std must be > 0 in every dim")
+        self.obs_mean, self.obs_std = manifest_stats(manifest["stats"], self.obs_dim, where)
         self._cache: dict[int, dict[str, np.ndarray]] = {}
         if verify:
             self.verify()
-
-    def _scenario(self, i: int, record, where: str) -> ScenarioSpec:
-        at = f"{where} scenarios[{i}]"
-        if not isinstance(record, dict):
-            raise _bad(at, f"a {type(record).__name__}, expected an object")
-        require_fields(record, {"spec": dict, "obs_mask": list, "action_mask": list}, at)
-        for key, dim in (("obs_mask", self.obs_dim), ("action_mask", self.act_dim)):
-            mask = record[key]
-            if len(mask) != dim or any(isinstance(v, bool) or v not in (0, 1) for v in mask):
-                raise _bad(at, f"{key} must be a list of {dim} zeros and ones")
-        try:
-            return ScenarioSpec.from_dict(record["spec"])
-        except UserInputError as e:
-            raise _bad(at, f"invalid spec ({e})") from None
-        except (TypeError, ValueError) as e:
-            raise _bad(at, f"invalid spec ({_one_line(e)})") from None
 
     def verify(self) -> None:
         """Check the data on disk against the manifest: no stray or unlisted entry under ``episodes/``, and
@@ -436,10 +277,10 @@ class Dataset:
         listed = {(e.scenario, e.index) for e in self.episodes}
         for sid, ep in episode_folders(self.root):
             if (sid, ep) not in listed:
-                raise UserInputError(f"{_episode_dir(self.root, sid, ep)} is not listed in {self.root / MANIFEST}, "
+                raise UserInputError(f"{episode_dir(self.root, sid, ep)} is not listed in {self.root / MANIFEST}, "
                                      f"so it does not belong to the dataset; move it out of the dataset folder")
         for info, record in zip(self.episodes, self._records, strict=True):
-            folder = _episode_dir(self.root, info.scenario, info.index)
+            folder = episode_dir(self.root, info.scenario, info.index)
             if not folder.is_dir():
                 raise UserInputError(f"dataset {self.root} has no episode {folder.name} of scenario {info.scenario} "
                                      f"on disk ({self.root / MANIFEST} lists it; {REDO})")

@@ -1,0 +1,171 @@
+"""The checkpoints of a ``mrcom adapt`` run folder, and its finished-run result: saving, verifying and restoring
+them for :class:`~mrcom_train.rl.adapt.Adapter` (the functions taking ``adapter`` take one, or read and set
+its parts).
+
+Run folder (``RUN``): ``config.json``, ``metrics.csv``, ``tb/``, ``checkpoints/`` (verified checkpoint folders,
+see below), and once the run is finished ``result.json`` and ``agent.pt`` (the final agent; what
+``mrcom export --policy`` takes). One ``mrcom adapt`` at a time per folder (``RUN/.mrcom.lock``).
+
+Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz`` and
+``state.json`` with every random state and the SHA-256 of each file), made current by an atomic
+``checkpoints/latest.json`` pointer (:mod:`mrcom_core.snapshots`), so a crash or Ctrl-C while one is written
+leaves the previous one whole and pointed to, and ``--resume`` checks every file before loading it. The
+final checkpoint holds the agent and the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from mrcom_core import snapshots
+from mrcom_core.errors import UserInputError
+from mrcom_core.files import atomic_path, read_json, require_fields, write_json_atomic
+
+from .sac import SAC
+
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 1
+CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/ + latest.json
+LABEL = "adapt checkpoint"
+REDO = "restore the run folder from a backup or start the run again in a new folder"
+
+
+def open_checkpoints(run_dir: Path) -> tuple[Path, dict] | None:
+    """Tidy what a killed run left in ``run_dir`` and return its verified latest checkpoint (None: there is
+    none)."""
+    root = run_dir / CHECKPOINTS
+    snapshots.clean(run_dir)
+    snapshots.clean(root)
+    latest = snapshots.open_latest(root, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LABEL)
+    if latest is None and (run_dir / "checkpoint" / "state.json").is_file():
+        raise UserInputError(f"{run_dir} holds a checkpoint in an older layout (checkpoint/); this mrcom "
+                             f"cannot resume it: start the run again in a new folder")
+    # Folders the pointer never reached (a crash between their rename and the pointer's swap).
+    current = latest[1]["step"] if latest is not None else -1
+    for folder in root.glob("step_*") if root.is_dir() else ():
+        number = folder.name.removeprefix("step_")
+        if folder.is_dir() and number.isdigit() and int(number) > current:
+            shutil.rmtree(folder, ignore_errors=True)
+    return latest
+
+
+def check_config(run_dir: Path, config) -> None:
+    """Refuse to resume ``run_dir`` with a config (a dataclass) that differs from its ``config.json``."""
+    saved = read_json(run_dir / "config.json", "adapt run config")
+    for name, value in dataclasses.asdict(config).items():
+        if saved.get(name) != value:
+            raise UserInputError(f"cannot resume {run_dir}: it ran with {name}={saved.get(name)!r}, "
+                                 f"now {value!r}")
+
+
+def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
+    """Publish a checkpoint folder ``checkpoints/step_XXXXXXXX/`` of ``adapter``'s run
+    (:func:`mrcom_core.snapshots.publish`: written aside, checksummed, made current by the atomic
+    ``latest.json``): the agent (``agent.pt``, loadable with ``weights_only=True``), and, at an episode
+    boundary (``env_state``: the real env's random state for its next reset), the replay buffers and real
+    episodes (``buffers.npz``) and every random state. ``result`` marks the final checkpoint (agent and result
+    only). Returns the folder."""
+    complete = result is not None
+    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "complete": complete}
+    arrays = {}
+    if complete:
+        state["result"] = result
+    else:
+        arrays = {f"real_{k}": v for k, v in adapter.real.state_dict().items()}
+        arrays.update({f"model_{k}": v for k, v in adapter.model.state_dict().items()})
+        for i, ep in enumerate(adapter.episodes):
+            arrays.update({f"ep{i}_{k}": v for k, v in ep.items()})
+        runtime = adapter.imagined_env.runtime if adapter.imagined_env else None
+        state.update(episodes=len(adapter.episodes), env=env_state, rng=adapter.rng.bit_generator.state,
+                     runtime_rng=runtime.rng.bit_generator.state if runtime else None)
+
+    def write(folder: Path) -> None:
+        torch.save({"agent": adapter.agent.state_dict(), "env_steps": adapter.step}, folder / "agent.pt")
+        if arrays:
+            np.savez(folder / "buffers.npz", **arrays)
+
+    return snapshots.publish(adapter.run_dir / CHECKPOINTS, adapter.step, write, state, CHECKPOINT_FORMAT,
+                             CHECKPOINT_VERSION, keep=2)
+
+
+def publish_result(run_dir: Path, folder: Path, result: dict) -> None:
+    """``result.json`` and ``agent.pt`` (the final agent) in ``run_dir``, from the final checkpoint ``folder``;
+    a resumed finished run rewrites what is missing and refuses a ``result.json`` that disagrees with its
+    checkpoint."""
+    path = run_dir / "result.json"
+    if path.exists():
+        if read_json(path, "adapt result") != result:
+            raise UserInputError(f"{path} differs from the result in the final checkpoint {folder}; "
+                                 f"delete {path.name} to have it rewritten")
+    else:
+        write_json_atomic(path, result)
+    agent = run_dir / "agent.pt"
+    if not agent.is_file():
+        with atomic_path(agent) as tmp:
+            shutil.copyfile(folder / "agent.pt", tmp)
+
+
+def restore(adapter, folder: Path, state: dict) -> None:
+    """Load the verified checkpoint ``folder`` (its ``state.json`` already read as ``state``) into ``adapter``;
+    anything unreadable is one :class:`UserInputError` line."""
+    where = folder / "state.json"
+    require_fields(state, {"env_steps": int, "imagined": int, "complete": bool}, str(where))
+    load_agent(adapter.agent, folder / "agent.pt")
+    if state["complete"]:
+        result = state.get("result")
+        if not isinstance(result, dict):
+            raise UserInputError(f"{where}: the final checkpoint holds no result ({REDO})")
+        require_fields(result, {"normalized_return": (int, float), "env_steps": int, "imagined": int},
+                       f"{where} (result)")
+        publish_result(adapter.run_dir, folder, result)
+        adapter.step, adapter.imagined, adapter.finished = state["env_steps"], state["imagined"], result
+        return
+    require_fields(state, {"episodes": int, "env": dict, "rng": dict}, str(where))
+    path = folder / "buffers.npz"
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            real = {k[5:]: arrays[k] for k in arrays.files if k.startswith("real_")}
+            model = {k[6:]: arrays[k] for k in arrays.files if k.startswith("model_")}
+            episodes = [{k: arrays[f"ep{i}_{k}"] for k in ("obs", "action", "reward")}
+                        for i in range(state["episodes"])]
+        adapter.real.load_state_dict(real)
+        adapter.model.load_state_dict(model)
+    except Exception as e:  # a zip, npy or shape error: whatever it is, the file is not what we wrote
+        why = "it holds pickled data, which is never loaded" if "pickle" in str(e) else _first_line(e)
+        raise UserInputError(f"cannot read {path}: not replay buffers of this run ({why}; {REDO})") from None
+    try:
+        adapter.env.set_random_state(state["env"])
+        adapter.rng.bit_generator.state = state["rng"]
+        if adapter.imagined_env is not None:
+            adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
+    except (KeyError, TypeError, ValueError, IndexError) as e:
+        raise UserInputError(f"{where}: the random states are damaged ({_first_line(e)}; {REDO})") from None
+    adapter.episodes = episodes
+    adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
+
+
+def load_agent(agent: SAC, path: Path) -> None:
+    """Load the SAC ``agent`` from ``agent.pt`` at ``path`` (``weights_only=True``); anything unreadable is one
+    :class:`UserInputError` line."""
+    try:
+        with warnings.catch_warnings():  # e.g. about a foreign pickle protocol: the error below says it all
+            warnings.simplefilter("ignore")
+            saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # unpickling, zip and OS errors alike
+        raise UserInputError(f"cannot read {path}: not a PyTorch checkpoint saved by mrcom ({REDO})") from None
+    try:
+        agent.load_state_dict(saved["agent"])
+    except UserInputError:
+        raise
+    except Exception as e:  # missing entries, wrong shapes
+        raise UserInputError(f"{path} holds no SAC agent this run can load ({_first_line(e)}; {REDO})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__

@@ -1,0 +1,88 @@
+"""What one ``mrcom adapt`` run is (paper §3.4): :class:`AdaptConfig`, checked on construction, with the target
+scenario it draws, MBPO's horizon schedule and the memory its replay buffers take, and the normalized return
+every evaluation reports. The algorithm itself is in :mod:`mrcom_train.rl.adapt`.
+
+Normalized return = 100 × episode return / episode length (dm_control rewards are in [0, 1] per step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from mrcom_core.config import check_int, check_number
+from mrcom_core.errors import UserInputError
+
+from ..scenarios import DOMAINS, ScenarioSpec, get_split, sample_scenarios
+
+MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """One adaptation run. See :mod:`mrcom_train.rl.adapt` for the algorithm."""
+
+    split: str = "t1-a5b20"
+    range: str = "in"
+    domain: str = "hopper"
+    seed: int = 0
+    env_steps: int = 20_000
+    episode_length: int = 1000
+    learning_starts: int = 1000
+    batch_size: int = 256
+    updates_per_step: int = 1
+    sac_hidden: int = 256
+    use_model: bool = True
+    real_ratio: float = 0.1
+    model_rollout_every: int = 250
+    rollout_batch: int = 256
+    horizon_start: int = 1
+    horizon_end: int = 5
+    model_buffer_size: int = 100_000
+    eval_every: int = 5000
+    eval_episodes: int = 3
+    checkpoint_every: int = 5000
+
+    def __post_init__(self):
+        for name in ("split", "range", "domain"):
+            if not isinstance(getattr(self, name), str):
+                raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
+        get_split(self.split).range(self.range)
+        if self.domain not in DOMAINS:
+            raise UserInputError(f"domain: unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
+        for name in ("env_steps", "episode_length", "batch_size", "updates_per_step", "sac_hidden",
+                     "model_rollout_every", "rollout_batch", "horizon_start", "horizon_end", "model_buffer_size",
+                     "eval_every", "eval_episodes", "checkpoint_every"):
+            check_int(name, getattr(self, name))
+        check_int("learning_starts", self.learning_starts, 0)
+        check_int("seed", self.seed, 0)
+        if self.seed > MAX_SEED:
+            raise UserInputError(f"seed must be an integer <= {MAX_SEED}, got {self.seed!r}")
+        if not isinstance(self.use_model, bool):
+            raise UserInputError(f"use_model must be true or false, got {self.use_model!r}")
+        check_number("real_ratio", self.real_ratio)
+        if not 0 <= self.real_ratio <= 1:
+            raise UserInputError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        if self.horizon_end < self.horizon_start:
+            raise UserInputError("horizon_end must be >= horizon_start")
+
+    def target(self) -> ScenarioSpec:
+        """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""
+        spec = sample_scenarios(get_split(self.split).range(self.range), (self.domain,), 1, 10_000 + self.seed,
+                                episode_length=self.episode_length)[0]
+        return spec
+
+    def horizon(self, step: int) -> int:
+        """MBPO's linear horizon schedule over the env steps after ``learning_starts``."""
+        span = max(1, (self.env_steps - self.learning_starts) // 2)
+        frac = min(1.0, max(0.0, (step - self.learning_starts) / span))
+        return int(round(self.horizon_start + frac * (self.horizon_end - self.horizon_start)))
+
+    def buffer_bytes(self, obs_dim: int, act_dim: int) -> int:
+        """Memory of the replay buffers: every real transition plus (with the model) the model buffer, each
+        ``(obs, action, reward, next_obs, terminated)`` in float32."""
+        transitions = self.env_steps + (self.model_buffer_size if self.use_model else 0)
+        return transitions * (2 * obs_dim + act_dim + 2) * 4
+
+
+def normalized_return(episode_return: float, episode_length: int) -> float:
+    return 100.0 * episode_return / episode_length
