@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from mrcom_core.errors import UserInputError
 from mrcom_core.files import atomic_path
 
 
@@ -25,10 +26,7 @@ class MetricsLog:
 
         run_dir = Path(run_dir)
         self.fields, self.path = list(fields), run_dir / "metrics.csv"
-        rows = []
-        if step and self.path.exists():
-            with open(self.path, newline="") as f:
-                rows = [r for r in csv.DictReader(f) if int(r[self.fields[0]]) <= step]
+        rows = self._rows_up_to(step) if step and self.path.exists() else []
         with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             kept = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             kept.writeheader()
@@ -36,6 +34,28 @@ class MetricsLog:
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
         self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+
+    def _rows_up_to(self, step: int) -> list[dict]:
+        """The log's rows up to ``step``. A last row cut short by a crash is dropped; a file that is not this
+        run's log is one error line (the checkpoint itself is intact; delete the file to resume anyway)."""
+        try:
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+        except (UnicodeDecodeError, csv.Error) as e:
+            raise UserInputError(f"{self.path} is not a readable metrics log ({e}); delete it to resume without "
+                                 f"the old log") from None
+        kept = []
+        for i, row in enumerate(rows):
+            try:
+                at = int(row.get(self.fields[0]) or "")
+            except ValueError:
+                if i == len(rows) - 1:
+                    continue  # the row a kill cut short
+                raise UserInputError(f"{self.path} line {i + 2} has no valid {self.fields[0]!r}; delete the file to "
+                                     f"resume without the old log") from None
+            if at <= step:
+                kept.append(row)
+        return kept
 
     def write(self, step: int, row: dict[str, float], scalars: dict[str, float] | None = None) -> None:
         """Append ``row`` at ``step`` to the CSV and ``scalars`` (TensorBoard tag → value) to TensorBoard."""

@@ -190,3 +190,16 @@ def test_a_second_reproduce_on_the_same_folder_is_refused(tmp_path):
         with pytest.raises(FolderLocked, match=f"PID {os.getpid()}"):
             run_reproduction(1, "smoke", 1, tmp_path / "out", log=lambda s: None)
     assert [p.name for p in (tmp_path / "out").iterdir()] == [LOCK_NAME]
+
+
+def test_a_damaged_metrics_log_is_one_line_and_a_cut_one_resumes(run, data, tmp_path, capsys):
+    copy = _copy(run, tmp_path)
+    log = copy / "metrics.csv"
+    text = log.read_bytes()
+    log.write_bytes(text[: len(text) - 7])  # a kill mid-row: resuming drops that row
+    Trainer(data, copy, RunRequest(train={"steps": 3}), resume=True, **QUIET).run()
+    assert [line.split(",")[0] for line in log.read_text().splitlines()[1:]][-1] == "3"
+    log.write_bytes(b"step,loss\n\xff\xfe garbage\n")
+    code, lines = _cli(capsys, "train", "--data", str(data), "--out", str(copy), "--steps", "4", "--resume",
+                       "--no-progress")
+    assert code == 2 and len(lines) == 1 and "metrics.csv" in lines[0], lines
