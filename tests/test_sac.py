@@ -1,11 +1,13 @@
+import importlib.util
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from mrcom_train.rl.sac import SAC, ReplayBuffer, SACConfig, mlp
+from mrcom_train.rl.sac import SAC, ReplayBuffer, SACConfig, load_actor, mlp
 
 torch.set_num_threads(1)
 
@@ -103,7 +105,10 @@ def test_update_returns_finite_metrics_and_changes_parameters():
     before = params(agent)
     metrics = agent.update(random_batch(np.random.default_rng(0)))
     assert set(metrics) == {"critic_loss", "actor_loss", "alpha", "alpha_loss", "entropy", "q_mean"}
-    assert all(isinstance(v, float) and math.isfinite(v) for v in metrics.values())
+    # Detached 0-d tensors (no host sync per update); float() when logging.
+    assert all(isinstance(v, torch.Tensor) and v.shape == () and not v.requires_grad for v in metrics.values())
+    assert all(math.isfinite(float(v)) for v in metrics.values())
+    assert float(metrics["alpha"]) == pytest.approx(agent.alpha)
     after = params(agent)
     actor_n = len(list(agent.actor.parameters()))
     critic_n = len(list(agent.critic.parameters()))
@@ -118,7 +123,7 @@ def test_update_accepts_torch_tensors_and_column_rewards():
     batch = {k: torch.as_tensor(v) for k, v in random_batch(np.random.default_rng(0)).items()}
     batch["reward"] = batch["reward"][:, None]
     batch["terminated"] = batch["terminated"][:, None]
-    assert math.isfinite(agent.update(batch)["critic_loss"])
+    assert math.isfinite(float(agent.update(batch)["critic_loss"]))
 
 
 def test_terminated_masks_bootstrapping():
@@ -265,3 +270,60 @@ def test_learns_contextual_bandit():
     assert random_policy < -0.3
     assert trained > -0.02, (trained, random_policy, zero_policy)
     assert trained > zero_policy + 0.05
+
+
+def _frozen_original():
+    """bench/sac.py's LegacySAC: the update as it was before issue 11 (tests may not have bench on sys.path)."""
+    path = Path(__file__).resolve().parent.parent / "bench" / "sac.py"
+    spec = importlib.util.spec_from_file_location("mrcom_bench_sac", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(("hidden", "layers", "batch"), [(32, 2, 16), (24, 3, 40)])
+def test_update_matches_the_frozen_original(hidden, layers, batch):
+    """Fused Adam, batched twin critics, one actor+alpha backward, foreach Polyak: same numbers up to rounding."""
+    bench = _frozen_original()
+    cfg = SACConfig(hidden_dim=hidden, hidden_layers=layers, batch_size=batch, tau=0.05)
+    old, new = bench.LegacySAC(OBS_DIM, ACT_DIM, cfg, seed=4), SAC(OBS_DIM, ACT_DIM, cfg, seed=4)
+    assert bench.max_param_diff(old, new) == 0.0  # identical initialization
+    rng = np.random.default_rng(5)
+    for _ in range(20):
+        b = random_batch(rng, n=batch)
+        m_old, m_new = old.update(b), new.update(b)
+    assert bench.max_param_diff(old, new) < 1e-5
+    assert m_old == pytest.approx({k: float(v) for k, v in m_new.items()}, rel=1e-4, abs=1e-5)
+    obs = np.random.default_rng(6).normal(size=(8, OBS_DIM)).astype(np.float32)
+    assert torch.equal(old.generator.get_state(), new.generator.get_state())  # same noise consumed
+    expected = old.actor.sample(torch.from_numpy(obs), deterministic=True)[0].detach().numpy()
+    np.testing.assert_allclose(new.act(obs, deterministic=True), expected, atol=1e-5)
+
+
+def test_checkpoint_of_the_original_layout_loads_and_resumes(tmp_path):
+    """A SAC.state_dict saved before the twin critics were stacked (q1./q2. keys, 12-tensor critic_opt) loads
+    with weights_only=True and continues exactly like the original would."""
+    bench = _frozen_original()
+    old = bench.LegacySAC(OBS_DIM, ACT_DIM, SMALL, seed=2)
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        old.update(random_batch(rng))
+    path = tmp_path / "legacy.pt"
+    torch.save({"agent": old.state_dict()}, path)
+    new = SAC(OBS_DIM, ACT_DIM, SMALL, seed=99)
+    new.load_state_dict(torch.load(path, weights_only=True)["agent"])
+    assert bench.max_param_diff(old, new) == 0.0
+    assert all(g["fused"] for opt in (new.actor_opt, new.critic_opt, new.alpha_opt) for g in opt.param_groups)
+    obs = torch.ones(2, OBS_DIM)
+    torch.testing.assert_close(load_actor(path)(obs), old.actor(obs))  # the actor's layout never changed
+    for _ in range(5):
+        b = random_batch(rng)
+        old.update(b)
+        new.update(b)
+    assert bench.max_param_diff(old, new) < 1e-5
+    assert new.critic_opt.state_dict()["state"][0]["step"] == 10
+    # And the new layout round-trips through a file too.
+    torch.save(new.state_dict(), path)
+    again = SAC(OBS_DIM, ACT_DIM, SMALL, seed=3)
+    again.load_state_dict(torch.load(path, weights_only=True))
+    assert_same_params(again, new)

@@ -122,16 +122,41 @@ class Actor(nn.Module):
 
 
 class TwinQ(nn.Module):
-    """Two independent Q(s, a) heads evaluated together; ``forward`` returns shape ``(2, B)``."""
+    """Two independent Q(s, a) MLPs stored stacked, so each layer of both is one batched matmul (``baddbmm``).
+
+    ``forward`` returns shape ``(2, B)``. ``layers[l]`` holds ``weight`` ``(2, out, in)`` and ``bias`` ``(2, out)``
+    (index 0 is the first Q), in the order of one ``mlp``'s parameters. Initialization draws the same numbers as
+    two ``mlp`` heads built in turn, and a state dict in that older layout (``q1.0.weight`` …) still loads.
+    """
 
     def __init__(self, obs_dim: int, act_dim: int, hidden_dim: int, hidden_layers: int):
         super().__init__()
-        self.q1 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers)
-        self.q2 = mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers)
+        heads = [mlp(obs_dim + act_dim, 1, hidden_dim, hidden_layers) for _ in range(2)]
+        self.layers = nn.ModuleList()
+        for l1, l2 in zip(heads[0][::2], heads[1][::2], strict=True):
+            layer = nn.Module()
+            layer.weight = nn.Parameter(torch.stack([l1.weight.detach(), l2.weight.detach()]))
+            layer.bias = nn.Parameter(torch.stack([l1.bias.detach(), l2.bias.detach()]))
+            self.layers.append(layer)
 
     def forward(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
-        x = torch.cat([obs, action], dim=-1)
-        return torch.stack([self.q1(x).squeeze(-1), self.q2(x).squeeze(-1)])
+        x = torch.cat([obs, action], dim=-1).expand(2, -1, -1)
+        for i, layer in enumerate(self.layers):
+            x = torch.baddbmm(layer.bias.unsqueeze(1), x, layer.weight.mT)
+            if i < len(self.layers) - 1:
+                x = x.relu()
+        return x.squeeze(-1)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        legacy = [k for k in list(state_dict) if k.startswith((f"{prefix}q1.", f"{prefix}q2."))]
+        if legacy:  # the two-Sequential layout: q{1,2}.{2l}.{weight,bias} -> layers.{l}.{weight,bias}
+            old = {k[len(prefix):]: state_dict.pop(k) for k in legacy}
+            for i in range(len(self.layers)):
+                for kind in ("weight", "bias"):
+                    pair = [old.get(f"q{q}.{2 * i}.{kind}") for q in (1, 2)]
+                    if all(isinstance(t, torch.Tensor) for t in pair) and pair[0].shape == pair[1].shape:
+                        state_dict[f"{prefix}layers.{i}.{kind}"] = torch.stack(pair)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
 class ReplayBuffer:
@@ -211,9 +236,14 @@ class SAC:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(c.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = float(-act_dim if c.target_entropy is None else c.target_entropy)
-        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr)
-        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr)
-        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr)
+        adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
+        self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, **adam)
+        self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, **adam)
+        self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, **adam)
+        self._adam = adam
+        self._critic_params = list(self.critic.parameters())
+        self._target_params = list(self.critic_target.parameters())
+        self._actor_alpha_params = [*self.actor.parameters(), self.log_alpha]
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(seed)
 
@@ -233,12 +263,16 @@ class SAC:
         action = action.clamp(-1.0, 1.0).cpu().numpy().astype(np.float32)
         return action[0] if single else action
 
-    def update(self, batch: dict[str, np.ndarray | torch.Tensor]) -> dict[str, float]:
-        """One gradient step on critics, actor and temperature, then the Polyak target update."""
+    def update(self, batch: dict[str, np.ndarray | torch.Tensor]) -> dict[str, torch.Tensor]:
+        """One gradient step on critics, actor and temperature, then the Polyak target update.
+
+        Returns detached 0-d tensors (critic_loss, actor_loss, alpha, alpha_loss, entropy, q_mean) without a
+        host sync; call ``float()`` on them only when logging.
+        """
         obs, action, next_obs = (self._tensor(batch[k]) for k in ("obs", "action", "next_obs"))
         reward = self._tensor(batch["reward"]).reshape(-1)
         not_done = 1.0 - self._tensor(batch["terminated"]).reshape(-1)
-        alpha = self.log_alpha.exp().detach()
+        alpha = self.log_alpha.detach().exp()
 
         with torch.no_grad():
             next_action, next_logp = self.actor.sample(next_obs, self.generator)
@@ -250,26 +284,21 @@ class SAC:
         critic_loss.backward()
         self.critic_opt.step()
 
-        self.critic.requires_grad_(False)  # the actor loss should not build critic gradients
+        # Actor and temperature in one backward pass; ``inputs`` keeps it from building critic weight gradients.
         new_action, logp = self.actor.sample(obs, self.generator)
         actor_loss = (alpha * logp - self.critic(obs, new_action).min(0).values).mean()
-        self.actor_opt.zero_grad(set_to_none=True)
-        actor_loss.backward()
-        self.actor_opt.step()
-        self.critic.requires_grad_(True)
-
         alpha_loss = -(self.log_alpha * (logp.detach() + self.target_entropy)).mean()
+        self.actor_opt.zero_grad(set_to_none=True)
         self.alpha_opt.zero_grad(set_to_none=True)
-        alpha_loss.backward()
+        (actor_loss + alpha_loss).backward(inputs=self._actor_alpha_params)
+        self.actor_opt.step()
         self.alpha_opt.step()
 
         with torch.no_grad():
-            for p_targ, p in zip(self.critic_target.parameters(), self.critic.parameters(), strict=True):
-                p_targ.lerp_(p, self.config.tau)
-        return {
-            "critic_loss": critic_loss.item(), "actor_loss": actor_loss.item(), "alpha": self.alpha,
-            "alpha_loss": alpha_loss.item(), "entropy": -logp.mean().item(), "q_mean": q.mean().item(),
-        }
+            torch._foreach_lerp_(self._target_params, self._critic_params, self.config.tau)
+            return {"critic_loss": critic_loss.detach(), "actor_loss": actor_loss.detach(),
+                    "alpha": self.log_alpha.exp(), "alpha_loss": alpha_loss.detach(), "entropy": -logp.mean(),
+                    "q_mean": q.mean()}
 
     def architecture(self) -> dict[str, int]:
         """The networks' shape, stored with the weights so a saved actor can be rebuilt (:func:`load_actor`)."""
@@ -294,9 +323,17 @@ class SAC:
         self.critic_target.load_state_dict(state["critic_target"])
         with torch.no_grad():
             self.log_alpha.copy_(state["log_alpha"])
-        self.actor_opt.load_state_dict(state["actor_opt"])
-        self.critic_opt.load_state_dict(state["critic_opt"])
-        self.alpha_opt.load_state_dict(state["alpha_opt"])
+        critic_opt = state["critic_opt"]
+        if len(critic_opt["param_groups"][0]["params"]) == 2 * len(self._critic_params):  # two-Sequential layout
+            n, old = len(self._critic_params), critic_opt["state"]
+            new = {i: {"step": old[i]["step"], **{k: torch.stack([old[i][k], old[n + i][k]])
+                                                  for k in ("exp_avg", "exp_avg_sq")}} for i in range(n) if i in old}
+            critic_opt = {"state": new, "param_groups": [dict(critic_opt["param_groups"][0], params=list(range(n)))]}
+        for opt, saved in ((self.actor_opt, state["actor_opt"]), (self.critic_opt, critic_opt),
+                           (self.alpha_opt, state["alpha_opt"])):
+            opt.load_state_dict(saved)
+            for group in opt.param_groups:  # saved groups carry the saver's implementation flags
+                group.update({"foreach": None, "fused": None, **self._adam})
         self.generator.set_state(state["generator"].cpu())
 
 
