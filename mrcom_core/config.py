@@ -63,6 +63,16 @@ class ModelConfig:
     imagines that many steps open loop (mean latents, predictions fed back into the context, as in
     imagination) and the decoded observations are regressed on the real ones, weight
     ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``).
+
+    ``u_on_d`` (MrCoM only; default off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition
+    u's prior and posterior on the previous deterministic state, ``p(u_t | c_t, a_{t-1}, d_{t-1})`` and
+    ``q(u_t | c_t, a_{t-1}, d_{t-1}, o_t)``. Eq. 15 writes the transition from the whole ``s̃_t = {u, d, h}``
+    and §5.3 says d carries the temporal information; read literally, u has no recurrent input and in
+    imagination all memory of the previous step passes through the decoded prediction in the context.
+    ``d_{-1}`` is the model's initial d (zeros), in training and in the one-step functions alike. Under
+    ``no_d`` there is no d to feed (0 dims), so ``u_on_d`` changes nothing there (a documented no-op, which
+    keeps the w/o d ablation runnable whatever the default). Other model types ignore it (RSSM's u already
+    depends on d). The literal reading stays reachable with ``--set model.u_on_d=false``.
     """
 
     model_type: str = "mrcom"
@@ -96,6 +106,7 @@ class ModelConfig:
     gamma: float = 0.99
     overshoot_horizon: int = 0
     overshoot_weight: float = 1.0
+    u_on_d: bool = False
 
     def __post_init__(self):
         positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
@@ -117,6 +128,8 @@ class ModelConfig:
         h = self.overshoot_horizon
         if isinstance(h, bool) or not isinstance(h, int) or h < 0:
             raise UserInputError(f"model.overshoot_horizon must be an integer >= 0, got {h!r}")
+        if not isinstance(self.u_on_d, bool):
+            raise UserInputError(f"model.u_on_d must be true or false, got {self.u_on_d!r}")
         if not 0 <= self.gamma < 1:
             raise UserInputError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
         if not isinstance(self.model_type, str) or not self.model_type:

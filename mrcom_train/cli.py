@@ -131,7 +131,10 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
               help="Only the graphs the runtime runs (prime, observe, step, rollout): leave out the building blocks "
                    "(context_full, context_step, imagine, reward) that hand-written loops use.")
 @click.option("--force", is_flag=True, help="Replace a non-empty export folder.")
-def export_cmd(run, out, fmt, horizon, policy, no_blocks, force):
+@click.option("--checkpoint", "which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
+              help="best: the checkpoint with the lowest held-out open-loop error (the latest when the run has no "
+                   "best one); latest: the last checkpoint.")
+def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which):
     """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json.
 
     The new export replaces OUT in one step once it is complete and verified (a failed or killed export
@@ -145,7 +148,7 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force):
     formats = FORMATS if fmt == "all" else (fmt,)
     if fmt != "all" and fmt not in FORMATS:
         raise UserInputError(f"--format: unknown format {fmt!r}; choose onnx, torchscript or all")
-    model, state = load_model(run)
+    model, state = load_model(run, which)
     actor = None
     if policy:
         net = load_actor(policy)
@@ -153,8 +156,17 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force):
             raise UserInputError(f"policy {policy} has obs/action dims {net.obs_dim}/{net.act_dim}, more than the "
                                  f"model's {model.config.obs_dim}/{model.config.act_dim}")
         actor = PolicyActor(net, net.obs_dim, net.act_dim, model.config.act_dim)
-    click.echo(f"exporting {run} (step {state['step']}) as {', '.join(formats)} into {out}")
-    source = {"run": str(run), "step": state["step"], "data": state["data"]["path"], "policy": policy}
+    chosen = state["checkpoint"]
+    if chosen == "best":
+        what = f"best checkpoint: step {state['step']}, held-out open-loop error {state['best_error']:.4f}"
+    elif state.get("best_step") is not None:
+        what = (f"latest checkpoint: step {state['step']}; the best is step {state['best_step']}, held-out "
+                f"open-loop error {state['best_error']:.4f}")
+    else:
+        what = f"latest checkpoint: step {state['step']}; the run has no best checkpoint"
+    click.echo(f"exporting {run} ({what}) as {', '.join(formats)} into {out}")
+    source = {"run": str(run), "step": state["step"], "checkpoint": chosen, "data": state["data"]["path"],
+              "policy": policy}
     export_model(model, out, formats=formats, horizon=horizon, policy=actor, blocks=not no_blocks, source=source,
                  force=force, log=click.echo)
     click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")

@@ -3,7 +3,10 @@
 Index convention (DESIGN.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}`` and
 ``c_t = Enc(C_t)``;
 
-* stochastic ``u_t``: prior ``p(u_t | c_t, a_{t-1})``, posterior ``q(u_t | c_t, a_{t-1}, o_t)``;
+* stochastic ``u_t``: prior ``p(u_t | c_t, a_{t-1})``, posterior ``q(u_t | c_t, a_{t-1}, o_t)`` (eq. 6 read
+  literally); with ``ModelConfig.u_on_d`` both also see ``d_{t-1}`` (eq. 15's transition from the whole
+  ``s̃_t``; ``d_{-1}`` = the initial state's zeros), so imagination carries memory through d, not only
+  through the decoded predictions in the context;
 * deterministic ``d_t = GRU(d_{t-1}, [u_t, a_{t-1}])``;
 * auxiliary ``h_t``: prior ``p(h_t | c_t, h_{t-1})``, posterior ``q(h_t | c_t, h_{t-1}, o_t)``;
 * latent ``s_t = [u_t, d_t, h_t]``; decoder ``o_t ≈ dec(s_t)``; reward ``r_t ≈ rew(s_t, a_t)``;
@@ -44,8 +47,10 @@ class MrCoM(BaseWorldModel):
         super().__init__(config, obs_mean, obs_std)
         c, s = config, self.sizes
         A, C, H = c.act_dim, s.context, c.h_dim
-        self.u_prior = mlp(C + A, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
-        self.u_post = mlp(C + A + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.u_on_d = c.u_on_d and s.d > 0  # under no_d there is no d to feed: a no-op (see ModelConfig)
+        Du = s.d if self.u_on_d else 0
+        self.u_prior = mlp(C + A + Du, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.u_post = mlp(C + A + Du + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
         self.gru = None if c.no_d else GRUCell(c.u_dim + A, s.d)
         self.h_prior = mlp(C + H, 2 * H, c.hidden_dim, c.hidden_layers)
         self.h_post = mlp(C + H + c.obs_dim, 2 * H, c.hidden_dim, c.hidden_layers)
@@ -63,10 +68,17 @@ class MrCoM(BaseWorldModel):
             return d
         return self.gru(torch.cat([u, prev_action], dim=-1), d)
 
+    def u_inputs(self, context: torch.Tensor, prev_action: torch.Tensor, d_prev: torch.Tensor,
+                 *obs_n: torch.Tensor) -> torch.Tensor:
+        """The input of u's prior ``[c_t, a_{t-1}(, d_{t-1})]`` or, given ``o_t``, of its posterior (with
+        ``o_t`` last); ``d_{t-1}`` only under ``u_on_d`` (a config constant: no branching on tensors)."""
+        parts = [context, prev_action, d_prev] if self.u_on_d else [context, prev_action]
+        return torch.cat([*parts, *obs_n], -1)
+
     # ------------------------------------------------------------------------------------ step functions
     def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
         ms = self.config.min_std
-        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+        q = Gaussian.split(self.u_post(self.u_inputs(context, prev_action, state.d, obs_n)))
         u = gaussian_sample(q.mean, q.std_raw, noise_u, min_std=ms)
         d = self.deterministic(state.d, u, prev_action)
         qh = Gaussian.split(self.h_post(torch.cat([context, state.h, obs_n], -1)))
@@ -74,7 +86,7 @@ class MrCoM(BaseWorldModel):
 
     def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
         ms = self.config.min_std
-        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
+        p = Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, state.d)))
         u = gaussian_sample(p.mean, p.std_raw, noise_u, min_std=ms)
         d = self.deterministic(state.d, u, prev_action)
         ph = Gaussian.split(self.h_prior(torch.cat([context, state.h], -1)))
@@ -85,9 +97,10 @@ class MrCoM(BaseWorldModel):
         """Posterior pass over a sampled window (see ``mrcom_train.datasets.sampler`` for the batch layout).
 
         The context and window form one (m + L)-token sequence that the streaming encoder reads once;
-        ``c_j`` for window step j is the readout at token ``m - 1 + j``. ``u`` depends on no recurrent
-        state, so its posterior and prior heads and their fused sample+KL run over all steps at once; ``d``
-        and ``h`` are recurrent and run step by step. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
+        ``c_j`` for window step j is the readout at token ``m - 1 + j``. In the literal reading ``u`` depends
+        on no recurrent state, so its posterior and prior heads and their fused sample+KL run over all steps
+        at once; under ``u_on_d`` they see ``d_{j-1}`` (``d_{-1}`` = 0, as in :func:`~mrcom_core.steps.prime`)
+        and run step by step with ``d`` and ``h``. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
         """
         c = self.config
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
@@ -96,14 +109,24 @@ class MrCoM(BaseWorldModel):
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
 
         reverse = c.kl_direction == "prior_post"
-        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
-        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
-        u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
-                                     reverse=reverse)
+        if not self.u_on_d:
+            p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
+            q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+            u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
+                                         reverse=reverse)
         state = self.initial_state(B, obs_n.device)
-        ds, hs, kls, h_priors = [], [], [], []
+        ds, hs, kls, h_priors, u_steps = [], [], [], [], []
         for j in range(T1):
-            d = self.deterministic(state.d, u[:, j], prev_action[:, j])
+            if self.u_on_d:
+                pj = Gaussian.split(self.u_prior(self.u_inputs(context[:, j], prev_action[:, j], state.d)))
+                qj = Gaussian.split(self.u_post(self.u_inputs(context[:, j], prev_action[:, j], state.d,
+                                                              obs_n[:, j])))
+                uj, kl_uj = gaussian_sample_kl(pj.mean, pj.std_raw, qj.mean, qj.std_raw, noise["u"][:, j],
+                                               min_std=c.min_std, reverse=reverse)
+                u_steps.append((uj, kl_uj, pj, qj))
+            else:
+                uj = u[:, j]
+            d = self.deterministic(state.d, uj, prev_action[:, j])
             hp = Gaussian.split(self.h_prior(torch.cat([context[:, j], state.h], -1)))
             hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
             h, kl_h = gaussian_sample_kl(hp.mean, hp.std_raw, hq.mean, hq.std_raw, noise["h"][:, j],
@@ -112,7 +135,11 @@ class MrCoM(BaseWorldModel):
             hs.append(h)
             kls.append(kl_h)
             h_priors.append(hp)
-            state = LatentState(u[:, j], d, h)
+            state = LatentState(uj, d, h)
+        if self.u_on_d:
+            us, kl_us, ps, qs = zip(*u_steps, strict=True)
+            u, kl_u = torch.stack(us, 1), torch.stack(kl_us, 1)
+            p, q = (Gaussian(*(torch.stack(x, 1) for x in zip(*g, strict=True))) for g in (ps, qs))
         posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
         h_prior = Gaussian(*(torch.stack(x, 1) for x in zip(*h_priors, strict=True)))
         return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))

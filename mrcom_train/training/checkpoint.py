@@ -8,6 +8,13 @@ Layout of ``RUN/checkpoints/`` (see :mod:`mrcom_core.snapshots`, which writes an
     step_00001000/state.json              format, step, SHA-256 of the three files, configs, optimizer param
                                           groups, sampler RNG
     latest.json                           {"step": …, "dir": "step_00001000", "state_sha256": …}
+    best/step_00000800/model.safetensors  the weights with the lowest held-out open-loop error so far
+    best/step_00000800/state.json         as above (no optimizer/RNG files) plus ``best_error``
+    best/latest.json                      its own pointer (one best folder is kept)
+
+The regular checkpoints are what ``--resume`` continues from; the best one is what ``mrcom export`` and
+``mrcom reproduce`` export by default (:func:`load_model`, ``which="best"``). Each regular checkpoint's state
+records ``best_step``/``best_error`` so a resumed run keeps tracking the best.
 
 A checkpoint folder is written under a temporary name and renamed into place; ``latest.json`` is then
 swapped with ``os.replace``. A crash at any point leaves the previous checkpoint intact and pointed to.
@@ -30,6 +37,8 @@ from mrcom_core.registry import build_model
 
 FORMAT = "mrcom-checkpoint"
 CHECKPOINT_VERSION = 2  # 2: format name and SHA-256 of every file
+BEST = "best"  # RUN/checkpoints/best/: the snapshot root of the best checkpoint
+WHICH = ("best", "latest")
 
 
 def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
@@ -66,15 +75,36 @@ def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, opti
                              CHECKPOINT_VERSION, keep)
 
 
+def save_best(run_dir: Path | str, step: int, model: torch.nn.Module, state: dict, error: float) -> Path:
+    """Publish the weights of ``step`` as the run's best checkpoint (``checkpoints/best/``, keep 1), with
+    ``state`` (configs, data) and its held-out open-loop error as ``best_error``."""
+    def write(folder: Path) -> None:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                  str(folder / "model.safetensors"))
+
+    return snapshots.publish(Path(run_dir) / "checkpoints" / BEST, step, write,
+                             {**state, "best_step": step, "best_error": error}, FORMAT, CHECKPOINT_VERSION, keep=1)
+
+
 def clean_checkpoints(run_dir: Path | str) -> int:
-    """Remove the temporary checkpoint folders a killed run left behind (``checkpoints/.tmp-step_*``)."""
-    return snapshots.clean(Path(run_dir) / "checkpoints")
+    """Remove the temporary checkpoint folders a killed run left behind (``checkpoints/.tmp-step_*``, and the
+    same under ``checkpoints/best/``)."""
+    root = Path(run_dir) / "checkpoints"
+    return snapshots.clean(root) + snapshots.clean(root / BEST)
 
 
 def latest_checkpoint(run_dir: Path | str) -> Path | None:
     """The folder ``latest.json`` points to, after checking the pointer and every file's digest; None when
     the run has no checkpoint yet."""
     found = snapshots.open_latest(Path(run_dir) / "checkpoints", FORMAT, CHECKPOINT_VERSION, "training checkpoint")
+    return None if found is None else found[0]
+
+
+def best_checkpoint(run_dir: Path | str) -> Path | None:
+    """The best checkpoint's folder (``checkpoints/best/``), verified as :func:`latest_checkpoint` does; None
+    when the run has none (no evaluation after an update yet, or a run from before best checkpoints)."""
+    found = snapshots.open_latest(Path(run_dir) / "checkpoints" / BEST, FORMAT, CHECKPOINT_VERSION,
+                                  "best checkpoint")
     return None if found is None else found[0]
 
 
@@ -140,15 +170,25 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
     return state
 
 
-def load_model(run_dir: Path | str):
-    """The world model of a training run's latest checkpoint (eval mode, CPU) and its ``state.json``."""
+def load_model(run_dir: Path | str, which: str = "best"):
+    """The world model of a training run (eval mode, CPU) and its ``state.json``.
+
+    ``which="best"`` (default): the checkpoint with the lowest held-out open-loop error, falling back to the
+    latest when the run has no best checkpoint; ``"latest"``: the latest regular checkpoint. The returned
+    state says which was loaded under ``"checkpoint"`` (``"best"`` or ``"latest"``). The run's latest
+    checkpoint is verified in either case: a run whose latest checkpoint is damaged is refused.
+    """
+    if which not in WHICH:
+        raise UserInputError(f"--checkpoint must be one of {', '.join(WHICH)}, got {which!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UserInputError(f"no training run at {run_dir}")
     path = latest_checkpoint(run_dir)
     if path is None:
         raise UserInputError(f"run {run_dir} has no checkpoint yet (checkpoints/{snapshots.LATEST} is missing)")
-    state = read_state(path)
+    best = best_checkpoint(run_dir) if which == "best" else None
+    path = best or path
+    state = {**read_state(path), "checkpoint": "best" if best else "latest"}
     try:
         config = apply_overrides(ModelConfig(), state["model_config"])
     except (KeyError, TypeError, AttributeError):

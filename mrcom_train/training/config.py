@@ -132,7 +132,7 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
     if saved is not None:
         old = saved["model_config"]
         for name, value in mcfg.to_dict().items():
-            if old.get(name) != value:
+            if old.get(name, getattr(ModelConfig(), name)) != value:  # fields added later: their default
                 raise UserInputError(f"cannot resume: the checkpoint's model was trained with model.{name}="
                                      f"{old.get(name)!r}, this run asks for {value!r}")
     return mcfg, tcfg, preset

@@ -30,7 +30,7 @@ from mrcom_core.steps import open_loop_predictions
 from ..datasets.dataset import Dataset
 from ..datasets.sampler import SequenceSampler
 from ..metrics_log import MetricsLog
-from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint, read_state, save_checkpoint
+from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint, read_state, save_best, save_checkpoint
 from .config import RunRequest, TrainConfig, resolve_configs
 from .evaluation import KEY, by_domain, format_errors, open_loop_error
 
@@ -79,7 +79,8 @@ def _scalars(metrics: dict[str, float]) -> dict[str, float]:
 class Trainer:
     """Trains a world model (MrCoM or a baseline, by ``model.model_type``) on a dataset into a run folder.
 
-    Run folder: ``config.json`` (resolved configs), ``checkpoints/`` (see :mod:`.checkpoint`),
+    Run folder: ``config.json`` (resolved configs), ``checkpoints/`` (see :mod:`.checkpoint`; ``checkpoints/best/``
+    holds the weights of the evaluation with the lowest held-out open-loop error after at least one update),
     ``metrics.csv`` and ``tb/`` (TensorBoard scalars).
     """
 
@@ -159,10 +160,13 @@ class Trainer:
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps)
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step = 0
+        self.best_step: int | None = None  # the evaluation with the lowest held-out open-loop error so far
+        self.best_error: float | None = None
         if ckpt is not None:
             state = load_checkpoint(ckpt, self.model, self.optimizer, self.generator)
             self.sampler.rng.bit_generator.state = state["sampler_rng"]
             self.step = state["step"]
+            self.best_step, self.best_error = state.get("best_step"), state.get("best_error")
             self.last_good = ckpt
             for group in self.optimizer.param_groups:
                 group["lr"] = c.lr
@@ -219,15 +223,31 @@ class Trainer:
         err, sid = np.concatenate(errors), np.concatenate(scenarios)
         return by_domain(err, [self.domains[s] for s in sid])
 
+    def _state(self) -> dict:
+        """What a checkpoint's ``state.json`` records besides the step and the files."""
+        return {"preset": self.preset, "model_config": self.model_config.to_dict(),
+                "train_config": dataclasses.asdict(self.config),
+                "data": {"path": str(self.dataset.root.resolve()), "obs_dim": self.dataset.obs_dim,
+                         "act_dim": self.dataset.act_dim, "num_scenarios": len(self.dataset.scenarios),
+                         "domains": self.domains}}
+
     def save(self) -> Path:
-        state = {"preset": self.preset, "model_config": self.model_config.to_dict(),
-                 "train_config": dataclasses.asdict(self.config),
-                 "sampler_rng": self.sampler.rng.bit_generator.state,
-                 "data": {"path": str(self.dataset.root.resolve()), "obs_dim": self.dataset.obs_dim,
-                          "act_dim": self.dataset.act_dim, "num_scenarios": len(self.dataset.scenarios),
-                          "domains": self.domains}}
+        state = {**self._state(), "sampler_rng": self.sampler.rng.bit_generator.state,
+                 "best_step": self.best_step, "best_error": self.best_error}
         self.last_good = save_checkpoint(self.run_dir, self.step, self.model, self.optimizer, self.generator, state)
         return self.last_good
+
+    def track_best(self, result: dict[str, float]) -> bool:
+        """After an evaluation: if its held-out open-loop error is the lowest so far (and finite, and at least
+        one update was made), publish the current weights as the best checkpoint. Returns whether it did."""
+        error = result.get(KEY)
+        if self.step == 0 or error is None or not np.isfinite(error):
+            return False
+        if self.best_error is not None and error >= self.best_error:
+            return False
+        self.best_step, self.best_error = self.step, float(error)
+        save_best(self.run_dir, self.step, self.model, self._state(), self.best_error)
+        return True
 
     # ------------------------------------------------------------------------------------------ loop
     def run(self) -> dict[str, float]:
@@ -295,8 +315,9 @@ class Trainer:
                 if main:
                     result = self.evaluate()
                     logger.write(self.step, result, _scalars(result))
+                    best = " (best so far)" if self.track_best(result) else ""
                     (bar.write if self.progress else self.log)(
-                        f"step {self.step}: open-loop error {format_errors(result)}")
+                        f"step {self.step}: open-loop error {format_errors(result)}{best}")
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 if main:
                     self.save()
