@@ -22,13 +22,21 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
-    assert table.count("| Hopper |") == 4 and "| Ours | DreamerV3 | CaDM | SAC (model-free) |" in table
+    assert table.count("| Hopper |") == 4
+    assert "| Ours | DreamerV3 | CaDM | SAC (model-free) | _zero-action_ | _random_ |" in table
     for kind in ("latents at their means", "latents sampled"):
         assert f"15-step open-loop prediction error, {kind}" in table
     assert table.count("| All |") == 2
     with open(split / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    assert len(rows) == 2 * 3 * 4 and {r["method"] for r in rows} == {"mrcom", "rssm", "cadm", "sac"}
+    methods = {"mrcom", "rssm", "cadm", "sac", "floor:zero", "floor:random"}
+    assert len(rows) == 2 * 3 * 6 and {r["method"] for r in rows} == methods
+    # the floors are those of each cell's own target scenario, as the adaptation run measured them
+    from mrcom_core.files import read_json
+
+    cell = read_json(split / "adapt" / "in" / "walker" / "sac" / "s0" / "result.json", "result")
+    zero = next(r for r in rows if r["range"] == "in" and r["domain"] == "walker" and r["method"] == "floor:zero")
+    assert float(zero["mean"]) == pytest.approx(cell["floors"]["zero"], abs=0.006)
     for png in ("curves_in.png", "curves_ood.png", "prediction_error.png"):
         assert (split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any("adapting" in line for line in logs)

@@ -14,12 +14,9 @@ behaviour data); ``small`` fits a few hours on a 2-core CPU; ``paper`` is the pa
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-
-import numpy as np
 
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import read_json, write_json_atomic
@@ -29,18 +26,19 @@ from mrcom_export.exporter import export_model
 
 from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
-from ..rl.adapt import AdaptConfig, Adapter, summarize
+from ..rl.adapt import AdaptConfig, Adapter
+from ..rl.scoring import FLOORS, floor_scores
 from ..rollout import runtime_error
-from ..scenarios import DOMAINS, get_split
+from ..scenarios import DOMAINS
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
 from ..training.config import RunRequest
 from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
+from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, write_outputs, write_summary
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
-ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined rollouts per (method, range), steps
 SAC = "sac"  # the model-free arm
 
 
@@ -165,13 +163,19 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                  for domain in DOMAINS for method in [*methods, SAC]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
+        floors: dict = {}
         for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
-            score, curve = _read_cell(_cell_dir(root, rng_name, domain, method, seed))
+            score, curve, floor = _read_cell(_cell_dir(root, rng_name, domain, method, seed))
             results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
                 method, []).append(score)
             curves.setdefault((rng_name, domain, method), []).append(curve)
-        _write_outputs(root, split, results[split], errors, curves, [*methods, SAC], b, seeds)
-    _write_summary(out, table, budget_name, results, chosen)
+            per_seed = floors.setdefault((rng_name, domain), {})
+            if seed not in per_seed:  # every method's cell of this seed has the same target scenario
+                config = _cell_config(split, rng_name, domain, SAC, seed, b)
+                per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
+        per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
+        write_outputs(root, split, results[split], per_floor, errors, curves, [*methods, SAC], label, SAC)
+    write_summary(out, table, budget_name, results, chosen, asdict(BUDGETS[budget_name]))
     return results
 
 
@@ -179,14 +183,18 @@ def _cell_dir(root: Path, rng_name: str, domain: str, method: str, seed: int) ->
     return root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
 
 
+def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget) -> AdaptConfig:
+    return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
+                       episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
+                       checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
+                       use_model=method != SAC, **b.adapt)
+
+
 def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
               threads: int | None = None) -> float:
     """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
     its final normalized return."""
-    config = AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
-                         episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
-                         checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
-                         use_model=method != SAC, **b.adapt)
+    config = _cell_config(split, rng_name, domain, method, seed, b)
     export = None if method == SAC else root / "exports" / method
     return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
                    log=lambda s: None, threads=threads).run()["normalized_return"]
@@ -225,97 +233,13 @@ def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers:
         pool.run(_run_cell_in_worker, [(root, split, *cell, b) for cell in pending], on_result=report)
 
 
-def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]]]:
-    """A finished cell's final score and learning curve."""
-    score = read_json(cell / "result.json", "adaptation result").get("normalized_return")
+def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]], dict | None]:
+    """A finished cell's final score, learning curve and floors (None in results written before floors)."""
+    result = read_json(cell / "result.json", "adaptation result")
+    score = result.get("normalized_return")
     if not isinstance(score, int | float):
         raise UserInputError(f"{cell / 'result.json'} has no normalized_return; delete it to run the cell again")
     with open(cell / "metrics.csv") as f:
         curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]
-    return score, curve
-
-
-def _write_outputs(root: Path, split: str, scores: dict, errors: dict, curves: dict, methods: list[str],
-                   budget: Budget, seeds: int) -> None:
-    s = get_split(split)
-    lines = []
-    csv_rows = [["split", "range", "domain", "method", "mean", "std", "seeds"]]
-    for rng_name in ("in", "ood"):
-        lines.append(f"#### Train {s.train.describe()} · evaluate {s.evaluate[rng_name].describe()} "
-                     f"({'in-distribution' if rng_name == 'in' else 'out-of-distribution'})\n")
-        lines.append("| | " + " | ".join(label(m) for m in methods) + " |")
-        lines.append("|---|" + "---:|" * len(methods))
-        for domain in DOMAINS:
-            cells = []
-            for m in methods:
-                values = scores[rng_name][domain][m]
-                cells.append(summarize(values))
-                csv_rows.append([split, rng_name, domain, m, f"{np.mean(values):.2f}", f"{np.std(values):.2f}",
-                                 len(values)])
-            lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
-        lines.append("")
-    model_methods = [m for m in methods if m != SAC]
-    for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
-        lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
-                     "rollouts; normalized MSE over real dims; lower is better)\n")
-        lines.append("| | " + " | ".join(f"{label(m)} in / OOD" for m in model_methods) + " |")
-        lines.append("|---|" + "---:|" * len(model_methods))
-        for domain in [*DOMAINS, None]:
-            key = KEY if domain is None else f"{KEY}_{domain}"
-            cells = [f"{errors[m][kind]['in'].get(key, float('nan')):.3f} / "
-                     f"{errors[m][kind]['ood'].get(key, float('nan')):.3f}" for m in model_methods]
-            lines.append(f"| {'All' if domain is None else domain.capitalize()} | " + " | ".join(cells) + " |")
-        lines.append("")
-    (root / "table.md").write_text("\n".join(lines) + "\n")
-    with open(root / "table.csv", "w", newline="") as f:
-        csv.writer(f).writerows(csv_rows)
-    _plots(root, curves, errors, methods, model_methods)
-
-
-def _plots(root: Path, curves: dict, errors: dict, methods: list[str], model_methods: list[str]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    for rng_name in ("in", "ood"):
-        fig, axes = plt.subplots(1, len(DOMAINS), figsize=(4 * len(DOMAINS), 3.2), squeeze=False)
-        for ax, domain in zip(axes[0], DOMAINS, strict=True):
-            for m in methods:
-                runs = curves.get((rng_name, domain, m), [])
-                if not runs:
-                    continue
-                steps = [x for x, _ in runs[0]]
-                values = np.array([[v for _, v in r] for r in runs if len(r) == len(steps)])
-                ax.plot(steps, values.mean(0), label=label(m))
-                if len(values) > 1:
-                    ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
-            ax.set_title(f"{domain} ({rng_name})")
-            ax.set_xlabel("env steps")
-            ax.set_ylabel("normalized return")
-        axes[0][-1].legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(root / f"curves_{rng_name}.png", dpi=100)
-        plt.close(fig)
-    fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
-    x = np.arange(len(model_methods))
-    for i, rng_name in enumerate(("in", "ood")):
-        ax.bar(x + 0.38 * i, [errors[m]["mean"][rng_name][KEY] for m in model_methods], 0.38,
-               label=rng_name)
-    ax.set_xticks(x + 0.19, [label(m) for m in model_methods], fontsize=8)
-    ax.set_ylabel("open-loop error (mean latents)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(root / "prediction_error.png", dpi=100)
-    plt.close(fig)
-
-
-def _write_summary(out: Path, table: int, budget: str, results: dict, splits: tuple[str, ...]) -> None:
-    parts = [f"# Table {table} — budget {budget}\n"]
-    for split in splits:
-        parts.append(f"## {split}\n")
-        parts.append((out / split / "table.md").read_text())
-    (out / f"table{table}.md").write_text("\n".join(parts))
-    (out / "config.json").write_text(json.dumps({"table": table, "budget": budget, "splits": list(splits),
-                                                 "budget_settings": asdict(BUDGETS[budget])}, indent=1))
-
+    floors = result.get("floors")
+    return score, curve, floors if isinstance(floors, dict) and set(FLOORS) <= set(floors) else None

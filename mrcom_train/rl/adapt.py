@@ -41,6 +41,7 @@ from ..scenarios import ScenarioEnv, UnifiedSpace
 from . import adapt_checkpoint as checkpoint
 from .adapt_config import AdaptConfig, normalized_return
 from .sac import SAC, ReplayBuffer, SACConfig
+from .scoring import evaluate_policy, floor_scores
 
 __all__ = ["AdaptConfig", "Adapter", "normalized_return", "summarize"]
 
@@ -165,16 +166,8 @@ class Adapter:
         return {k: np.concatenate([real[k], model[k]]) for k in real}
 
     def evaluate(self) -> float:
-        """Mean normalized return of the deterministic policy over ``eval_episodes`` episodes."""
-        returns = []
-        for i in range(self.cfg.eval_episodes):
-            obs, _ = self.eval_env.reset(seed=1_000_000 + i)
-            total, done = 0.0, False
-            while not done:
-                obs, reward, _, done, _ = self.eval_env.step(self._act(obs, deterministic=True))
-                total += reward
-            returns.append(normalized_return(total, self.spec.episode_length))
-        return float(np.mean(returns))
+        """Mean normalized return of the deterministic policy over ``eval_episodes`` evaluation episodes."""
+        return evaluate_policy(self.eval_env, lambda obs: self._act(obs, deterministic=True), self.cfg.eval_episodes)
 
     # -------------------------------------------------------------------------------------------- loop
     def run(self) -> dict[str, float]:
@@ -252,6 +245,9 @@ class Adapter:
             torch.set_num_threads(threads)
             bar.close()
             metrics.close()
+        result["floors"] = floor_scores(self.spec, c.eval_episodes, c.seed)
+        self.log(f"floors on this target: zero-action {result['floors']['zero']:.1f}, "
+                 f"random {result['floors']['random']:.1f}")
         folder = self.save(None, result=result)
         checkpoint.publish_result(self.run_dir, folder, result)
         self.finished = result

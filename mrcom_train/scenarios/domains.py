@@ -19,9 +19,15 @@ At scales (1, 1) the XML is numerically the suite's own, so the environment equa
 
 Target-speed reward (paper §5.1, objective ``v_i``): ``speed_term = tolerance(speed, bounds=(v_i, v_i),
 margin=speed_margin, sigmoid='linear', value_at_margin=0)``, i.e. 1 at exactly ``v_i`` falling linearly
-to 0 at ``|speed - v_i| = speed_margin``. hopper: dm_control's standing factor × speed_term; walker:
-dm_control's ``(3·standing + upright)/4`` × speed_term; cheetah: speed_term alone. ``target_speed=None``
-keeps the suite task's own reward (hopper-hop, walker-run, cheetah-run).
+to 0 at ``|speed - v_i| = speed_margin`` (the split chooses the margin: by default ``max(v_i, 0.1 v_max)``,
+see :class:`~.splits.ScenarioRange`). hopper: a smooth standing factor × speed_term; walker: dm_control's
+``(3·standing + upright)/4`` × speed_term; cheetah: speed_term alone. ``target_speed=None`` keeps the suite
+task's own reward (hopper-hop, walker-run, cheetah-run).
+
+Hopper's standing factor is our reading: the suite's is binary (``tolerance(height, (0.6, 2))``, no margin),
+so a hopper that never stands earns nothing and SAC needs hundreds of thousands of steps to find it; ours
+adds a margin of half the standing height, as walker's standing term has (``tolerance(height, (0.6, 2),
+margin=0.3)``, dm_control's default Gaussian sigmoid: 0.1 at 0.3 m).
 """
 
 from __future__ import annotations
@@ -134,14 +140,14 @@ class _SpeedTerm:
 
 
 class HopperTargetSpeed(hopper.Hopper):
-    """Hopper whose reward is standing × how close the forward speed is to the scenario's target."""
+    """Hopper whose reward is (smooth) standing × how close the forward speed is to the scenario's target."""
 
     def __init__(self, target_speed: float, speed_margin: float, random=None):
         super().__init__(hopping=True, random=random)
         self._speed_term = _SpeedTerm(target_speed, speed_margin)
 
     def get_reward(self, physics):
-        standing = rewards.tolerance(physics.height(), (hopper._STAND_HEIGHT, 2))
+        standing = rewards.tolerance(physics.height(), (hopper._STAND_HEIGHT, 2), margin=hopper._STAND_HEIGHT / 2)
         return standing * self._speed_term(physics.speed())
 
 

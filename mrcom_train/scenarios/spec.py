@@ -20,7 +20,8 @@ class ScenarioSpec:
         length_scale: torso length relative to the suite's.
         size_scale: torso radius relative to the suite's.
         target_speed: the objective ``v_i`` in m/s; ``None`` keeps the suite task's own reward.
-        speed_margin: distance from ``v_i`` at which the speed reward reaches 0 (``None``: v_max / 2).
+        speed_margin: distance from ``v_i`` at which the speed reward reaches 0 in m/s (``None``: v_max / 2; the
+            splits set it, see :meth:`~.splits.ScenarioRange.margin`).
         obs_fn: observation function, one of :data:`~.obs_functions.OBS_FUNCTIONS`.
         obs_noise_std: σ of ``add-g``.
         episode_length: steps per episode (the suite's tasks have 1,000).

@@ -1,0 +1,124 @@
+"""What ``mrcom reproduce`` writes for a table: per split ``table.md`` / ``table.csv`` (normalized returns,
+mean ± std over seeds, with the two floors of each row, and the open-loop prediction errors), learning
+curves with the floors as dashed lines and a prediction-error chart; and ``table<N>.md`` for all splits.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from ..rl.adapt import summarize
+from ..rl.scoring import FLOOR_LABELS, FLOORS
+from ..scenarios import DOMAINS, get_split
+from ..training.evaluation import KEY
+
+ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined rollouts per (method, range), steps
+
+
+def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: dict, curves: dict, methods: list[str],
+                  label: Callable[[str], str], model_free: str) -> None:
+    """Write ``root/table.md``, ``table.csv`` and the plots of one split. ``scores[range][domain][method]`` and
+    ``floors[(range, domain)][floor]`` are per-seed lists; ``errors[method][kind][range]`` the open-loop
+    errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arm
+    without a world model."""
+    s = get_split(split)
+    lines = []
+    csv_rows = [["split", "range", "domain", "method", "mean", "std", "seeds"]]
+    for rng_name in ("in", "ood"):
+        lines.append(f"#### Train {s.train.describe()} · evaluate {s.evaluate[rng_name].describe()} "
+                     f"({'in-distribution' if rng_name == 'in' else 'out-of-distribution'})\n")
+        lines.append("| | " + " | ".join(label(m) for m in methods) + " | "
+                     + " | ".join(f"_{FLOOR_LABELS[f]}_" for f in FLOORS) + " |")
+        lines.append("|---|" + "---:|" * (len(methods) + len(FLOORS)))
+        for domain in DOMAINS:
+            cells = []
+            for m in methods:
+                values = scores[rng_name][domain][m]
+                cells.append(summarize(values))
+                csv_rows.append([split, rng_name, domain, m, f"{np.mean(values):.2f}", f"{np.std(values):.2f}",
+                                 len(values)])
+            for f in FLOORS:
+                values = floors[(rng_name, domain)][f]
+                cells.append(f"_{summarize(values)}_")
+                csv_rows.append([split, rng_name, domain, f"floor:{f}", f"{np.mean(values):.2f}",
+                                 f"{np.std(values):.2f}", len(values)])
+            lines.append(f"| {domain.capitalize()} | " + " | ".join(cells) + " |")
+        lines.append("")
+    lines.append("_Floors_: the same target scenarios and evaluation episodes, scored by a policy that always "
+                 "outputs zero and one that draws uniform random actions. A cell above both has learned "
+                 "something.\n")
+    model_methods = [m for m in methods if m != model_free]
+    for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
+        lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
+                     "rollouts; normalized MSE over real dims; lower is better)\n")
+        lines.append("| | " + " | ".join(f"{label(m)} in / OOD" for m in model_methods) + " |")
+        lines.append("|---|" + "---:|" * len(model_methods))
+        for domain in [*DOMAINS, None]:
+            key = KEY if domain is None else f"{KEY}_{domain}"
+            cells = [f"{errors[m][kind]['in'].get(key, float('nan')):.3f} / "
+                     f"{errors[m][kind]['ood'].get(key, float('nan')):.3f}" for m in model_methods]
+            lines.append(f"| {'All' if domain is None else domain.capitalize()} | " + " | ".join(cells) + " |")
+        lines.append("")
+    (root / "table.md").write_text("\n".join(lines) + "\n")
+    with open(root / "table.csv", "w", newline="") as f:
+        csv.writer(f).writerows(csv_rows)
+    _plots(root, curves, floors, errors, methods, model_methods, label)
+
+
+def _plots(root: Path, curves: dict, floors: dict, errors: dict, methods: list[str], model_methods: list[str],
+           label: Callable[[str], str]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for rng_name in ("in", "ood"):
+        fig, axes = plt.subplots(1, len(DOMAINS), figsize=(4 * len(DOMAINS), 3.2), squeeze=False)
+        for ax, domain in zip(axes[0], DOMAINS, strict=True):
+            for m in methods:
+                runs = curves.get((rng_name, domain, m), [])
+                if not runs:
+                    continue
+                steps = [x for x, _ in runs[0]]
+                values = np.array([[v for _, v in r] for r in runs if len(r) == len(steps)])
+                ax.plot(steps, values.mean(0), label=label(m))
+                if len(values) > 1:
+                    ax.fill_between(steps, values.mean(0) - values.std(0), values.mean(0) + values.std(0), alpha=0.2)
+            for f, style in zip(FLOORS, ("--", ":"), strict=True):
+                ax.axhline(float(np.mean(floors[(rng_name, domain)][f])), color="grey", linestyle=style, linewidth=1,
+                           label=f"floor: {FLOOR_LABELS[f]}")
+            ax.set_title(f"{domain} ({rng_name})")
+            ax.set_xlabel("env steps")
+            ax.set_ylabel("normalized return")
+        axes[0][-1].legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(root / f"curves_{rng_name}.png", dpi=100)
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
+    x = np.arange(len(model_methods))
+    for i, rng_name in enumerate(("in", "ood")):
+        ax.bar(x + 0.38 * i, [errors[m]["mean"][rng_name][KEY] for m in model_methods], 0.38,
+               label=rng_name)
+    ax.set_xticks(x + 0.19, [label(m) for m in model_methods], fontsize=8)
+    ax.set_ylabel("open-loop error (mean latents)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(root / "prediction_error.png", dpi=100)
+    plt.close(fig)
+
+
+def write_summary(out: Path, table: int, budget: str, results: dict, splits: tuple[str, ...], settings: dict) -> None:
+    """``out/table<N>.md`` (every split's table) and ``out/config.json`` (what ran)."""
+    parts = [f"# Table {table} — budget {budget}\n"]
+    for split in splits:
+        parts.append(f"## {split}\n")
+        parts.append((out / split / "table.md").read_text())
+    (out / f"table{table}.md").write_text("\n".join(parts))
+    (out / "config.json").write_text(json.dumps({"table": table, "budget": budget, "splits": list(splits),
+                                                 "budget_settings": settings}, indent=1))
+
