@@ -27,7 +27,7 @@ ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 QUIET = dict(progress=False, log=lambda s: None)
 TINY = AdaptConfig(split="t1-a5b20", domain="cheetah", env_steps=300, episode_length=50, learning_starts=100,
                    eval_every=150, eval_episodes=1, sac_hidden=32, batch_size=32, seed=3, use_model=False,
-                   checkpoint_every=100, model_buffer_size=10)
+                   checkpoint_every=100, rollout_batch=10, retain_rounds=1, updates_per_step=1)
 
 
 def _actor(adapter: Adapter) -> dict:

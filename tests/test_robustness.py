@@ -18,7 +18,8 @@ STEPS = 2  # training updates: the checkpoint folder is step_00000002
 HORIZON = 2
 ADAPT = ["--model-free", "--split", "t1-a5b20", "--domain", "cheetah", "--env-steps", "60", "--episode-length", "20",
          "--seed", "0", "--set", "learning_starts=20", "--set", "checkpoint_every=20", "--set", "eval_every=60",
-         "--set", "eval_episodes=1", "--set", "sac_hidden=16", "--set", "batch_size=16", "--no-progress"]
+         "--set", "eval_episodes=1", "--set", "sac_hidden=16", "--set", "batch_size=16", "--set",
+         "updates_per_step=1", "--no-progress"]
 
 
 @pytest.fixture(scope="module")

@@ -39,7 +39,8 @@ from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, write_outputs, write_summary
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
-SAC = "sac"  # the model-free arm
+SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
+MODEL_FREE = (SAC, SAC_G)
 
 
 def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, ...]]]:
@@ -54,7 +55,9 @@ def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, .
 def label(method: str) -> str:
     """A method's column title: the model class's label (``Ours``, ``DreamerV3`` …)."""
     if method == SAC:
-        return "SAC (model-free)"
+        return "SAC (G=1)"
+    if method == SAC_G:
+        return "SAC (same G)"
     return MODELS[method].label if method in MODELS else method
 
 
@@ -73,16 +76,17 @@ class Budget:
     adapt: dict
 
 
-BUDGETS = {
+BUDGETS = {  # adaptation: MBPO's knobs (see AdaptConfig); "small" is provisional until its run is measured
     "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
-                    dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, horizon_end=2, eval_episodes=1,
-                         sac_hidden=32, batch_size=32)),
-    "small": Budget(4, 10, 1000, "sac", "small", 5000, 15, 2, 20_000, 1000,
-                    dict(learning_starts=1000, model_rollout_every=250, rollout_batch=256, horizon_end=5,
-                         eval_episodes=3)),
+                    dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, retain_rounds=2,
+                         horizon_start=1, horizon_end=2, updates_per_step=2, eval_episodes=1, sac_hidden=32,
+                         batch_size=32)),
+    "small": Budget(4, 10, 1000, "sac", "small", 5000, 15, 2, 10_000, 1000,
+                    dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
+                         updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3)),
     "paper": Budget(20, 50, 1000, "sac", "base", 100_000, 15, 5, 200_000, 1000,
-                    dict(learning_starts=5000, model_rollout_every=250, rollout_batch=1024, horizon_end=15,
-                         updates_per_step=10, eval_episodes=10)),
+                    dict(learning_starts=5000, model_rollout_every=250, rollout_batch=100_000, retain_rounds=4,
+                         updates_per_step=20, real_ratio=0.05, eval_episodes=10)),
 }
 
 
@@ -160,7 +164,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 write_json_atomic(err_file, per)
             errors[method] = read_json(err_file, "prediction-error file")
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in DOMAINS for method in [*methods, SAC]]  # seed-major: early cells cover all
+                 for domain in DOMAINS for method in [*methods, *MODEL_FREE]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
         floors: dict = {}
@@ -174,7 +178,8 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 config = _cell_config(split, rng_name, domain, SAC, seed, b)
                 per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
         per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
-        write_outputs(root, split, results[split], per_floor, errors, curves, [*methods, SAC], label, SAC)
+        write_outputs(root, split, results[split], per_floor, errors, curves, [*methods, *MODEL_FREE], label,
+                      MODEL_FREE)
     write_summary(out, table, budget_name, results, chosen, asdict(BUDGETS[budget_name]))
     return results
 
@@ -187,7 +192,8 @@ def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int,
     return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
                        episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
                        checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
-                       use_model=method != SAC, **b.adapt)
+                       **{**b.adapt, "use_model": method not in MODEL_FREE,
+                          **({"updates_per_step": 1} if method == SAC else {})})
 
 
 def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
@@ -195,7 +201,7 @@ def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, s
     """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
     its final normalized return."""
     config = _cell_config(split, rng_name, domain, method, seed, b)
-    export = None if method == SAC else root / "exports" / method
+    export = None if method in MODEL_FREE else root / "exports" / method
     return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
                    log=lambda s: None, threads=threads).run()["normalized_return"]
 

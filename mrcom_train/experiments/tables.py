@@ -21,10 +21,10 @@ ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined 
 
 
 def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: dict, curves: dict, methods: list[str],
-                  label: Callable[[str], str], model_free: str) -> None:
+                  label: Callable[[str], str], model_free: tuple[str, ...]) -> None:
     """Write ``root/table.md``, ``table.csv`` and the plots of one split. ``scores[range][domain][method]`` and
     ``floors[(range, domain)][floor]`` are per-seed lists; ``errors[method][kind][range]`` the open-loop
-    errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arm
+    errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arms
     without a world model."""
     s = get_split(split)
     lines = []
@@ -52,7 +52,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     lines.append("_Floors_: the same target scenarios and evaluation episodes, scored by a policy that always "
                  "outputs zero and one that draws uniform random actions. A cell above both has learned "
                  "something.\n")
-    model_methods = [m for m in methods if m != model_free]
+    model_methods = [m for m in methods if m not in model_free]
     for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
         lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
                      "rollouts; normalized MSE over real dims; lower is better)\n")

@@ -2,13 +2,17 @@
 rollouts from the exported world model through the torch-free runtime, wrapped as a Gymnasium vector env
 (:class:`~mrcom_export.vector_env.ImaginedVectorEnv`, the same one standard RL code can train in).
 
-Each env step the agent acts in the real target scenario; every ``model_rollout_every`` steps,
-``rollout_batch`` imagined rollouts start from real states the agent reached, their context FIFO primed
+MBPO (Janner et al. 2019) with a frozen world model: each env step the agent acts in the real target
+scenario, then takes ``updates_per_step`` (G) SAC updates. Every ``model_rollout_every`` steps a round of
+``rollout_batch`` imagined rollouts starts from real states the agent reached, their context FIFO primed
 with the ``m`` real steps before each start state (paper eq. 4: the target scenario's own recent
-trajectory), and run ``h`` steps with the current policy, ``h`` growing linearly from ``horizon_start``
-to ``horizon_end`` (MBPO's schedule). Imagined transitions go to a model buffer; each SAC update draws
-``real_ratio`` of its batch from real transitions and the rest from imagined ones. ``use_model=False``
-gives model-free SAC with the same env-step budget (the floor of the paper's comparisons).
+trajectory), and runs ``h`` steps with the current policy, ``h`` growing linearly from ``horizon_start``
+to ``horizon_end`` (MBPO's per-domain schedule). The runtime rolls the whole round out as one batch;
+imagined samples/s are logged. The model buffer keeps only the latest ``retain_rounds`` rounds (it is
+resized with the horizon, as MBPO's is), so imagined data comes from the current policy and is not reused
+for long. Each SAC update draws ``real_ratio`` of its batch from real transitions and the rest from imagined
+ones, once the model buffer holds a full round. ``use_model=False`` gives model-free SAC with the same
+env-step budget and the same G (an equal-compute arm) or ``updates_per_step=1`` (the classic arm).
 
 Evaluation: normalized return = 100 × mean episode return / episode length (dm_control rewards are in
 [0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy.
@@ -71,7 +75,8 @@ class Adapter:
         self.spec = config.target()
         od, ad = self.spec.obs_dim, self.spec.act_dim
         require_memory(config.buffer_bytes(od, ad), f"adapting for {config.env_steps} env steps (replay buffers)",
-                       "lower env_steps (--env-steps)" + (" or model_buffer_size" if config.use_model else ""))
+                       "lower env_steps (--env-steps)"
+                       + (", rollout_batch or retain_rounds" if config.use_model else ""))
         self.imagined_env = None
         if config.use_model:
             if export_dir is None:
@@ -99,11 +104,13 @@ class Adapter:
         self.agent = SAC(od, ad, SACConfig(hidden_dim=config.sac_hidden, batch_size=config.batch_size),
                          seed=config.seed)
         self.real = ReplayBuffer(od, ad, config.env_steps)
-        self.model = ReplayBuffer(od, ad, config.model_buffer_size if config.use_model else 1)  # unused without
+        self.model = ReplayBuffer(od, ad, config.model_buffer_size(config.learning_starts) if config.use_model
+                                  else 1)  # unused without a model; resized as the horizon grows
         self.rng = np.random.default_rng(config.seed)
         self.episodes: list[dict[str, np.ndarray]] = []  # real trajectories (padded) for prompts
         self.step = 0
         self.imagined = 0
+        self.imagine_seconds = 0.0  # time spent imagining in this process (for the samples/s log)
         self.finished: dict | None = None
         if latest is not None:
             checkpoint.restore(self, *latest)
@@ -131,7 +138,10 @@ class Adapter:
         return out
 
     def imagine(self, horizon: int) -> int:
-        """Imagined rollouts from real states into the model buffer; returns the transitions added."""
+        """One round of imagined rollouts from real states into the model buffer (resized first to hold the
+        latest ``retain_rounds`` rounds at this horizon); returns the transitions added."""
+        start = time.perf_counter()
+        self.model.resize(self.cfg.retain_rounds * self.cfg.rollout_batch * horizon)
         env = self.imagined_env
         m = env.runtime.context_len
         # Start states t ≥ m (so m real steps precede them), uniform over all of them: pick an episode by its
@@ -155,11 +165,17 @@ class Adapter:
             added += len(reward)
             current, truncated = nxt, bool(trunc.all())
         self.imagined += added
+        self.imagine_seconds += time.perf_counter() - start
         return added
+
+    @property
+    def imagined_per_s(self) -> float:
+        """Imagined transitions per second of imagination (policy included) in this process so far."""
+        return self.imagined / self.imagine_seconds if self.imagine_seconds else 0.0
 
     def _batch(self) -> dict[str, np.ndarray]:
         B = self.cfg.batch_size
-        if not self.cfg.use_model or len(self.model) == 0:
+        if not self.cfg.use_model or len(self.model) < self.cfg.rollout_batch:  # no full round yet
             return self.real.sample(B, self.rng)
         n_real = int(round(self.cfg.real_ratio * B))
         real, model = self.real.sample(n_real, self.rng), self.model.sample(B - n_real, self.rng)
@@ -190,7 +206,8 @@ class Adapter:
         self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", "wall_s"], self.step)
+        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", "wall_s", "imagined_per_s"],
+                             self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -234,10 +251,13 @@ class Adapter:
                     score = self.evaluate()
                     result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined}
                     metrics.write(self.step, {"normalized_return": score, "imagined": self.imagined,
+                                              "imagined_per_s": self.imagined_per_s,
                                               "wall_s": time.perf_counter() - start},
-                                  {"eval/normalized_return": score, "train/imagined_transitions": self.imagined})
+                                  {"eval/normalized_return": score, "train/imagined_transitions": self.imagined,
+                                   "train/imagined_per_s": self.imagined_per_s})
                     (bar.write if self.progress else self.log)(
-                        f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions)")
+                        f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions, "
+                        f"{self.imagined_per_s:,.0f}/s)")
                 if boundary is not None and self.step >= next_checkpoint and self.step < c.env_steps:
                     self.save(boundary)  # only at episode ends, so a resumed run continues exactly
                     next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every

@@ -16,10 +16,22 @@ from ..scenarios import DOMAINS, ScenarioSpec, get_split, sample_scenarios
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
+# MBPO's rollout-length schedules (Janner et al. 2019, appendix C: Hopper 1 → 15 over epochs 20 → 100, Walker2d
+# and HalfCheetah 1), as (start, end) per domain; the schedule runs over the adaptation's env steps.
+HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
+
 
 @dataclass(frozen=True)
 class AdaptConfig:
-    """One adaptation run. See :mod:`mrcom_train.rl.adapt` for the algorithm."""
+    """One adaptation run. See :mod:`mrcom_train.rl.adapt` for the algorithm.
+
+    MBPO's knobs (defaults from the MBPO paper and mbrl-lib, for a budget of ~10⁵ env steps; the
+    ``mrcom reproduce`` budgets scale them): ``updates_per_step`` (G, SAC updates per env step),
+    ``real_ratio`` (share of real transitions in each SAC batch), ``model_rollout_every`` env steps one round
+    of ``rollout_batch`` imagined rollouts, ``retain_rounds`` (the model buffer holds the latest rounds
+    only), ``horizon_start`` → ``horizon_end`` (rollout length, linear over the run; ``None``: the domain's
+    MBPO schedule, :data:`HORIZONS`).
+    """
 
     split: str = "t1-a5b20"
     range: str = "in"
@@ -29,15 +41,15 @@ class AdaptConfig:
     episode_length: int = 1000
     learning_starts: int = 1000
     batch_size: int = 256
-    updates_per_step: int = 1
+    updates_per_step: int = 20
     sac_hidden: int = 256
     use_model: bool = True
-    real_ratio: float = 0.1
+    real_ratio: float = 0.05
     model_rollout_every: int = 250
-    rollout_batch: int = 256
-    horizon_start: int = 1
-    horizon_end: int = 5
-    model_buffer_size: int = 100_000
+    rollout_batch: int = 10_000
+    retain_rounds: int = 4
+    horizon_start: int | None = None
+    horizon_end: int | None = None
     eval_every: int = 5000
     eval_episodes: int = 3
     checkpoint_every: int = 5000
@@ -49,8 +61,12 @@ class AdaptConfig:
         get_split(self.split).range(self.range)
         if self.domain not in DOMAINS:
             raise UserInputError(f"domain: unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
+        start, end = HORIZONS[self.domain]
+        object.__setattr__(self, "horizon_start", start if self.horizon_start is None else self.horizon_start)
+        object.__setattr__(self, "horizon_end", max(end, self.horizon_start) if self.horizon_end is None
+                           else self.horizon_end)
         for name in ("env_steps", "episode_length", "batch_size", "updates_per_step", "sac_hidden",
-                     "model_rollout_every", "rollout_batch", "horizon_start", "horizon_end", "model_buffer_size",
+                     "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start", "horizon_end",
                      "eval_every", "eval_episodes", "checkpoint_every"):
             check_int(name, getattr(self, name))
         check_int("learning_starts", self.learning_starts, 0)
@@ -63,7 +79,7 @@ class AdaptConfig:
         if not 0 <= self.real_ratio <= 1:
             raise UserInputError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         if self.horizon_end < self.horizon_start:
-            raise UserInputError("horizon_end must be >= horizon_start")
+            raise UserInputError(f"horizon_end ({self.horizon_end}) must be >= horizon_start ({self.horizon_start})")
 
     def target(self) -> ScenarioSpec:
         """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""
@@ -77,10 +93,15 @@ class AdaptConfig:
         frac = min(1.0, max(0.0, (step - self.learning_starts) / span))
         return int(round(self.horizon_start + frac * (self.horizon_end - self.horizon_start)))
 
+    def model_buffer_size(self, step: int) -> int:
+        """Capacity of the model buffer at env step ``step``: the latest ``retain_rounds`` rounds of
+        ``rollout_batch`` rollouts at the current horizon (MBPO resizes it as the horizon grows)."""
+        return self.retain_rounds * self.rollout_batch * self.horizon(step)
+
     def buffer_bytes(self, obs_dim: int, act_dim: int) -> int:
-        """Memory of the replay buffers: every real transition plus (with the model) the model buffer, each
-        ``(obs, action, reward, next_obs, terminated)`` in float32."""
-        transitions = self.env_steps + (self.model_buffer_size if self.use_model else 0)
+        """Memory of the replay buffers at their largest: every real transition plus (with the model) the
+        model buffer at the final horizon, each ``(obs, action, reward, next_obs, terminated)`` in float32."""
+        transitions = self.env_steps + (self.model_buffer_size(self.env_steps) if self.use_model else 0)
         return transitions * (2 * obs_dim + act_dim + 2) * 4
 
 

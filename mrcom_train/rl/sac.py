@@ -204,11 +204,27 @@ class ReplayBuffer:
     def __len__(self) -> int:
         return self._size
 
+    def resize(self, capacity: int) -> None:
+        """Change the capacity, keeping the newest ``min(len, capacity)`` transitions (MBPO resizes its model
+        buffer this way whenever the rollout length changes, so it always holds the latest rounds)."""
+        if capacity < 1:
+            raise ValueError(f"ReplayBuffer capacity must be >= 1, got {capacity}")
+        if capacity == self.capacity:
+            return
+        keep = min(self._size, capacity)
+        order = (self._ptr - keep + np.arange(keep)) % self.capacity  # oldest kept … newest
+        data = {k: np.zeros((capacity, *v.shape[1:]), np.float32) for k, v in self._data.items()}
+        for key, value in self._data.items():
+            data[key][:keep] = value[order]
+        self._data, self.capacity, self._size, self._ptr = data, int(capacity), keep, keep % capacity
+
     def state_dict(self) -> dict[str, np.ndarray]:
         """Contents and position as plain arrays (for ``np.savez``)."""
         return {**self._data, "ptr_size": np.array([self._ptr, self._size], np.int64)}
 
     def load_state_dict(self, state: dict[str, np.ndarray]) -> None:
+        """Restore :meth:`state_dict`'s arrays; the capacity follows the saved one (it may have been resized)."""
+        self.resize(len(state["reward"]))
         for key in self._data:
             if state[key].shape != self._data[key].shape:
                 raise ValueError(f"ReplayBuffer state has {key} of shape {state[key].shape}, "
