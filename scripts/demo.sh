@@ -11,6 +11,6 @@ OUT="${MRCOM_DEMO_OUT:-runs/demo}"
   --policy sac --sac-update-every 2 --workers 2 --out "$OUT/data" --resume
 .venv/bin/mrcom train --data "$OUT/data" --out "$OUT/run" --preset small --steps "${MRCOM_DEMO_STEPS:-1500}" \
   --resume
-.venv/bin/mrcom export "$OUT/run" --out "$OUT/export" --format onnx --policy "$OUT/data/sac/s0000.pt"
+.venv/bin/mrcom export "$OUT/run" --out "$OUT/export" --format onnx --policy "$OUT/data/sac/s0000.pt" --force
 .venv/bin/mrcom rollout "$OUT/export" --batch 64 --horizon 15 --bench
 echo "demo: dataset in $OUT/data, world model run in $OUT/run (metrics.csv, checkpoints/, tb/), export in $OUT/export"
