@@ -119,9 +119,12 @@ def test_target_speed_reward_peaks_at_target(task_cls, v_max):
     assert far == 0.0
 
 
-def test_speed_margin_defaults_to_half_vmax():
-    spec = ScenarioRange(5, 20).sample("walker", np.random.default_rng(0))
-    assert spec.speed_margin == pytest.approx(4.0)
+def test_speed_margin_is_the_target_with_a_floor_of_a_tenth_of_vmax():
+    for seed in range(20):
+        spec = ScenarioRange(5, 20).sample("walker", np.random.default_rng(seed))
+        assert spec.speed_margin == pytest.approx(max(spec.target_speed, 0.8))  # walker v_max = 8 m/s
+    custom = ScenarioRange(5, 20, speed_margin=0.5, speed_margin_min=0.25).sample("walker", np.random.default_rng(0))
+    assert custom.speed_margin == pytest.approx(max(0.5 * custom.target_speed, 2.0))
 
 
 @pytest.mark.parametrize("domain", list(DOMAINS))
