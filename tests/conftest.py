@@ -69,6 +69,22 @@ def prompt_for(model, B=4, T=None, seed=0):
     return obs, act, rew
 
 
+def rollout_inputs(model, prompt, B, H, seed=3):
+    """Seeded inputs for a runtime-vs-eager rollout from ``prompt``: posterior noise for the prompt's observed
+    steps, latent noise for H imagined steps, and H actions (numpy float32)."""
+    import numpy as np
+
+    c = model.config
+    rng = np.random.default_rng(seed)
+    n_obs = prompt[1].shape[1] - c.context_len + 1
+    reset_noise = {"u": rng.standard_normal((B, n_obs, c.u_dim), np.float32),
+                   "h": rng.standard_normal((B, n_obs, c.h_dim), np.float32)}
+    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
+             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
+    actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
+    return reset_noise, noise, actions
+
+
 @pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """One ONNX + TorchScript export (with a SAC policy) shared by the export and C++ tests."""

@@ -12,6 +12,7 @@ import torch
 from conftest import EXPORT_HORIZON as H
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
+from conftest import rollout_inputs
 
 from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
@@ -76,15 +77,9 @@ def _eager_rollout(model, prompt, actions, reset_noise, noise):
 @pytest.mark.parametrize("fused", [False, True])
 def test_runtime_rollout_equals_eager_full_reencoding_rollout(exported, fused):
     out, model, _ = exported
-    B, c = 5, model.config
+    B = 5
     prompt = _prompt(model, B)
-    rng = np.random.default_rng(3)
-    n_obs = prompt[1].shape[1] - c.context_len + 1
-    reset_noise = {"u": rng.standard_normal((B, n_obs, c.u_dim), np.float32),
-                   "h": rng.standard_normal((B, n_obs, c.h_dim), np.float32)}
-    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
-             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
-    actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
+    reset_noise, noise, actions = rollout_inputs(model, prompt, B, H)
     ref_obs, ref_rew = _eager_rollout(model, prompt, actions, reset_noise, noise)
     rt = Runtime(out)
     first = rt.reset(*prompt, noise=reset_noise)

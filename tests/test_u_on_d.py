@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import export_model_for_tests as _model
-from conftest import make_batch, make_noise
+from conftest import make_batch, make_noise, rollout_inputs
 from conftest import prompt_for as _prompt
 
 from mrcom_core import steps
@@ -124,13 +124,7 @@ def test_exports_with_parity_and_the_runtime_matches_eager(tmp_path):
     for name, errors in manifest["parity"].items():
         assert {"onnx@1", "onnx@7", "onnx@256"} <= set(errors) and max(errors.values()) <= 1e-4 * H, name
     prompt = _prompt(model, B)
-    rng = np.random.default_rng(3)
-    n_obs = prompt[1].shape[1] - c.context_len + 1
-    reset_noise = {"u": rng.standard_normal((B, n_obs, c.u_dim), np.float32),
-                   "h": rng.standard_normal((B, n_obs, c.h_dim), np.float32)}
-    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
-             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
-    actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
+    reset_noise, noise, actions = rollout_inputs(model, prompt, B, H)
 
     obs, act, rew = (torch.from_numpy(x) for x in prompt)
     m, T = c.context_len, act.shape[1]
