@@ -70,6 +70,10 @@ class BaseWorldModel(nn.Module):
     label: ClassVar[str] = ""
     ablations: ClassVar[tuple[str, ...]] = ()
     supports_overshoot: ClassVar[bool] = False
+    #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by
+    #: :func:`mrcom_core.registry.model_config`; :class:`ModelConfig`'s own defaults stay the neutral ones, so
+    #: configs saved before a class default changed still load as they were trained).
+    defaults: ClassVar[dict] = {}
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:

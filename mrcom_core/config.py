@@ -64,7 +64,7 @@ class ModelConfig:
     imagination) and the decoded observations are regressed on the real ones, weight
     ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``).
 
-    ``u_on_d`` (MrCoM only; default off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition
+    ``u_on_d`` (MrCoM only; off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition
     u's prior and posterior on the previous deterministic state, ``p(u_t | c_t, a_{t-1}, d_{t-1})`` and
     ``q(u_t | c_t, a_{t-1}, d_{t-1}, o_t)``. Eq. 15 writes the transition from the whole ``s̃_t = {u, d, h}``
     and §5.3 says d carries the temporal information; read literally, u has no recurrent input and in
@@ -72,7 +72,14 @@ class ModelConfig:
     ``d_{-1}`` is the model's initial d (zeros), in training and in the one-step functions alike. Under
     ``no_d`` there is no d to feed (0 dims), so ``u_on_d`` changes nothing there (a documented no-op, which
     keeps the w/o d ablation runnable whatever the default). Other model types ignore it (RSSM's u already
-    depends on d). The literal reading stays reachable with ``--set model.u_on_d=false``.
+    depends on d).
+
+    The field defaults here are the neutral ones (no overshooting, eq. 6 literal), so a config saved
+    before a switch existed loads as it was trained. A new config is built by
+    :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: MrCoM's are
+    ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the four combinations measured in
+    docs/results.md). The literal reading is ``mrcom train --config configs/mrcom-literal.toml`` (or
+    ``--set model.u_on_d=false --set model.overshoot_horizon=0``).
     """
 
     model_type: str = "mrcom"

@@ -57,9 +57,14 @@ def check_config(config: ModelConfig) -> ModelConfig:
 
 def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] = (),
                  overrides: dict | None = None, **data_dims) -> ModelConfig:
-    """A checked :class:`ModelConfig` from a preset, ablation names, field overrides and data dims."""
-    config = apply_overrides(ModelConfig(), {**preset_values(preset, ablations), **data_dims})
-    return check_config(apply_overrides(config, overrides or {}))
+    """A checked :class:`ModelConfig` from, in order of precedence (last wins): the model class's own
+    ``defaults`` (the class named by ``overrides["model_type"]``, else ``mrcom``), the preset, ablation names,
+    data dims and field overrides."""
+    overrides = overrides or {}
+    name = str(overrides.get("model_type", ModelConfig.model_type))
+    config = apply_overrides(ModelConfig(), {**model_class(name).defaults, **preset_values(preset, ablations),
+                                             **data_dims})
+    return check_config(apply_overrides(config, overrides))
 
 
 def build_model(config: ModelConfig, obs_mean=None, obs_std=None) -> BaseWorldModel:

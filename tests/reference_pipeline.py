@@ -21,8 +21,8 @@ REFERENCE = Path(__file__).parent / "fixtures" / "reference.json"
 QUIET = dict(progress=False, log=lambda s: None)
 TRAIN_STEPS = 6
 MODELS = {  # name → model overrides
-    "mrcom": {},
-    "mrcom_overshoot": {"overshoot_horizon": 3},
+    "mrcom": {},  # MrCoM's defaults: u_on_d, 15-step overshooting
+    "mrcom_literal": {"u_on_d": False, "overshoot_horizon": 0},
     "rssm": {"model_type": "rssm"},
     "cadm": {"model_type": "cadm"},
 }
@@ -56,7 +56,7 @@ def run_pipeline(root: Path) -> dict:
             rows = [r for r in csv.DictReader(f) if r.get("loss")]
         losses = {k: [float(r[k]) for r in rows] for k in LOSS_KEYS if rows and rows[0].get(k)}
         entry = {"losses": losses, "eval": sorted(result.values())}
-        if name != "mrcom_overshoot":
+        if name != "mrcom_literal":
             model, _ = load_model(run)
             export = root / f"export-{name}"
             export_model(model, export, formats=("onnx",), horizon=3, blocks=False, source={"data": str(data)},

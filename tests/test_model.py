@@ -179,7 +179,7 @@ def test_ablations_really_remove_their_components():
     no_d = WorldModel(model_config("tiny", ["no_d"], **DIMS))
     assert no_d.gru is None and no_d.sizes.state == no_d.config.u_dim + no_d.config.h_dim
     no_c = WorldModel(model_config("tiny", ["no_context"], **DIMS))
-    assert no_c.encoder is None and no_c.u_prior[0].in_features == DIMS["act_dim"]
+    assert no_c.encoder is None and no_c.u_prior[0].in_features == DIMS["act_dim"] + no_c.sizes.d  # u_on_d
     no_lv = WorldModel(model_config("tiny", ["no_lv"], **DIMS))
     assert no_lv.value_heads is None and no_lv.meta_value is None
     batch = make_batch(full.config)
@@ -234,7 +234,8 @@ def test_each_loss_term_falls_on_tiny_data(term, weights):
 
 
 def test_overshoot_loss_is_the_open_loop_reconstruction_error():
-    """With zero noise, the overshooting term is the NLL of the eager open-loop predictions; off by default."""
+    """With zero noise, the overshooting term is the NLL of the eager open-loop predictions; MrCoM's default
+    turns it on (15 steps), 0 turns it off."""
     from mrcom_core.losses import loss_overshoot
 
     torch.manual_seed(0)
@@ -247,7 +248,9 @@ def test_overshoot_loss_is_the_open_loop_reconstruction_error():
     target = model.normalize(batch["obs"][:, 1:5])
     expected = 0.5 * (torch.square(pred - target) * batch["obs_mask"][:, None]).sum(-1).mean()
     torch.testing.assert_close(loss, expected)
-    assert "overshoot" in losses(model, batch, zero) and "overshoot" not in losses(WorldModel(tiny()), batch, zero)
+    off = WorldModel(tiny(overshoot_horizon=0))
+    assert "overshoot" in losses(model, batch, zero) and "overshoot" not in losses(off, batch, zero)
+    assert tiny().overshoot_horizon == 15
     loss.backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.u_prior[0].weight.grad.abs().sum() > 0
 

@@ -42,10 +42,10 @@ def _in_dims(model):
 
 # ------------------------------------------------------------------------------------------------- the model
 def test_the_switch_feeds_d_into_both_u_heads():
-    literal, on = build_model(model_config("tiny", **DIMS)), build_model(model_config("tiny", overrides={
-        "u_on_d": True}, **DIMS))
+    literal = build_model(model_config("tiny", overrides={"u_on_d": False}, **DIMS))
+    on = build_model(model_config("tiny", **DIMS))
     C, A, D, O = 16, 3, 16, 10  # tiny: ctx_dim 16, d_dim 16
-    assert ModelConfig().u_on_d is False  # the literal reading (eq. 6) stays the default for now
+    assert ModelConfig().u_on_d is False  # the neutral field default: old saved configs load as trained
     assert _in_dims(literal) == (C + A, C + A + O)
     assert _in_dims(on) == (C + A + D, C + A + D + O)
     with_overshoot = build_model(model_config("tiny", overrides={"u_on_d": True, "overshoot_horizon": 3}, **DIMS))
@@ -114,6 +114,23 @@ def test_bad_values_are_refused():
     with pytest.raises(UserInputError, match=r"model.u_on_d must be true or false, got 1"):
         ModelConfig(u_on_d=1)  # e.g. "u_on_d = 1" in a TOML file
     assert apply_overrides(ModelConfig(), {"u_on_d": "false"}).u_on_d is False
+
+
+def test_each_class_builds_with_its_own_defaults_and_user_values_win():
+    """MrCoM's defaults (u on d, 15-step overshooting) come from the class, not from ModelConfig's fields,
+    so the baselines keep theirs and a user's value (or the literal preset file) overrides them."""
+    from pathlib import Path
+
+    mrcom = model_config("tiny", **DIMS)
+    assert (mrcom.u_on_d, mrcom.overshoot_horizon) == (True, 15)
+    for name in ("rssm", "cadm"):
+        cfg = model_config("tiny", overrides={"model_type": name}, **DIMS)
+        assert (cfg.u_on_d, cfg.overshoot_horizon) == (False, 0)
+    assert model_config("tiny", overrides={"overshoot_horizon": "4"}, **DIMS).overshoot_horizon == 4
+    literal_file = Path(__file__).parents[1] / "configs" / "mrcom-literal.toml"
+    request = RunRequest.from_sources(None, (), str(literal_file), (), {})
+    literal = model_config("tiny", overrides=request.model, **DIMS)
+    assert (literal.u_on_d, literal.overshoot_horizon) == (False, 0)
 
 
 # ----------------------------------------------------------------------------------------------------- export

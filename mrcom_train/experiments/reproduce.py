@@ -41,14 +41,17 @@ TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
 SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
 MODEL_FREE = (SAC, SAC_G)
+LITERAL = "literal"  # MrCoM with eq. 6 read literally (an ablation-table row)
 
 
 def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, ...]]]:
-    """Method name → (model overrides, ablations): every registered world model (by registry name), plus
-    MrCoM's ablations (``w/o d`` …) when asked."""
+    """Method name → (model overrides, ablations): every registered world model (by registry name), plus,
+    when asked, MrCoM's ablations (``w/o d`` …) and MrCoM as eq. 6 reads literally (``literal``: no
+    ``u_on_d``, no overshooting; see :class:`~mrcom_core.config.ModelConfig`)."""
     methods = {name: ({"model_type": name}, ()) for name in MODELS}
     if ablations:
         methods |= {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in model_class("mrcom").ablations}
+        methods[LITERAL] = ({"u_on_d": False, "overshoot_horizon": 0}, ())
     return methods
 
 
@@ -58,6 +61,8 @@ def label(method: str) -> str:
         return "SAC (G=1)"
     if method == SAC_G:
         return "SAC (same G)"
+    if method == LITERAL:
+        return "Ours (eq. 6 literal)"
     return MODELS[method].label if method in MODELS else method
 
 
