@@ -119,3 +119,15 @@ def test_registry_rejects_what_it_cannot_build(drift):
     unregister_model("drift")
     with pytest.raises(UserInputError, match="model.model_type must be one of"):
         model_config("tiny", overrides={"model_type": "drift"})
+
+
+def test_reproduce_ablation_rows_include_the_literal_reading():
+    from mrcom_core.registry import model_config
+    from mrcom_train.experiments.reproduce import LITERAL, label, model_methods
+
+    plain, full = model_methods(), model_methods(ablations=True)
+    assert LITERAL not in plain and {"w/o d", "w/o context", "w/o ls", "w/o lv", LITERAL} <= set(full)
+    overrides, ablations = full[LITERAL]
+    cfg = model_config("tiny", ablations, overrides, obs_dim=4, act_dim=2, num_scenarios=2)
+    assert (cfg.model_type, cfg.u_on_d, cfg.overshoot_horizon) == ("mrcom", False, 0)
+    assert label(LITERAL) == "Ours (eq. 6 literal)"
