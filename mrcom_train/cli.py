@@ -61,11 +61,14 @@ def cli() -> None:
               help="Random-action steps before SAC updates begin, per scenario.")
 @click.option("--sac-update-every", type=int, default=1, show_default=True,
               help="One SAC gradient update every this many env steps.")
+@click.option("--sac-chain", type=int, default=1, show_default=True,
+              help="Warm-start chains: each domain's scenarios run in chains of this many, each SAC starting "
+                   "from the previous scenario's final agent (1 = every scenario from scratch).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted collection in --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario, episode_length, policy,
-            workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, out,
+            workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, sac_chain, out,
             resume, no_progress):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
     from .datasets.collect import CollectConfig
@@ -77,7 +80,7 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
                            episodes_per_scenario=episodes_per_scenario, policy=policy,
                            episode_length=episode_length, seed=seed, alpha=alpha, beta=beta, obs_fn=obs_fn,
                            sac_hidden_dim=sac_hidden, sac_learning_starts=sac_learning_starts,
-                           sac_update_every=sac_update_every, workers=workers)
+                           sac_update_every=sac_update_every, sac_chain=sac_chain, workers=workers)
     path = run_collect(config, out, resume=resume, progress=not no_progress, log=click.echo)
     _print_dataset(path)
 
@@ -290,10 +293,14 @@ def _print_dataset(path) -> None:
                f"obs_dim {ds.obs_dim}, act_dim {ds.act_dim}; split {m.get('split', '?')}/{m.get('range', '?')}, "
                f"policy {m.get('policy', '?')}; {3 * len(ds)} files verified")
     for domain in dict.fromkeys(s.domain for s in ds.scenarios):
-        rets = [e.ret for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
+        eps = [e for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
+        rets = [e.ret for e in eps]
+        last = {e.scenario: e for e in sorted(eps, key=lambda e: e.index)}  # each scenario's final episode
+        final = [e.ret for e in last.values()]
         n = sum(1 for s in ds.scenarios if s.domain == domain)
         click.echo(f"  {domain:<8} {n} scenarios, {len(rets)} episodes, "
-                   f"return mean {sum(rets) / len(rets):.1f} (min {min(rets):.1f}, max {max(rets):.1f})")
+                   f"return mean {sum(rets) / len(rets):.1f} (min {min(rets):.1f}, max {max(rets):.1f}); "
+                   f"final episodes {sum(final) / len(final):.1f} (min {min(final):.1f}, max {max(final):.1f})")
 
 
 def _os_error(e: OSError) -> str | None:

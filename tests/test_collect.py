@@ -113,6 +113,54 @@ def test_sac_collection_records_its_replay_and_resumes_mid_scenario(tmp_path, mo
     assert np.abs(first[:50, :6]).mean() == pytest.approx(0.5, abs=0.12)
 
 
+def test_sac_chains_warm_start_each_scenario_from_the_previous_agent(tmp_path, monkeypatch):
+    """With sac_chain, scenario k of a domain starts from scenario k-1's final agent and acts with it from
+    the first step (no random warm-up); a chain killed in its second scenario resumes to the same data."""
+    import torch
+
+    cfg = CollectConfig(domains=("cheetah", "hopper"), scenarios_per_domain=2, episodes_per_scenario=2,
+                        episode_length=40, policy="sac", sac_hidden_dim=16, sac_batch_size=16,
+                        sac_learning_starts=30, sac_chain=2)
+    assert cfg.chains(cfg.scenarios()) == [[0, 1], [2, 3]]  # one chain per domain
+    quiet = dict(progress=False, log=lambda s: None)
+    loaded = []
+    real_warm = collect_mod._sac_warm_start
+    monkeypatch.setattr(collect_mod, "_sac_warm_start", lambda root, unit: loaded.append(
+        (unit.scenario, unit.warm_from)) or real_warm(root, unit))
+    collect(cfg, tmp_path / "straight", **quiet)
+    assert sorted(loaded) == [(1, 0), (3, 2)]
+    ds = Dataset(tmp_path / "straight")
+    first_of = {e.scenario: i for i, e in reversed(list(enumerate(ds.episodes)))}
+    cold, warm = ds.episode(first_of[0])["action"][:30, :6], ds.episode(first_of[1])["action"][:30, :6]
+    assert np.abs(cold).mean() == pytest.approx(0.5, abs=0.12)  # uniform random warm-up
+    assert np.abs(warm).mean() != pytest.approx(np.abs(cold).mean(), abs=1e-3)  # the inherited actor acts
+    final0 = torch.load(tmp_path / "straight" / "sac" / "s0000.pt", weights_only=True)["agent"]
+    start1 = {}
+    monkeypatch.setattr(collect_mod, "_sac_warm_start", lambda root, unit: start1.setdefault(
+        unit.scenario, real_warm(root, unit)))
+    real_write = collect_mod.write_episode
+
+    def die_in_scenario_1(root, scenario, ep, *a, **k):
+        if scenario == 1 and ep == 1:
+            raise KeyboardInterrupt
+        return real_write(root, scenario, ep, *a, **k)
+
+    monkeypatch.setattr(collect_mod, "write_episode", die_in_scenario_1)
+    with pytest.raises(Interrupted):
+        collect(CollectConfig(**{**cfg.to_dict(), "domains": cfg.domains}), tmp_path / "resumed", **quiet)
+    monkeypatch.setattr(collect_mod, "write_episode", real_write)
+    collect(cfg, tmp_path / "resumed", resume=True, **quiet)
+    _same_episodes(tmp_path / "straight", tmp_path / "resumed")
+    assert all(torch.equal(final0[k], v) for k, v in start1[1].items() if isinstance(v, torch.Tensor))
+
+
+def test_sac_chain_is_checked():
+    with pytest.raises(UserInputError, match="sac_chain must be an integer >= 1"):
+        CollectConfig(policy="sac", sac_chain=0)
+    with pytest.raises(UserInputError, match="sac_chain: warm-start chains .* need policy='sac'"):
+        CollectConfig(sac_chain=2)
+
+
 def test_resume_refuses_a_different_config(tmp_path):
     cfg = CollectConfig(domains=("hopper",), scenarios_per_domain=1, episodes_per_scenario=1, episode_length=10)
     collect(cfg, tmp_path, progress=False, log=lambda s: None)
@@ -131,6 +179,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     (["collect", "--beta", "150", "--out", "{tmp}/a"], "beta must be in [0, 100]"),
     (["collect", "--workers", "0", "--out", "{tmp}/a"], "workers must be an integer >= 1"),
     (["collect", "--policy", "ppo", "--out", "{tmp}/a"], "unknown policy 'ppo'"),
+    (["collect", "--policy", "sac", "--sac-chain", "0", "--out", "{tmp}/a"], "sac_chain must be an integer >= 1"),
     (["collect", "--obs-fn", "blur", "--out", "{tmp}/a"], "unknown observation function 'blur'"),
     (["collect", "--out", "{tmp}/full"], "is not empty; pass --resume"),
     (["collect", "--out", "{tmp}/empty", "--resume", "-n", "1"], None),

@@ -3,9 +3,11 @@
 Each scenario of the split's range is one unit of work, run by one worker process from start to end:
 
 * ``random``: uniform random actions on the scenario's real action dims.
-* ``sac``: a Soft Actor-Critic behaviour policy trained from scratch on the scenario, whose whole replay
-  is recorded, every episode from the first (random warm-up) to the last (as D4RL's "replay" sets do):
-  the paper collects with per-scenario behaviour policies.
+* ``sac``: a Soft Actor-Critic behaviour policy trained on the scenario, whose whole replay is recorded,
+  every episode from the first to the last (as D4RL's "replay" sets do): the paper collects with
+  per-scenario behaviour policies. With ``sac_chain`` > 1 a worker runs a chain of one domain's scenarios
+  in turn, each starting from the previous one's final agent instead of from scratch (and a random
+  warm-up), so most scenarios are collected by a policy that already moves.
 
 Every finished episode is written atomically (see :mod:`.dataset`). A SAC unit also saves its agent,
 random state and progress after each episode, so a killed collection resumes mid-scenario: the replay
@@ -57,6 +59,7 @@ class Unit:
     space: tuple[int, int]
     config: dict
     done: tuple[int, ...]  # episodes already on disk
+    warm_from: int | None = None  # SAC: the scenario whose final agent this one starts from (a chain)
 
 
 def _run_episode(env: ScenarioEnv, spec: ScenarioSpec, episode: int, choose_action: Callable,
@@ -97,6 +100,25 @@ def run_unit(unit: Unit, report: Callable[[int, int, int, float], None]) -> None
 
 def _sac_state_path(root: str | Path, scenario: int) -> Path:
     return Path(root) / "sac" / f"s{scenario:04d}.pt"
+
+
+def _sac_warm_start(root: str | Path, unit: Unit) -> dict:
+    """The final agent of the scenario ``unit`` warm-starts from (its whole replay must be collected)."""
+    import torch
+
+    path = _sac_state_path(root, unit.warm_from)
+    K = unit.config["episodes_per_scenario"]
+    try:
+        state = torch.load(path, weights_only=True)
+        complete = int(state["episodes_done"]) == K
+    except Exception as e:  # noqa: BLE001 -- a missing or unreadable file gets the same one-line answer
+        raise UserInputError(f"scenario {unit.scenario} warm-starts from scenario {unit.warm_from}'s final SAC "
+                             f"agent, but {path} cannot be read ({' '.join(str(e).split())[:200]}); collect into "
+                             f"a new folder") from None
+    if not complete:
+        raise UserInputError(f"scenario {unit.scenario} warm-starts from scenario {unit.warm_from}, whose SAC "
+                             f"state {path} is not final; collect into a new folder")
+    return state["agent"]
 
 
 def _sac_resume_state(root: str | Path, scenario: int, done) -> dict | None:
@@ -143,6 +165,7 @@ def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
     start, env_steps = 0, 0
     done = sorted(unit.done)
     state = _sac_resume_state(unit.root, unit.scenario, done)
+    warm = unit.warm_from is not None  # act with the inherited agent from the first step
     if state is not None:
         agent.load_state_dict(state["agent"])
         rng.bit_generator.state = state["rng"]
@@ -156,11 +179,13 @@ def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
     if start == 0:  # no usable state: (re)start the scenario from scratch (the driver already did, see collect)
         for ep in done:
             remove_episode(unit.root, unit.scenario, ep)
+        if warm:
+            agent.load_state_dict(_sac_warm_start(unit.root, unit))
 
     learning_starts, every, batch = cfg["sac_learning_starts"], cfg["sac_update_every"], cfg["sac_batch_size"]
 
     def choose(o):
-        return agent.act(o) if env_steps >= learning_starts else rng.uniform(-1, 1, spec.act_dim)
+        return agent.act(o) if warm or env_steps >= learning_starts else rng.uniform(-1, 1, spec.act_dim)
 
     def on_step(o, a, r, o2):
         nonlocal env_steps
@@ -194,12 +219,13 @@ def _worker_init(q, policy: str) -> None:
     _QUEUE = q
 
 
-def _worker_run(unit: Unit) -> int:
-    run_unit(unit, lambda *msg: _QUEUE.put(msg))
-    return unit.scenario
+def _worker_run(chain: tuple[Unit, ...]) -> int:
+    for unit in chain:  # in order: each may warm-start from the one before
+        run_unit(unit, lambda *msg: _QUEUE.put(msg))
+    return chain[-1].scenario
 
 
-def _run_pool(units: list[Unit], workers: int, policy: str, report) -> None:
+def _run_pool(chains: list[tuple[Unit, ...]], workers: int, policy: str, report) -> None:
     q = mp.get_context("spawn").Queue()
 
     def drain(timeout: float = 0.0) -> None:
@@ -209,8 +235,8 @@ def _run_pool(units: list[Unit], workers: int, policy: str, report) -> None:
             except queue_lib.Empty:
                 return
 
-    with WorkerPool(min(workers, len(units)), _worker_init, (q, policy)) as pool:
-        pool.run(_worker_run, units, poll=drain)
+    with WorkerPool(min(workers, len(chains)), _worker_init, (q, policy)) as pool:
+        pool.run(_worker_run, chains, poll=drain)
     drain(0.1)  # the last progress messages (the disk scan after this is authoritative)
 
 
@@ -288,9 +314,14 @@ def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec],
                 writer.forget_scenario(sid)
     writer.save()
 
-    units = [Unit(str(out), sid, spec.to_dict(), (space.obs_dim, space.act_dim), config.to_dict(),
-                  tuple(writer.episodes_of(sid))) for sid, spec in enumerate(specs)]
-    units = [u for u in units if len(u.done) < K]
+    chains = []
+    for ids in config.chains(specs):
+        previous = [None, *ids[:-1]]
+        chain = tuple(Unit(str(out), sid, specs[sid].to_dict(), (space.obs_dim, space.act_dim), config.to_dict(),
+                           tuple(writer.episodes_of(sid)), prev) for prev, sid in zip(previous, ids, strict=True))
+        chain = tuple(u for u in chain if len(u.done) < K)  # a chain resumes at its first unfinished scenario
+        if chain:
+            chains.append(chain)
     total = len(specs) * K
     log(f"collecting {len(specs)} scenarios × {K} episodes of {config.episode_length} steps "
         f"({config.split}/{config.range}: {config.scenario_range().describe()}; policy {config.policy}) "
@@ -312,11 +343,11 @@ def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec],
             last_write = time.monotonic()
 
     try:
-        if config.workers == 1 or len(units) <= 1:
-            for unit in units:
+        if config.workers == 1 or len(chains) <= 1:
+            for unit in (u for chain in chains for u in chain):
                 run_unit(unit, report)
         else:
-            _run_pool(units, config.workers, config.policy, report)
+            _run_pool(chains, config.workers, config.policy, report)
         writer.save()
         writer.scan()  # the folders on disk are the source of truth
         missing = total - len(writer.records)

@@ -25,7 +25,11 @@ class CollectConfig:
 
     ``alpha`` / ``beta`` / ``obs_fn`` override the chosen range of ``split`` (``beta`` replaces a fixed
     target speed). ``sac_*`` configure the behaviour policy when ``policy='sac'``: one gradient update
-    every ``sac_update_every`` env steps after ``sac_learning_starts`` random steps.
+    every ``sac_update_every`` env steps after ``sac_learning_starts`` random steps. ``sac_chain`` > 1
+    warm-starts behaviour policies: each domain's scenarios are taken in chains of that many, run one after
+    another by one worker, and every scenario after a chain's first starts from the previous scenario's
+    final agent (actor, critics, temperature; its own empty replay, acting from the first step), so later
+    scenarios are collected by a policy that already moves. 1 = every scenario from scratch.
     """
 
     split: str = "t1-a5b20"
@@ -43,6 +47,7 @@ class CollectConfig:
     sac_batch_size: int = 256
     sac_learning_starts: int = 1000
     sac_update_every: int = 1
+    sac_chain: int = 1
     workers: int = field(default=1, compare=False)
 
     def __post_init__(self):
@@ -57,10 +62,13 @@ class CollectConfig:
         if self.policy not in POLICIES:
             raise UserInputError(f"policy: unknown policy {self.policy!r}; choose from {', '.join(POLICIES)}")
         for name in ("scenarios_per_domain", "episodes_per_scenario", "episode_length", "workers",
-                     "sac_hidden_dim", "sac_batch_size", "sac_update_every"):
+                     "sac_hidden_dim", "sac_batch_size", "sac_update_every", "sac_chain"):
             check_int(name, getattr(self, name), 1)
         check_int("sac_learning_starts", self.sac_learning_starts, 0)
         check_int("seed", self.seed, 0)
+        if self.sac_chain > 1 and self.policy != "sac":
+            raise UserInputError(f"sac_chain: warm-start chains ({self.sac_chain}) need policy='sac', not "
+                                 f"{self.policy!r}")
         self.scenario_range()  # validates split, range, alpha, beta and obs_fn
 
     def scenario_range(self):
@@ -70,6 +78,15 @@ class CollectConfig:
     def scenarios(self) -> list[ScenarioSpec]:
         return sample_scenarios(self.scenario_range(), self.domains, self.scenarios_per_domain, self.seed,
                                 episode_length=self.episode_length)
+
+    def chains(self, specs: list[ScenarioSpec]) -> list[list[int]]:
+        """The scenario indices of ``specs`` (this config's scenarios) grouped into warm-start chains: per
+        domain, consecutive runs of ``sac_chain`` (one scenario each when 1)."""
+        chains: list[list[int]] = []
+        for domain in self.domains:
+            ids = [i for i, s in enumerate(specs) if s.domain == domain]
+            chains += [ids[k: k + self.sac_chain] for k in range(0, len(ids), self.sac_chain)]
+        return chains
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -106,6 +123,6 @@ def check_resumable(out: Path, config: CollectConfig) -> None:
     before = manifest["collect_config"]
     now = config.to_dict()
     for f in fields(CollectConfig):
-        if f.compare and before.get(f.name) != now[f.name]:
+        if f.compare and before.get(f.name, f.default) != now[f.name]:  # fields added later: their default
             raise UserInputError(f"cannot resume {out}: it was collected with {f.name}={before.get(f.name)!r}, "
                                  f"now {now[f.name]!r}")
