@@ -58,6 +58,27 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     assert rerun["t1-a5b20"]["ood"]["cheetah"]["sac"] == cells["ood"]["cheetah"]["sac"]
 
 
+def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
+    """A budget's ``domains`` bound what is collected, adapted and tabulated (``small`` leaves hopper out)."""
+    from dataclasses import replace
+
+    from mrcom_core.files import read_json
+    from mrcom_train.datasets.dataset import Dataset
+    from mrcom_train.experiments import reproduce
+
+    assert reproduce.BUDGETS["small"].domains == ("walker", "cheetah")
+    monkeypatch.setitem(reproduce.BUDGETS, "smoke", replace(reproduce.BUDGETS["smoke"], domains=("cheetah",)))
+    results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=lambda s: None)
+    assert all(set(rng) == {"cheetah"} for rng in results["t1-a5b20"].values())
+    split = tmp_path / "t1-a5b20"
+    assert {s.domain for s in Dataset(split / "data").scenarios} == {"cheetah"}
+    assert {s.domain for s in Dataset(split / "eval-ood").scenarios} == {"cheetah"}
+    assert sorted(p.name for p in (split / "adapt" / "in").iterdir()) == ["cheetah"]
+    table = (tmp_path / "table1.md").read_text()
+    assert "| Cheetah |" in table and "| Walker |" not in table and "| Hopper |" not in table
+    assert read_json(tmp_path / "config.json", "config")["budget_settings"]["domains"] == ["cheetah"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--table", "7"], "unknown table 7"),
     (["--table", "1", "--budget", "huge"], "unknown budget 'huge'"),

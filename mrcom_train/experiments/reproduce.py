@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
@@ -79,19 +79,30 @@ class Budget:
     adapt_env_steps: int
     adapt_episode_length: int
     adapt: dict
+    domains: tuple[str, ...] = tuple(DOMAINS)  # collected, evaluated and tabulated
+    collect: dict = field(default_factory=dict)  # extra CollectConfig fields for the training data
 
 
-BUDGETS = {  # adaptation: MBPO's knobs (see AdaptConfig); "small" is provisional until its run is measured
+# ``small``: sized to run Table 1 (c)/(d) for one split and 3 seeds in <= 4 h on 2 cores (see docs/results.md):
+# walker and cheetah only (hopper's cells would add half again, and SAC scores ~0 on it at 10k steps), 8
+# scenarios per domain collected by warm-started SAC chains (later scenarios by a policy that moves), the
+# `small` model for 3,000 updates (MrCoM's best checkpoint came at ~1,250 of 1,500 in the variant table),
+# SAC 2x128 with batch 128 and G = 4. ``paper``: the paper's scale on a many-core machine or a GPU: every
+# domain, 20 scenarios x 50 episodes, the `base` model, MBPO's G = 20 and 100,000 rollouts per round.
+BUDGETS = {
     "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
                     dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, retain_rounds=2,
                          horizon_start=1, horizon_end=2, updates_per_step=2, eval_episodes=1, sac_hidden=32,
                          batch_size=32)),
-    "small": Budget(4, 10, 1000, "sac", "small", 5000, 15, 2, 10_000, 1000,
+    "small": Budget(8, 10, 1000, "sac", "small", 3000, 15, 2, 10_000, 1000,
                     dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
-                         updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3)),
+                         updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3),
+                    domains=("walker", "cheetah"),
+                    collect=dict(sac_chain=8, sac_hidden_dim=128, sac_batch_size=128)),
     "paper": Budget(20, 50, 1000, "sac", "base", 100_000, 15, 5, 200_000, 1000,
                     dict(learning_starts=5000, model_rollout_every=250, rollout_batch=100_000, retain_rounds=4,
-                         updates_per_step=20, real_ratio=0.05, eval_episodes=10)),
+                         updates_per_step=20, real_ratio=0.05, eval_episodes=10),
+                    collect=dict(sac_chain=5)),
 }
 
 
@@ -135,14 +146,16 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
         data = root / "data"
         if not is_complete(data):
             log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
-            collect(CollectConfig(split=split, scenarios_per_domain=b.scenarios_per_domain,
+            collect(CollectConfig(split=split, domains=b.domains, scenarios_per_domain=b.scenarios_per_domain,
                                   episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
-                                  policy=b.behaviour, workers=workers, seed=0), data, resume=True, **quiet)
+                                  policy=b.behaviour, workers=workers, seed=0, **b.collect), data, resume=True,
+                    **quiet)
         evals = {}
         for rng_name in ("in", "ood"):
             path = root / f"eval-{rng_name}"
             if not is_complete(path):
-                collect(CollectConfig(split=split, range=rng_name, scenarios_per_domain=b.eval_scenarios,
+                collect(CollectConfig(split=split, range=rng_name, domains=b.domains,
+                                      scenarios_per_domain=b.eval_scenarios,
                                       episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
                                       seed=1, workers=workers), path, resume=True, **quiet)
             evals[rng_name] = path
@@ -169,7 +182,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 write_json_atomic(err_file, per)
             errors[method] = read_json(err_file, "prediction-error file")
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in DOMAINS for method in [*methods, *MODEL_FREE]]  # seed-major: early cells cover all
+                 for domain in b.domains for method in [*methods, *MODEL_FREE]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
         floors: dict = {}

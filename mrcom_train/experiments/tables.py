@@ -27,6 +27,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arms
     without a world model."""
     s = get_split(split)
+    domains = [d for d in DOMAINS if d in scores["in"]]  # a budget may leave a domain out
     lines = []
     csv_rows = [["split", "range", "domain", "method", "mean", "std", "seeds"]]
     for rng_name in ("in", "ood"):
@@ -35,7 +36,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
         lines.append("| | " + " | ".join(label(m) for m in methods) + " | "
                      + " | ".join(f"_{FLOOR_LABELS[f]}_" for f in FLOORS) + " |")
         lines.append("|---|" + "---:|" * (len(methods) + len(FLOORS)))
-        for domain in DOMAINS:
+        for domain in domains:
             cells = []
             for m in methods:
                 values = scores[rng_name][domain][m]
@@ -58,7 +59,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
                      "rollouts; normalized MSE over real dims; lower is better)\n")
         lines.append("| | " + " | ".join(f"{label(m)} in / OOD" for m in model_methods) + " |")
         lines.append("|---|" + "---:|" * len(model_methods))
-        for domain in [*DOMAINS, None]:
+        for domain in [*domains, None]:
             key = KEY if domain is None else f"{KEY}_{domain}"
             cells = [f"{errors[m][kind]['in'].get(key, float('nan')):.3f} / "
                      f"{errors[m][kind]['ood'].get(key, float('nan')):.3f}" for m in model_methods]
@@ -67,19 +68,19 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     (root / "table.md").write_text("\n".join(lines) + "\n")
     with open(root / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(csv_rows)
-    _plots(root, curves, floors, errors, methods, model_methods, label)
+    _plots(root, domains, curves, floors, errors, methods, model_methods, label)
 
 
-def _plots(root: Path, curves: dict, floors: dict, errors: dict, methods: list[str], model_methods: list[str],
-           label: Callable[[str], str]) -> None:
+def _plots(root: Path, domains: list[str], curves: dict, floors: dict, errors: dict, methods: list[str],
+           model_methods: list[str], label: Callable[[str], str]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     for rng_name in ("in", "ood"):
-        fig, axes = plt.subplots(1, len(DOMAINS), figsize=(4 * len(DOMAINS), 3.2), squeeze=False)
-        for ax, domain in zip(axes[0], DOMAINS, strict=True):
+        fig, axes = plt.subplots(1, len(domains), figsize=(4 * len(domains), 3.2), squeeze=False)
+        for ax, domain in zip(axes[0], domains, strict=True):
             for m in methods:
                 runs = curves.get((rng_name, domain, m), [])
                 if not runs:
