@@ -58,13 +58,15 @@ def test_adaptation_reports_its_score_beside_the_floors_of_its_own_target(unifie
     assert result["floors"]["random"] == pytest.approx(_random_policy_score(config))  # uniform actions, same episodes
     assert result["floors"] == floor_scores(config.target(), config.eval_episodes, config.seed)
     lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
-    assert lines[0] == "env_steps,normalized_return,imagined,wall_s,imagined_per_s" and len(lines) == 3
+    assert lines[0] == ("env_steps,normalized_return,imagined,reward_mae,reward_real_mean,obs_nmse,wall_s,"
+                        "imagined_per_s") and len(lines) == 3
     assert (tmp_path / "run" / "agent.pt").exists() and (tmp_path / "run" / "checkpoints" / "latest.json").exists()
     assert load_actor(tmp_path / "run" / "agent.pt").act_dim == config.target().act_dim
 
 
 def test_imagined_transitions_come_from_the_runtime(unified_export, tmp_path):
     adapter = Adapter(AdaptConfig(**{**EASY, "env_steps": 150}), tmp_path / "run", unified_export, **QUIET)
+    adapter.model_error = lambda: {}  # the evaluation's one-step model error steps the runtime too: not imagined data
     seen = []
     runtime = adapter.imagined_env.runtime
     real_step = runtime.step

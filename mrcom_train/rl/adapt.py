@@ -15,7 +15,11 @@ ones, once the model buffer holds a full round. ``use_model=False`` gives model-
 env-step budget and the same G (an equal-compute arm) or ``updates_per_step=1`` (the classic arm).
 
 Evaluation: normalized return = 100 × mean episode return / episode length (dm_control rewards are in
-[0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy.
+[0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy. With
+the model, every evaluation also measures the model's one-step error on the target's real transitions
+(:meth:`Adapter.model_error`: ``reward_mae``, ``reward_real_mean``, ``obs_nmse``, in ``metrics.csv`` and the
+result), to tell a wrong reward from wrong dynamics; ``imagined_reward="true"`` scores imagined transitions with
+the target's own reward function instead of the model's (:func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`).
 
 The run's config (:class:`AdaptConfig`, :func:`normalized_return`) is in :mod:`~mrcom_train.rl.adapt_config`; its
 run folder, checkpoints and result are in :mod:`~mrcom_train.rl.adapt_checkpoint`. This module holds the
@@ -41,13 +45,18 @@ from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
 
 from ..metrics_log import MetricsLog
-from ..scenarios import ScenarioEnv, UnifiedSpace
+from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
+from ..training.evaluation import open_loop_error
 from . import adapt_checkpoint as checkpoint
 from .adapt_config import AdaptConfig, normalized_return
 from .sac import SAC, ReplayBuffer, SACConfig
 from .scoring import evaluate_policy, floor_scores
 
 __all__ = ["AdaptConfig", "Adapter", "normalized_return", "summarize"]
+
+DIAGNOSTICS = ("reward_mae", "reward_real_mean", "obs_nmse")  # Adapter.model_error's keys
+DIAGNOSTIC_STARTS = 256  # real transitions it measures at each evaluation (drawn with replacement)
+_DIAGNOSTIC_STREAM = 0x6D6F64656C  # its random stream: default_rng([seed, env step, this])
 
 
 class Adapter:
@@ -137,30 +146,57 @@ class Adapter:
         out[..., : self.spec.act_dim] = raw
         return out
 
+    def _starts(self, rng: np.random.Generator, n: int, after: int = 0) -> list[tuple[dict, int]]:
+        """``n`` start states ``(episode, t)`` drawn with ``rng`` from :attr:`episodes`, uniform over every
+        ``t ≥ m`` (so the ``m`` real steps before it can prime the model) that has ``after`` real steps after
+        it: an episode by its number of valid starts, then a start within it. Empty when there is none."""
+        m = self.imagined_env.runtime.context_len
+        counts = np.array([max(0, len(ep["reward"]) - m + 1 - after) for ep in self.episodes])
+        if counts.sum() == 0:
+            return []
+        episodes = rng.choice(len(counts), size=n, p=counts / counts.sum())
+        starts = m + (rng.random(n) * counts[episodes]).astype(np.int64)
+        return [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
+
+    def _prompts(self, picks: list[tuple[dict, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The ``m`` real steps up to each start state: (obs (B, m+1, D), actions (B, m, A), rewards (B, m))."""
+        m = self.imagined_env.runtime.context_len
+        return tuple(np.stack([ep[key][t - m : t + k] for ep, t in picks])
+                     for key, k in (("obs", 1), ("action", 0), ("reward", 0)))
+
+    @contextlib.contextmanager
+    def _with_live(self, episode: dict[str, list]):
+        """:attr:`episodes` with the current (unfinished) episode appended, for the block's duration."""
+        self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
+        try:
+            yield
+        finally:
+            self.episodes.pop()
+
+    def _imagined_reward(self, reward: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
+        """The reward an imagined transition gets: the model's, or the target's own of the imagined next
+        observation (``imagined_reward="true"``)."""
+        if self.cfg.imagined_reward == "true":
+            return reward_from_obs(self.spec, next_obs[:, : self.spec.obs_dim])
+        return reward
+
     def imagine(self, horizon: int) -> int:
         """One round of imagined rollouts from real states into the model buffer (resized first to hold the
         latest ``retain_rounds`` rounds at this horizon); returns the transitions added."""
         start = time.perf_counter()
         self.model.resize(self.cfg.retain_rounds * self.cfg.rollout_batch * horizon)
         env = self.imagined_env
-        m = env.runtime.context_len
-        # Start states t ≥ m (so m real steps precede them), uniform over all of them: pick an episode by its
-        # number of valid starts, then a start within it.
-        counts = np.array([max(0, len(ep["reward"]) - m + 1) for ep in self.episodes])
-        if counts.sum() == 0:
+        picks = self._starts(self.rng, self.cfg.rollout_batch)
+        if not picks:
             return 0
-        episodes = self.rng.choice(len(counts), size=self.cfg.rollout_batch, p=counts / counts.sum())
-        starts = m + (self.rng.random(self.cfg.rollout_batch) * counts[episodes]).astype(np.int64)
-        picks = [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
-        prompts = tuple(np.stack([ep[key][t - m : t + k] for ep, t in picks])
-                        for key, k in (("obs", 1), ("action", 0), ("reward", 0)))
         env.horizon = horizon
-        current, _ = env.reset(options={"prompts": prompts})
+        current, _ = env.reset(options={"prompts": self._prompts(picks)})
         od, ad = self.spec.obs_dim, self.spec.act_dim
         added, truncated = 0, False
         while not truncated:
             action = self._act(current)
             nxt, reward, _, trunc, _ = env.step(action)
+            reward = self._imagined_reward(reward, nxt)
             self.model.add_batch(current[:, :od], action[:, :ad], reward, nxt[:, :od], np.zeros(len(reward)))
             added += len(reward)
             current, truncated = nxt, bool(trunc.all())
@@ -172,6 +208,42 @@ class Adapter:
     def imagined_per_s(self) -> float:
         """Imagined transitions per second of imagination (policy included) in this process so far."""
         return self.imagined / self.imagine_seconds if self.imagine_seconds else 0.0
+
+    def model_error(self) -> dict[str, float]:
+        """The model's one-step error on the target's real transitions (all NaN without a model, or before any
+        real transition has ``m`` real steps before it). :data:`DIAGNOSTIC_STARTS` start states are drawn from
+        :attr:`episodes` (the loop adds the live episode) as :meth:`imagine` draws them, among those with a
+        real next step; the model, primed with the ``m`` real steps before each, takes the real action taken
+        there, one step with sampled latents. Returns ``reward_mae``: mean |r̂ − r| of the reward imagined
+        transitions get (:meth:`_imagined_reward`; with ``imagined_reward="true"`` the true reward of the
+        predicted observation, so the error the dynamics cause in it); ``reward_real_mean``: mean |r|, for
+        scale; ``obs_nmse``: squared error of the next observation over the scenario's dims, each normalised by
+        the export's observation statistics (``(o − obs_mean) / obs_std``: the open-loop error of ``mrcom
+        rollout`` at horizon 1, :func:`~mrcom_train.training.evaluation.open_loop_error`). Draws from its own
+        stream, seeded by the seed and env step, so the agent's and imagination's draws are untouched and a
+        resumed run measures the same."""
+        nan = dict.fromkeys(DIAGNOSTICS, math.nan)
+        if self.imagined_env is None:
+            return nan
+        rng = np.random.default_rng([self.cfg.seed, self.step, _DIAGNOSTIC_STREAM])
+        picks = self._starts(rng, DIAGNOSTIC_STARTS, after=1)
+        if not picks:
+            return nan
+        runtime, B, od = self.imagined_env.runtime, len(picks), self.spec.obs_dim
+        lat = runtime.latent
+        runtime.reset(*self._prompts(picks), noise={k: rng.standard_normal((B, 1, lat[k]), np.float32)
+                                                     for k in ("u", "h")})
+        action = np.stack([ep["action"][t] for ep, t in picks])
+        pred, reward, _ = runtime.step(action, noise={k: rng.standard_normal((B, lat[k]), np.float32)
+                                                      for k in ("u", "h")})
+        reward = self._imagined_reward(reward, pred)
+        real_next = np.stack([ep["obs"][t + 1] for ep, t in picks])
+        real_reward = np.array([ep["reward"][t] for ep, t in picks], np.float64)
+        mean, std = (np.asarray(runtime.manifest[k], np.float32)[:od] for k in ("obs_mean", "obs_std"))
+        nmse = open_loop_error(((pred[:, :od] - mean) / std)[:, None], ((real_next[:, :od] - mean) / std)[:, None],
+                               np.ones((B, od)))
+        return {"reward_mae": float(np.mean(np.abs(reward - real_reward))),
+                "reward_real_mean": float(np.mean(np.abs(real_reward))), "obs_nmse": float(np.mean(nmse))}
 
     def _batch(self) -> dict[str, np.ndarray]:
         B = self.cfg.batch_size
@@ -206,8 +278,9 @@ class Adapter:
         self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", "wall_s", "imagined_per_s"],
-                             self.step)
+        diagnostics = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
+        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *diagnostics, "wall_s",
+                                            "imagined_per_s"], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -239,25 +312,31 @@ class Adapter:
                     obs, _ = self.env.reset()
                     episode = {"obs": [obs], "action": [], "reward": []}
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
-                    live = {k: np.asarray(v, np.float32) for k, v in episode.items()}
-                    self.episodes.append(live)  # the current episode's states count as start states too
-                    self.imagine(c.horizon(self.step))
-                    self.episodes.pop()
+                    with self._with_live(episode):  # the current episode's states count as start states too
+                        self.imagine(c.horizon(self.step))
                 if self.step >= c.learning_starts:
                     for _ in range(c.updates_per_step):
                         self.agent.update(self._batch())
                 bar.update(1)
                 if self.step % c.eval_every == 0 or self.step == c.env_steps:
                     score = self.evaluate()
-                    result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined}
+                    error = {}  # finite values only: empty cells, and None in the result, until there are any
+                    if c.use_model:
+                        with self._with_live(episode):
+                            error = {k: v for k, v in self.model_error().items() if math.isfinite(v)}
+                    result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined,
+                              **{k: error.get(k) for k in diagnostics}}
                     metrics.write(self.step, {"normalized_return": score, "imagined": self.imagined,
                                               "imagined_per_s": self.imagined_per_s,
-                                              "wall_s": time.perf_counter() - start},
+                                              "wall_s": time.perf_counter() - start, **error},
                                   {"eval/normalized_return": score, "train/imagined_transitions": self.imagined,
-                                   "train/imagined_per_s": self.imagined_per_s})
+                                   "train/imagined_per_s": self.imagined_per_s,
+                                   **{f"model/{k}": v for k, v in error.items()}})
                     (bar.write if self.progress else self.log)(
                         f"env step {self.step}: normalized return {score:.1f} ({self.imagined} imagined transitions, "
-                        f"{self.imagined_per_s:,.0f}/s)")
+                        f"{self.imagined_per_s:,.0f}/s)" + (f"; model error on real steps: reward "
+                        f"{error['reward_mae']:.3f} (|r| {error['reward_real_mean']:.3f}), obs "
+                        f"{error['obs_nmse']:.4f}" if error else ""))
                 if boundary is not None and self.step >= next_checkpoint and self.step < c.env_steps:
                     self.save(boundary)  # only at episode ends, so a resumed run continues exactly
                     next_checkpoint = (self.step // c.checkpoint_every + 1) * c.checkpoint_every

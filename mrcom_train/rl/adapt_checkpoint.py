@@ -55,12 +55,14 @@ def open_checkpoints(run_dir: Path) -> tuple[Path, dict] | None:
 
 
 def check_config(run_dir: Path, config) -> None:
-    """Refuse to resume ``run_dir`` with a config (a dataclass) that differs from its ``config.json``."""
+    """Refuse to resume ``run_dir`` with a config (a dataclass) that differs from its ``config.json``. A field
+    the file lacks (a run started before the field existed) counts as its default."""
     saved = read_json(run_dir / "config.json", "adapt run config")
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
     for name, value in dataclasses.asdict(config).items():
-        if saved.get(name) != value:
-            raise UserInputError(f"cannot resume {run_dir}: it ran with {name}={saved.get(name)!r}, "
-                                 f"now {value!r}")
+        before = saved.get(name, defaults[name])
+        if before != value:
+            raise UserInputError(f"cannot resume {run_dir}: it ran with {name}={before!r}, now {value!r}")
 
 
 def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:

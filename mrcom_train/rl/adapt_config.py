@@ -12,13 +12,14 @@ from dataclasses import dataclass
 from mrcom_core.config import check_int, check_number
 from mrcom_core.errors import UserInputError
 
-from ..scenarios import DOMAINS, ScenarioSpec, get_split, sample_scenarios
+from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, sample_scenarios
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
 # MBPO's rollout-length schedules (Janner et al. 2019, appendix C: Hopper 1 → 15 over epochs 20 → 100, Walker2d
 # and HalfCheetah 1), as (start, end) per domain; the schedule runs over the adaptation's env steps.
 HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
+IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,12 @@ class AdaptConfig:
     of ``rollout_batch`` imagined rollouts, ``retain_rounds`` (the model buffer holds the latest rounds
     only), ``horizon_start`` → ``horizon_end`` (rollout length, linear over the run; ``None``: the domain's
     MBPO schedule, :data:`HORIZONS`).
+
+    ``imagined_reward``: what scores an imagined transition: ``"model"`` (the world model's reward head) or
+    ``"true"`` (the target task's reward function applied to the imagined next observation,
+    :func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`: the model's dynamics with the true reward, a
+    diagnostic arm; only for a walker or cheetah target with a target speed and ``obs_fn="none"``, checked
+    here).
     """
 
     split: str = "t1-a5b20"
@@ -53,9 +60,10 @@ class AdaptConfig:
     eval_every: int = 5000
     eval_episodes: int = 3
     checkpoint_every: int = 5000
+    imagined_reward: str = "model"
 
     def __post_init__(self):
-        for name in ("split", "range", "domain"):
+        for name in ("split", "range", "domain", "imagined_reward"):
             if not isinstance(getattr(self, name), str):
                 raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
         get_split(self.split).range(self.range)
@@ -80,6 +88,11 @@ class AdaptConfig:
             raise UserInputError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
         if self.horizon_end < self.horizon_start:
             raise UserInputError(f"horizon_end ({self.horizon_end}) must be >= horizon_start ({self.horizon_start})")
+        if self.imagined_reward not in IMAGINED_REWARDS:
+            raise UserInputError(f"imagined_reward must be one of {', '.join(IMAGINED_REWARDS)}, "
+                                 f"got {self.imagined_reward!r}")
+        if self.imagined_reward == "true":
+            check_obs_reward(self.target(), "imagined_reward")
 
     def target(self) -> ScenarioSpec:
         """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""
