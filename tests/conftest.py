@@ -98,3 +98,19 @@ def exported(tmp_path_factory):
     manifest = export_model(model, out, formats=("onnx", "torchscript"), horizon=EXPORT_HORIZON,
                             policy=G.PolicyActor(actor, 8, 2, 3), log=lambda s: None)
     return out, model, manifest
+
+
+@pytest.fixture(scope="session")
+def unified_export(tmp_path_factory):
+    """A tiny world model over the unified hopper/walker/cheetah spaces (24 obs, 6 action dims), exported to
+    ONNX with horizon 2: the model the adaptation tests imagine with."""
+    import torch
+
+    from mrcom_core.registry import build_model, model_config
+    from mrcom_export.exporter import export_model
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("unified-export")
+    model = build_model(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
+    export_model(model, out, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
+    return out

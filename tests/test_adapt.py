@@ -7,8 +7,6 @@ import pytest
 import torch
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.registry import build_model, model_config
-from mrcom_export.exporter import export_model
 from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return, summarize
 from mrcom_train.rl.sac import load_actor
 from mrcom_train.rl.scoring import floor_scores
@@ -19,16 +17,6 @@ QUIET = dict(progress=False, log=lambda s: None)
 EASY = dict(split="t1-a5b20", domain="cheetah", env_steps=400, episode_length=100, learning_starts=100,
             model_rollout_every=50, rollout_batch=32, horizon_end=3, eval_every=400, eval_episodes=2, sac_hidden=64,
             batch_size=64, seed=3, updates_per_step=1)
-
-
-@pytest.fixture(scope="module")
-def unified_export(tmp_path_factory):
-    """A tiny world model over the unified hopper/walker/cheetah spaces (24 obs, 6 action dims)."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("adapt-export")
-    model = build_model(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
-    export_model(model, out, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
-    return out
 
 
 def _random_policy_score(config: AdaptConfig) -> float:

@@ -8,11 +8,8 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.registry import build_model, model_config
-from mrcom_export.exporter import export_model
 from mrcom_train.rl.adapt import DIAGNOSTICS, AdaptConfig, Adapter
 from mrcom_train.scenarios import ScenarioEnv, ScenarioSpec
 from mrcom_train.scenarios.obs_reward import com_x_velocity, reward_from_obs
@@ -23,16 +20,6 @@ TINY = dict(split="t1-a5b20", domain="walker", env_steps=200, episode_length=50,
             batch_size=32, seed=3, updates_per_step=1, checkpoint_every=100)
 # A sine gait per domain that moves forward (~0.5 m/s for 300 steps from reset(seed=1)): (frequency, phase sign).
 GAITS = {"walker": (0.03, -1), "cheetah": (0.1, 1)}
-
-
-@pytest.fixture(scope="module")
-def export(tmp_path_factory):
-    """A tiny world model over the unified hopper/walker/cheetah spaces (24 obs, 6 action dims)."""
-    torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("diag-export")
-    model = build_model(model_config("tiny", obs_dim=24, act_dim=6, num_scenarios=3)).eval()
-    export_model(model, out, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
-    return out
 
 
 # ------------------------------------------------------------------------------------- reward_from_obs
@@ -98,8 +85,8 @@ def test_bad_imagined_reward_exits_2_before_the_run(tmp_path, capsys, sets, mess
 
 
 # --------------------------------------------------------------------------------------- in adaptation
-def test_model_error_is_logged_at_every_evaluation(export, tmp_path):
-    adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", export, **QUIET)
+def test_model_error_is_logged_at_every_evaluation(unified_export, tmp_path):
+    adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", unified_export, **QUIET)
     result = adapter.run()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, "wall_s", "imagined_per_s"]
@@ -113,8 +100,8 @@ def test_model_error_is_logged_at_every_evaluation(export, tmp_path):
         k: result[k] for k in DIAGNOSTICS}
 
 
-def test_model_error_draws_from_its_own_stream(export, tmp_path):
-    adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", export, **QUIET)
+def test_model_error_draws_from_its_own_stream(unified_export, tmp_path):
+    adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", unified_export, **QUIET)
     assert all(np.isnan(v) for v in adapter.model_error().values())  # no episode yet
     episode = {"obs": [adapter.env.reset(seed=0)[0]], "action": [], "reward": []}
     for _ in range(50):
@@ -131,9 +118,9 @@ def test_model_error_draws_from_its_own_stream(export, tmp_path):
     adapter.close()
 
 
-def test_true_imagined_reward_scores_the_model_buffer_with_reward_from_obs(export, tmp_path):
+def test_true_imagined_reward_scores_the_model_buffer_with_reward_from_obs(unified_export, tmp_path):
     adapter = Adapter(AdaptConfig(**{**TINY, "env_steps": 150, "eval_every": 150, "imagined_reward": "true"}),
-                      tmp_path / "run", export, **QUIET)
+                      tmp_path / "run", unified_export, **QUIET)
     result = adapter.run()
     data, n = adapter.model.state_dict(), len(adapter.model)
     assert n > 0 and data["next_obs"].shape[1] == adapter.spec.obs_dim  # stored without the padded dims
@@ -141,11 +128,11 @@ def test_true_imagined_reward_scores_the_model_buffer_with_reward_from_obs(expor
     assert all(np.isfinite(result[k]) for k in DIAGNOSTICS)
 
 
-def test_a_run_logged_before_the_diagnostics_resumes(export, tmp_path):
+def test_a_run_logged_before_the_diagnostics_resumes(unified_export, tmp_path):
     # A run folder written before this change: metrics.csv without the diagnostic columns, config.json without
     # imagined_reward. It resumes, its old rows kept (empty diagnostic cells), and logs the new columns onwards.
     run = tmp_path / "run"
-    adapter = Adapter(AdaptConfig(**TINY), run, export, **QUIET)
+    adapter = Adapter(AdaptConfig(**TINY), run, unified_export, **QUIET)
     real_step, count = adapter.env.step, {"n": 0}
 
     def dies_at_170(action):
@@ -166,7 +153,7 @@ def test_a_run_logged_before_the_diagnostics_resumes(export, tmp_path):
     config = json.loads((run / "config.json").read_text())
     del config["imagined_reward"]
     (run / "config.json").write_text(json.dumps(config))
-    resumed = Adapter(AdaptConfig(**TINY), run, export, resume=True, **QUIET)
+    resumed = Adapter(AdaptConfig(**TINY), run, unified_export, resume=True, **QUIET)
     assert resumed.step == 100  # the checkpoint at the episode end at step 100
     resumed.run()
     after = list(csv.DictReader(open(run / "metrics.csv")))
@@ -174,4 +161,4 @@ def test_a_run_logged_before_the_diagnostics_resumes(export, tmp_path):
     assert after[1]["normalized_return"] == rows[1]["normalized_return"] and after[1]["reward_mae"] == ""
     assert np.isfinite(float(after[2]["reward_mae"]))
     with pytest.raises(UserInputError, match="ran with imagined_reward='model', now 'true'"):
-        Adapter(AdaptConfig(**{**TINY, "imagined_reward": "true"}), run, export, resume=True, **QUIET)
+        Adapter(AdaptConfig(**{**TINY, "imagined_reward": "true"}), run, unified_export, resume=True, **QUIET)
