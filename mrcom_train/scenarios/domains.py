@@ -207,6 +207,11 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in (
 )}
 
 
+def resolve_margin(domain: str, speed_margin: float | None) -> float:
+    """The speed margin (m/s) a scenario's reward uses: ``speed_margin``, or the suite's ``v_max / 2`` when None."""
+    return DOMAINS[domain].v_max / 2 if speed_margin is None else speed_margin
+
+
 def build_dm_env(domain: str, length_scale: float = 1.0, size_scale: float = 1.0,
                  target_speed: float | None = None, speed_margin: float | None = None,
                  random=None) -> control.Environment:
@@ -222,6 +227,6 @@ def build_dm_env(domain: str, length_scale: float = 1.0, size_scale: float = 1.0
     if target_speed is None:
         task = info.suite_task(random)
     else:
-        margin = info.v_max / 2 if speed_margin is None else speed_margin
+        margin = resolve_margin(domain, speed_margin)
         task = info.target_task(target_speed, margin, random=random)
     return control.Environment(physics, task, time_limit=math.inf, control_timestep=info.control_timestep)

@@ -36,7 +36,7 @@ import numpy as np
 
 from mrcom_core.errors import UserInputError
 
-from .domains import DOMAINS, _SpeedTerm, common, rewards, scaled_xml, walker
+from .domains import DOMAINS, _SpeedTerm, common, resolve_margin, rewards, scaled_xml, walker
 from .spec import ScenarioSpec
 
 SUPPORTED = ("walker", "cheetah")
@@ -70,7 +70,7 @@ def reward_from_obs(spec: ScenarioSpec, next_obs: np.ndarray) -> np.ndarray:
         raise ValueError(f"next_obs has {obs.shape[-1]} dims, scenario {spec.describe()} {spec.obs_dim}")
     shape, obs = obs.shape[:-1], obs.reshape(-1, obs.shape[-1])
     speed = com_x_velocity(spec, obs)
-    margin = DOMAINS[spec.domain].v_max / 2 if spec.speed_margin is None else spec.speed_margin
+    margin = resolve_margin(spec.domain, spec.speed_margin)
     reward = _SpeedTerm(spec.target_speed, margin)(speed)
     if spec.domain == "walker":
         standing = rewards.tolerance(obs[:, WALKER_HEIGHT], bounds=(walker._STAND_HEIGHT, float("inf")),
