@@ -40,7 +40,8 @@ class ModelConfig:
     Data-dependent fields (``obs_dim``, ``act_dim``, ``num_scenarios``) are filled in from the dataset.
 
     ``model_type``: the registry name of the world-model class (:mod:`mrcom_core.registry`): ``mrcom`` (the
-    paper's model), ``rssm`` (DreamerV3-style) or ``cadm`` (CaDM-style), or any class registered there. Each
+    paper's model), ``rssm_ctx`` (the paper's DreamerV3: a context-augmented RSSM), ``rssm`` (the same
+    without context), ``cadm`` (CaDM-style), or any class registered there. Each
     class reads the fields it needs and declares its latent sizes; fields it ignores are harmless.
 
     Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is

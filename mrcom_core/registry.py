@@ -13,11 +13,12 @@ from .config import ModelConfig, apply_overrides, preset_values
 from .errors import UserInputError
 from .models.cadm import CaDM
 from .models.mrcom import MrCoM
-from .models.rssm import RSSM
+from .models.rssm import RSSM, ContextRSSM
 
 #: registry name (``model.model_type``) → class; the order is the order of tables and method lists.
 MODELS: dict[str, type[BaseWorldModel]] = {
     "mrcom": MrCoM,
+    "rssm_ctx": ContextRSSM,
     "rssm": RSSM,
     "cadm": CaDM,
 }

@@ -74,13 +74,12 @@ def rollout_inputs(model, prompt, B, H, seed=3):
     steps, latent noise for H imagined steps, and H actions (numpy float32)."""
     import numpy as np
 
-    c = model.config
+    c, s = model.config, model.sizes
     rng = np.random.default_rng(seed)
     n_obs = prompt[1].shape[1] - c.context_len + 1
-    reset_noise = {"u": rng.standard_normal((B, n_obs, c.u_dim), np.float32),
-                   "h": rng.standard_normal((B, n_obs, c.h_dim), np.float32)}
-    noise = {"u": rng.standard_normal((B, H, c.u_dim), np.float32),
-             "h": rng.standard_normal((B, H, c.h_dim), np.float32)}
+    reset_noise = {"u": rng.standard_normal((B, n_obs, s.u), np.float32),
+                   "h": rng.standard_normal((B, n_obs, s.h), np.float32)}
+    noise = {"u": rng.standard_normal((B, H, s.u), np.float32), "h": rng.standard_normal((B, H, s.h), np.float32)}
     actions = np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32)
     return reset_noise, noise, actions
 

@@ -221,7 +221,7 @@ def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, messa
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("model_type", ["rssm", "cadm"])
+@pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm"])
 def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
     torch.manual_seed(0)
     model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,
@@ -229,7 +229,17 @@ def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
     manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
     assert set(manifest["graphs"]) == set(G.RUNTIME_GRAPHS)  # blocks=False: only what the runtime runs
+    for name, errors in manifest["parity"].items():  # parity with eager at batch 1, 7 and 256, every graph
+        assert set(errors) == {f"onnx@{b}" for b in (1, 7, 256)}, name
+        assert max(errors.values()) <= manifest["parity_tolerance"][name] <= 2 * PARITY_TOLERANCE
+    B = 3
+    prompt = _prompt(model, B)
+    reset_noise, noise, actions = rollout_inputs(model, prompt, B, 2)
+    ref_obs, ref_rew = _eager_rollout(model, prompt, actions, reset_noise, noise)
     rt = Runtime(tmp_path)
-    rt.reset(*_prompt(model, 3))
-    out = rt.rollout(np.zeros((3, 2, 3), np.float32))
-    assert out["obs"].shape == (3, 2, 10) and np.isfinite(out["obs"]).all()
+    for fused in (False, True):
+        rt.reset(*prompt, noise=reset_noise)  # a rollout continues from where the last one ended
+        out = rt.rollout(actions, 2, fused=fused, noise=noise)
+        assert out["obs"].shape == (B, 2, 10) and np.isfinite(out["obs"]).all()
+        assert np.abs((out["obs"] - ref_obs) / model.obs_std.numpy()).max() <= 1e-4
+        assert np.abs(out["reward"] - ref_rew).max() <= 1e-4

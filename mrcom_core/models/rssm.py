@@ -1,15 +1,21 @@
-"""DreamerV3-style recurrent state-space model, the paper's DreamerV3 comparison (§5.1), behind the same
-interface as MrCoM so it trains, evaluates, exports and drives adaptation through the same code paths.
+"""DreamerV3-style recurrent state-space models behind the same interface as MrCoM, so they train, evaluate,
+export and drive adaptation through the same code paths:
 
-``d_t = GRU(d_{t-1}, [u_{t-1}, a_{t-1}])``, prior ``p(u_t | d_t)``, posterior ``q(u_t | d_t, o_t)``; no
-context, no auxiliary state, no meta regularizers. Loss (:func:`rssm_loss`): free-nats KL + reconstruction
-+ reward (Gaussian, unit variance), as ``L_var`` without h. DreamerV3's discrete latents, symlog and KL
-balancing are not reproduced: the comparison isolates the architecture.
+* :class:`ContextRSSM` — the paper's DreamerV3 comparison (§5.1: "a context-augmented RSSM"): prior
+  ``p(u_t | d_t, c_t)`` and posterior ``q(u_t | d_t, c_t, o_t)`` also read the readout ``c_t`` of the same
+  streaming context encoder MrCoM uses (same tokens, same window ``m``);
+* :class:`RSSM` — the same model without the context (``c_t`` has 0 dims), which shows what the context
+  is worth.
+
+``d_t = GRU(d_{t-1}, [u_{t-1}, a_{t-1}])``; no auxiliary state, no meta regularizers. Loss
+(:func:`rssm_loss`): free-nats KL + reconstruction + reward (Gaussian, unit variance), as ``L_var`` without
+h. DreamerV3's discrete latents, symlog and KL balancing are not reproduced: the comparison isolates the
+architecture.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 
@@ -37,32 +43,38 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
 
 
 class RSSM(BaseWorldModel):
-    """DreamerV3-style RSSM baseline: stochastic u, GRU d, no context."""
+    """DreamerV3-style RSSM without context (stochastic u, GRU d); :class:`ContextRSSM` adds ``c_t``."""
 
-    label = "DreamerV3"
+    label = "DreamerV3 (no context)"
     loss = rssm_loss
+    #: whether prior and posterior read the context readout ``c_t`` (a class constant: no tensor branching)
+    uses_context: ClassVar[bool] = False
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
-        return LatentSizes(u=config.u_dim, d=config.d_dim, h=0, context=0)
+        return LatentSizes(u=config.u_dim, d=config.d_dim, h=0, context=config.ctx_dim if cls.uses_context else 0)
 
     def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
         super().__init__(config, obs_mean, obs_std)
-        c = config
+        c, C = config, self.sizes.context
         self.gru = GRUCell(c.u_dim + c.act_dim, c.d_dim)
-        self.prior = mlp(c.d_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
-        self.post = mlp(c.d_dim + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.prior = mlp(c.d_dim + C, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
+        self.post = mlp(c.d_dim + C + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
         self.decoder = mlp(self.sizes.state, c.obs_dim, c.hidden_dim, c.hidden_layers)
         self.reward_head = mlp(self.sizes.state + c.act_dim, 1, c.hidden_dim, c.hidden_layers)
 
+    def _with_context(self, d: torch.Tensor, context: torch.Tensor, *obs_n: torch.Tensor) -> torch.Tensor:
+        """``[d_t(, c_t)(, o_t)]``: the prior's input, or the posterior's given ``o_t``."""
+        return torch.cat([d, context, *obs_n] if self.uses_context else [d, *obs_n], -1)
+
     def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
         d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
-        q = Gaussian.split(self.post(torch.cat([d, obs_n], -1)))
+        q = Gaussian.split(self.post(self._with_context(d, context, obs_n)))
         return LatentState(gaussian_sample(q.mean, q.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
 
     def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
         d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
-        p = Gaussian.split(self.prior(d))
+        p = Gaussian.split(self.prior(self._with_context(d, context)))
         return LatentState(gaussian_sample(p.mean, p.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
 
     def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> RSSMWindow:
@@ -70,15 +82,24 @@ class RSSM(BaseWorldModel):
         c = self.config
         obs_n = self.normalize(batch["obs"])
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
+        # c_0 … c_L, read once over context + window (0 dims without the context)
+        context = self.window_context(batch) if self.uses_context else obs_n[..., :0]
         state = self.initial_state(obs_n.shape[0], obs_n.device)
         states, kls = [], []
         for j in range(obs_n.shape[1]):
             d = self.gru(torch.cat([state.u, prev_action[:, j]], -1), state.d)
-            p = Gaussian.split(self.prior(d))
-            q = Gaussian.split(self.post(torch.cat([d, obs_n[:, j]], -1)))
+            p = Gaussian.split(self.prior(self._with_context(d, context[:, j])))
+            q = Gaussian.split(self.post(self._with_context(d, context[:, j], obs_n[:, j])))
             u, kl = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"][:, j], min_std=c.min_std,
                                        reverse=c.kl_direction == "prior_post")
             state = LatentState(u, d, state.h)
             states.append(state)
             kls.append(kl)
         return RSSMWindow(LatentState(*(torch.stack(x, 1) for x in zip(*states, strict=True))), torch.stack(kls, 1))
+
+
+class ContextRSSM(RSSM):
+    """The paper's DreamerV3 baseline (§5.1): the RSSM whose prior and posterior also read ``c_t``."""
+
+    label = "DreamerV3"
+    uses_context = True
