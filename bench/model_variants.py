@@ -45,7 +45,7 @@ HORIZONS = (1, 5, 15)
 def errors_by_horizon(model, data: Path, windows: int, seed: int = 0) -> dict[int, dict[str, float]]:
     """``{H: {"open_loop_error": …, "open_loop_error_<domain>": …}}`` from one 15-step rollout per window."""
     ds = Dataset(data)
-    sampler = SequenceSampler(ds, model.config.context_len, max(HORIZONS), windows, seed=seed)
+    sampler = SequenceSampler(ds, model.history_len, max(HORIZONS), windows, seed=seed)
     batch = sampler.sample()
     tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
     with torch.no_grad():

@@ -205,7 +205,7 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         "format": FORMAT, "version": VERSION,
         "model_config": c.to_dict(), "model_type": c.model_type,
         "obs_dim": c.obs_dim, "act_dim": c.act_dim, "context_len": c.context_len,
-        "context_reward": c.context_reward,
+        "history_len": model.history_len, "context_reward": c.context_reward,
         "latent": {"u": model.sizes.u, "d": model.sizes.d, "h": model.sizes.h},
         "kv_shape": list(model.cache_shape(1)[:1]) + ["batch"] + list(model.cache_shape(1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),

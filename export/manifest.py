@@ -51,6 +51,9 @@ def _check_schema(m: dict, where: str) -> None:
     for field, low in (("obs_dim", 1), ("act_dim", 1), ("context_len", 1), ("rollout_horizon", 1)):
         if m[field] < low:
             raise _fail(where, f"field {field!r} is {m[field]}, expected >= {low}")
+    history = m.get("history_len", m["context_len"])  # exports written before the field read m steps
+    if isinstance(history, bool) or not isinstance(history, int) or history < m["context_len"]:
+        raise _fail(where, f"field 'history_len' is {history!r}, expected an integer >= context_len")
     for key, value in m["latent"].items():
         if key in ("u", "d", "h") and value < 0:
             raise _fail(where, f"'latent' field {key!r} is {value}, expected >= 0")

@@ -102,6 +102,8 @@ class Runtime:
         if threads:
             self._options.intra_op_num_threads = threads
         self.obs_dim, self.act_dim, self.context_len = m["obs_dim"], m["act_dim"], m["context_len"]
+        #: steps of history a prompt should carry: m, or more for a model whose context is recurrent (MAMBA)
+        self.history_len: int = m.get("history_len", self.context_len)
         self.latent = m["latent"]
         self.horizon = m["rollout_horizon"]
         self.has_policy = m["policy"] is not None

@@ -70,6 +70,8 @@ class BaseWorldModel(nn.Module):
     label: ClassVar[str] = ""
     ablations: ClassVar[tuple[str, ...]] = ()
     supports_overshoot: ClassVar[bool] = False
+    #: whether the context encoder is recurrent over the whole history (honours ``ModelConfig.history_len``)
+    recurrent_history: ClassVar[bool] = False
     #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by
     #: :func:`mrcom_core.registry.model_config`; :class:`ModelConfig`'s own defaults stay the neutral ones, so
     #: configs saved before a class default changed still load as they were trained).
@@ -87,6 +89,8 @@ class BaseWorldModel(nn.Module):
                 raise UserInputError(f"model.{ablation}: ablations apply to model.model_type=mrcom, not {name}")
         if config.overshoot_horizon and not cls.supports_overshoot:
             raise UserInputError(f"model.overshoot_horizon applies to model.model_type=mrcom, not {name}")
+        if config.history_len and not cls.recurrent_history:
+            raise UserInputError(f"model.history_len applies to models with a recurrent context (mamba), not {name}")
 
     def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
         super().__init__()
@@ -96,8 +100,27 @@ class BaseWorldModel(nn.Module):
                              else torch.as_tensor(obs_mean, dtype=torch.float32).clone())
         self.register_buffer("obs_std", torch.ones(c.obs_dim) if obs_std is None
                              else torch.as_tensor(obs_std, dtype=torch.float32).clone())
-        self.encoder = None if self.sizes.context == 0 else StreamingContextEncoder(
-            c.token_dim, c.ctx_width, c.ctx_layers, c.ctx_heads, self.sizes.context, c.context_len)
+        self.encoder = None if self.sizes.context == 0 else self.make_encoder()
+
+    def make_encoder(self) -> nn.Module:
+        """The context encoder (built when ``latent_sizes`` gives the context > 0 dims): MrCoM's streaming
+        transformer over the last m tokens; a subclass may return another module with the same interface
+        (``forward``, ``step``, ``cache_shape``), e.g. :class:`~mrcom_core.layers.RecurrentContextEncoder`."""
+        c = self.config
+        return StreamingContextEncoder(c.token_dim, c.ctx_width, c.ctx_layers, c.ctx_heads, self.sizes.context,
+                                       c.context_len)
+
+    @classmethod
+    def history_steps(cls, config: ModelConfig) -> int:
+        """Real steps before a training window (and in an adaptation prompt) that a model of this class reads:
+        the context length m, or ``config.history_len`` for a model whose context encoder is recurrent (it
+        reads any length; its exported ``prime`` graph still takes m steps and the runtime observes the rest)."""
+        return config.history_len or config.context_len
+
+    @property
+    def history_len(self) -> int:
+        """:meth:`history_steps` of this model's config."""
+        return self.history_steps(self.config)
 
     # ------------------------------------------------------------------------------ observations, tokens
     def normalize(self, obs: torch.Tensor) -> torch.Tensor:
@@ -118,12 +141,12 @@ class BaseWorldModel(nn.Module):
 
     # ------------------------------------------------------------------------------------------ context
     def cache_shape(self, batch: int) -> tuple[int, ...]:
-        """Shape of the key/value FIFO: ``(layers, B, heads, m, head_dim)``; a model without a context encoder
-        carries a ``(1, B, 1, 1, 1)`` placeholder that every step passes through unchanged."""
-        c = self.config
+        """Shape of the key/value FIFO: ``(layers, B, heads, m, head_dim)`` (the encoder's ``cache_shape``); a
+        model without a context encoder carries a ``(1, B, 1, 1, 1)`` placeholder that every step passes through
+        unchanged."""
         if self.encoder is None:
             return (1, batch, 1, 1, 1)
-        return (c.ctx_layers, batch, c.ctx_heads, c.context_len, c.ctx_width // c.ctx_heads)
+        return self.encoder.cache_shape(batch)
 
     def encode_context(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """Full-sequence context encoding: ``tokens`` (B, T, E) → readouts (B, T, ctx) and the cache.
@@ -144,8 +167,9 @@ class BaseWorldModel(nn.Module):
         return self.encoder.step(token, cache)
 
     def window_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """``c_0 … c_L`` (B, L+1, ctx) of a sampled window: context and window read as one token sequence."""
-        m = self.config.context_len
+        """``c_0 … c_L`` (B, L+1, ctx) of a sampled window: context (:attr:`history_len` steps) and window read
+        as one token sequence."""
+        m = self.history_len
         obs_n = self.normalize(batch["obs"])
         B, T1, _ = obs_n.shape
         ctx_tokens = self.tokens(self.normalize(batch["context_obs"]), batch["context_action"],

@@ -75,6 +75,11 @@ class ModelConfig:
     keeps the w/o d ablation runnable whatever the default). Other model types ignore it (RSSM's u already
     depends on d).
 
+    ``history_len`` (recurrent-history models only, i.e. ``mamba``; 0 = ``context_len``): real steps of
+    history before each training window, all read by the model's recurrent context encoder (MAMBA trains on
+    sequences that include their history); the exported ``prime`` graph still takes ``context_len`` steps
+    and the runtime observes the rest of a longer prompt step by step.
+
     The field defaults here are the neutral ones (no overshooting, eq. 6 literal), so a config saved
     before a switch existed loads as it was trained. A new config is built by
     :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: MrCoM's are
@@ -115,6 +120,7 @@ class ModelConfig:
     overshoot_horizon: int = 0
     overshoot_weight: float = 1.0
     u_on_d: bool = False
+    history_len: int = 0
 
     def __post_init__(self):
         positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
@@ -133,9 +139,13 @@ class ModelConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise UserInputError(f"model.{name} must be a finite number >= 0, got {value!r}")
-        h = self.overshoot_horizon
-        if isinstance(h, bool) or not isinstance(h, int) or h < 0:
-            raise UserInputError(f"model.overshoot_horizon must be an integer >= 0, got {h!r}")
+        for name in ("overshoot_horizon", "history_len"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise UserInputError(f"model.{name} must be an integer >= 0, got {value!r}")
+        if self.history_len and self.history_len < self.context_len:
+            raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
+                                 f"({self.context_len})")
         if not isinstance(self.u_on_d, bool):
             raise UserInputError(f"model.u_on_d must be true or false, got {self.u_on_d!r}")
         if not 0 <= self.gamma < 1:

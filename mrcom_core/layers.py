@@ -1,4 +1,5 @@
-"""Network builders: MLPs, an exportable GRU cell and the streaming context encoder.
+"""Network builders: MLPs, an exportable GRU cell and the context encoders (the streaming transformer over
+the last m tokens, and a GRU over the whole history).
 
 Everything here is written for export (ONNX / TorchScript): no Python branching on tensor values, no
 fused ``nn.GRUCell``, attention written out with plain matmuls.
@@ -125,6 +126,10 @@ class StreamingContextEncoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_dim)
 
+    def cache_shape(self, batch: int) -> tuple[int, ...]:
+        """``(layers, B, heads, m, head_dim)``."""
+        return (len(self.blocks), batch, self.heads, self.window, self.width // self.heads)
+
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
         """``tokens`` (B, T, token_dim) with T ≥ window → readouts (B, T, out_dim) and the cache."""
         x = self.embed(tokens)
@@ -144,3 +149,48 @@ class StreamingContextEncoder(nn.Module):
             keys.append(k)
             values.append(v)
         return self.out(self.norm(x[:, 0])), KVCache(torch.stack(keys), torch.stack(values))
+
+
+class RecurrentContextEncoder(nn.Module):
+    """A GRU over context tokens: the belief of a recurrent meta-RL model, which never forgets a token.
+
+    Same interface as :class:`StreamingContextEncoder`: :meth:`forward` reads a whole token sequence (any
+    length) and returns a readout per token and the "cache", here the GRU state after the last token,
+    stored as ``KVCache(state, state)`` with shape ``(1, B, 1, 1, width)`` so that the exported graphs and
+    the runtime pass it on like the key/value FIFO; :meth:`step` adds one token.
+    """
+
+    #: initial bias of the GRU's update gate: σ(2) ≈ 0.88 of the state is kept per step at initialization (as an
+    #: LSTM's forget-gate bias of 1–2), so the history is remembered from the start rather than only once trained
+    UPDATE_BIAS = 2.0
+
+    def __init__(self, token_dim: int, width: int, out_dim: int):
+        super().__init__()
+        self.width = width
+        self.embed = nn.Linear(token_dim, width)
+        self.gru = GRUCell(width, width)
+        with torch.no_grad():
+            self.gru.x2h.bias[width : 2 * width] += self.UPDATE_BIAS  # the z (update) gate's slice
+        self.norm = nn.LayerNorm(width)
+        self.out = nn.Linear(width, out_dim)
+
+    def cache_shape(self, batch: int) -> tuple[int, ...]:
+        """``(1, B, 1, 1, width)``: the GRU state in the key/value FIFO's layout."""
+        return (1, batch, 1, 1, self.width)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """``tokens`` (B, T, token_dim) → readouts (B, T, out_dim) and the state after the last token."""
+        x = self.embed(tokens)
+        h = x.new_zeros(x.shape[0], self.width)
+        states = []
+        for t in range(x.shape[1]):
+            h = self.gru(x[:, t], h)
+            states.append(h)
+        state = h[None, :, None, None]
+        return self.out(self.norm(torch.stack(states, 1))), KVCache(state, state)
+
+    def step(self, token: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        """One token (B, token_dim) → readout (B, out_dim) and the new state."""
+        h = self.gru(self.embed(token), cache.keys[0, :, 0, 0])
+        state = h[None, :, None, None]
+        return self.out(self.norm(h)), KVCache(state, state)

@@ -12,6 +12,7 @@ from .base import BaseWorldModel
 from .config import ModelConfig, apply_overrides, preset_values
 from .errors import UserInputError
 from .models.cadm import CaDM
+from .models.mamba import MambaStyle
 from .models.mrcom import MrCoM
 from .models.rssm import RSSM, ContextRSSM
 
@@ -21,6 +22,7 @@ MODELS: dict[str, type[BaseWorldModel]] = {
     "rssm_ctx": ContextRSSM,
     "rssm": RSSM,
     "cadm": CaDM,
+    "mamba": MambaStyle,
 }
 
 
@@ -71,3 +73,9 @@ def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] =
 def build_model(config: ModelConfig, obs_mean=None, obs_std=None) -> BaseWorldModel:
     """The world model of ``config.model_type``, with the dataset's observation statistics."""
     return model_class(check_config(config).model_type)(config, obs_mean, obs_std)
+
+
+def history_steps(config: ModelConfig) -> int:
+    """Real steps of history before each training window / in each adaptation prompt for ``config``'s model
+    (:meth:`~mrcom_core.base.BaseWorldModel.history_steps`: the context length, longer for recurrent ones)."""
+    return model_class(config.model_type).history_steps(config)

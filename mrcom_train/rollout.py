@@ -18,7 +18,8 @@ from .training.evaluation import KEY, by_domain, open_loop_error
 
 
 def prompts_from_dataset(dataset: Dataset, context_len: int, horizon: int, batch: int, seed: int = 0):
-    """``B`` prompts (m context steps + the next observation) and the batch whose ``H`` real steps follow."""
+    """``B`` prompts (``context_len`` history steps + the next observation) and the batch whose ``H`` real steps
+    follow."""
     b = SequenceSampler(dataset, context_len, horizon, batch, seed=seed).sample()
     obs = np.concatenate([b["context_obs"], b["obs"][:, :1]], axis=1)
     return (obs, b["context_action"], b["context_reward"]), b
@@ -47,13 +48,13 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
     if (ds.obs_dim, ds.act_dim) != (rt.obs_dim, rt.act_dim):
         raise ExportError(f"dataset {data} has obs/action dims {ds.obs_dim}/{ds.act_dim}, the export "
                           f"{rt.obs_dim}/{rt.act_dim}")
-    prompt, real = prompts_from_dataset(ds, rt.context_len, horizon, batch, seed)
+    prompt, real = prompts_from_dataset(ds, rt.history_len, horizon, batch, seed)
     lat = rt.latent
 
     def zeros(steps: int) -> dict[str, np.ndarray] | None:  # mean latents: zero noise for every step
         return {k: np.zeros((batch, steps, lat[k]), np.float32) for k in ("u", "h")} if mean_latents else None
 
-    rt.reset(*prompt, noise=zeros(1))  # the prompt holds exactly m steps: one posterior step
+    rt.reset(*prompt, noise=zeros(rt.history_len - rt.context_len + 1))  # posterior steps after the first m
     out = rt.rollout(real["action"], horizon, noise=zeros(horizon))
     mean, std = (np.asarray(rt.manifest[k], np.float32) for k in ("obs_mean", "obs_std"))
     per_row = open_loop_error((out["obs"] - mean) / std, (real["obs"][:, 1:] - mean) / std, real["obs_mask"])

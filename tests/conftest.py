@@ -15,11 +15,14 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def make_batch(cfg, batch=4, window=6, seed=0):
-    """A random training batch in the sampler's layout for a model config (torch tensors)."""
+    """A random training batch in the sampler's layout for a model config (torch tensors); the context holds the
+    model's history (m steps, more for a recurrent-history model)."""
     import torch
 
+    from mrcom_core.registry import history_steps
+
     g = torch.Generator().manual_seed(seed)
-    B, L, M, D, A = batch, window, cfg.context_len, cfg.obs_dim, cfg.act_dim
+    B, L, M, D, A = batch, window, history_steps(cfg), cfg.obs_dim, cfg.act_dim
     obs_mask = torch.ones(B, D)
     obs_mask[0, D - 2 :] = 0  # the first row is a scenario with padded dims
     return {

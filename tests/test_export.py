@@ -221,7 +221,7 @@ def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, messa
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
-@pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm"])
+@pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm", "mamba"])
 def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
     torch.manual_seed(0)
     model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,

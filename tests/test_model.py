@@ -44,7 +44,7 @@ def test_presets_validate_and_grow():
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
     ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
     ({"overshoot_horizon": 3, "model_type": "rssm"}, "model.overshoot_horizon applies to model.model_type=mrcom"),
-    ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm_ctx, rssm, cadm"),
+    ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm_ctx, rssm, cadm, mamba"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
     with pytest.raises(UserInputError, match=field):
@@ -288,12 +288,13 @@ def test_streaming_context_equals_reencoding_each_window_for_one_layer():
     torch.testing.assert_close(losses(a, batch, make_noise(a))["loss"], losses(b, batch, make_noise(b))["loss"])
 
 
-@pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm"])
+@pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm", "mamba"])
 def test_baselines_share_the_interface_and_learn(model_type):
     torch.manual_seed(0)
     cfg = model_config("tiny", overrides={"model_type": model_type, "kl_free_nats": 0.0}, **DIMS)
     model = build_model(cfg)
-    assert type(model).__name__ == {"rssm_ctx": "ContextRSSM", "rssm": "RSSM", "cadm": "CaDM"}[model_type]
+    names = {"rssm_ctx": "ContextRSSM", "rssm": "RSSM", "cadm": "CaDM", "mamba": "MambaStyle"}
+    assert type(model).__name__ == names[model_type]
     assert (model.encoder is None) == (model_type == "rssm")  # the plain RSSM has no context
     assert model.sizes.h == 0 and (model.sizes.d == 0) == (model_type == "cadm")
     batch, noise = make_batch(cfg, 8, 6), make_noise(model, 8, 6)

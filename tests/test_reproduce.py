@@ -18,12 +18,12 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     for rng in cells.values():
         assert set(rng) == {"hopper", "walker", "cheetah"}
         for methods in rng.values():
-            assert set(methods) == {"mrcom", "rssm_ctx", "rssm", "cadm", "sac", "sac-g"}
+            assert set(methods) == {"mrcom", "rssm_ctx", "rssm", "cadm", "mamba", "sac", "sac-g"}
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
     assert table.count("| Hopper |") == 4
-    header = "| Ours | DreamerV3 | DreamerV3 (no context) | CaDM | SAC (G=1) | SAC (same G) | _zero-action_ |"
+    header = "| Ours | DreamerV3 | DreamerV3 (no context) | CaDM | MAMBA | SAC (G=1) | SAC (same G) | _zero-action_ |"
     assert header in table
     for kind in ("latents at their means", "latents sampled"):
         assert f"15-step open-loop prediction error, {kind}" in table
@@ -32,8 +32,8 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     from mrcom_core.files import read_json
 
-    methods = {"mrcom", "rssm_ctx", "rssm", "cadm", "sac", "sac-g", "floor:zero", "floor:random"}
-    assert len(rows) == 2 * 3 * 8 and {r["method"] for r in rows} == methods
+    methods = {"mrcom", "rssm_ctx", "rssm", "cadm", "mamba", "sac", "sac-g", "floor:zero", "floor:random"}
+    assert len(rows) == 2 * 3 * 9 and {r["method"] for r in rows} == methods
     # the two model-free arms: G = 1, and the model-based arms' G (equal compute)
     g = {m: read_json(split / "adapt" / "in" / "walker" / m / "s0" / "config.json", "config")["updates_per_step"]
          for m in ("sac", "sac-g", "mrcom")}

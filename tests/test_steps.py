@@ -23,7 +23,8 @@ def _assert_states_close(a, b):
 
 
 @pytest.mark.parametrize("model_type,ablations", [("mrcom", ()), ("mrcom", ("no_context",)), ("mrcom", ("no_d",)),
-                                                  ("rssm_ctx", ()), ("rssm", ()), ("cadm", ())])
+                                                  ("rssm_ctx", ()), ("rssm", ()), ("cadm", ()),
+                                                  ("mamba", ())])
 def test_prime_then_observe_equals_the_training_pass(model_type, ablations):
     """prime (prompt = the window's context) + observe over the window reproduces the posterior that
     observe_window computes in one pass, step for step (for the models whose window output is the posterior)."""

@@ -123,7 +123,7 @@ def test_each_class_builds_with_its_own_defaults_and_user_values_win():
 
     mrcom = model_config("tiny", **DIMS)
     assert (mrcom.u_on_d, mrcom.overshoot_horizon) == (True, 15)
-    for name in ("rssm_ctx", "rssm", "cadm"):
+    for name in ("rssm_ctx", "rssm", "cadm", "mamba"):
         cfg = model_config("tiny", overrides={"model_type": name}, **DIMS)
         assert (cfg.u_on_d, cfg.overshoot_horizon) == (False, 0)
     assert model_config("tiny", overrides={"overshoot_horizon": "4"}, **DIMS).overshoot_horizon == 4

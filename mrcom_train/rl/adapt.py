@@ -148,9 +148,10 @@ class Adapter:
 
     def _starts(self, rng: np.random.Generator, n: int, after: int = 0) -> list[tuple[dict, int]]:
         """``n`` start states ``(episode, t)`` drawn with ``rng`` from :attr:`episodes`, uniform over every
-        ``t ≥ m`` (so the ``m`` real steps before it can prime the model) that has ``after`` real steps after
-        it: an episode by its number of valid starts, then a start within it. Empty when there is none."""
-        m = self.imagined_env.runtime.context_len
+        ``t ≥ m`` (so the ``m`` real steps before it can prime the model; m = the runtime's ``history_len``)
+        that has ``after`` real steps after it: an episode by its number of valid starts, then a start within
+        it. Empty when there is none."""
+        m = self.imagined_env.runtime.history_len
         counts = np.array([max(0, len(ep["reward"]) - m + 1 - after) for ep in self.episodes])
         if counts.sum() == 0:
             return []
@@ -159,8 +160,9 @@ class Adapter:
         return [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
 
     def _prompts(self, picks: list[tuple[dict, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The ``m`` real steps up to each start state: (obs (B, m+1, D), actions (B, m, A), rewards (B, m))."""
-        m = self.imagined_env.runtime.context_len
+        """The ``m`` real steps up to each start state (m = the runtime's ``history_len``): (obs (B, m+1, D),
+        actions (B, m, A), rewards (B, m))."""
+        m = self.imagined_env.runtime.history_len
         return tuple(np.stack([ep[key][t - m : t + k] for ep, t in picks])
                      for key, k in (("obs", 1), ("action", 0), ("reward", 0)))
 
@@ -211,17 +213,18 @@ class Adapter:
 
     def model_error(self) -> dict[str, float]:
         """The model's one-step error on the target's real transitions (all NaN without a model, or before any
-        real transition has ``m`` real steps before it). :data:`DIAGNOSTIC_STARTS` start states are drawn from
-        :attr:`episodes` (the loop adds the live episode) as :meth:`imagine` draws them, among those with a
-        real next step; the model, primed with the ``m`` real steps before each, takes the real action taken
-        there, one step with sampled latents. Returns ``reward_mae``: mean |r̂ − r| of the reward imagined
-        transitions get (:meth:`_imagined_reward`; with ``imagined_reward="true"`` the true reward of the
-        predicted observation, so the error the dynamics cause in it); ``reward_real_mean``: mean |r|, for
-        scale; ``obs_nmse``: squared error of the next observation over the scenario's dims, each normalised by
-        the export's observation statistics (``(o − obs_mean) / obs_std``: the open-loop error of ``mrcom
-        rollout`` at horizon 1, :func:`~mrcom_train.training.evaluation.open_loop_error`). Draws from its own
-        stream, seeded by the seed and env step, so the agent's and imagination's draws are untouched and a
-        resumed run measures the same."""
+        real transition has ``m`` real steps before it; m = the runtime's ``history_len``).
+        :data:`DIAGNOSTIC_STARTS` start states are drawn from :attr:`episodes` (the loop adds the live episode)
+        as :meth:`imagine` draws them, among those with a real next step; the model, primed with the m real
+        steps before each, takes the real action taken there, one step with sampled latents. Returns
+        ``reward_mae``: mean |r̂ − r| of the reward imagined transitions get (:meth:`_imagined_reward`; with
+        ``imagined_reward="true"`` the true reward of the predicted observation, so the error the dynamics
+        cause in it); ``reward_real_mean``: mean |r|, for scale; ``obs_nmse``: squared error of the next
+        observation over the scenario's dims, each normalised by the export's observation statistics
+        (``(o − obs_mean) / obs_std``: the open-loop error of ``mrcom rollout`` at horizon 1,
+        :func:`~mrcom_train.training.evaluation.open_loop_error`). Draws from its own stream, seeded by the
+        seed and env step, so the agent's and imagination's draws are untouched and a resumed run measures
+        the same."""
         nan = dict.fromkeys(DIAGNOSTICS, math.nan)
         if self.imagined_env is None:
             return nan
@@ -231,7 +234,8 @@ class Adapter:
             return nan
         runtime, B, od = self.imagined_env.runtime, len(picks), self.spec.obs_dim
         lat = runtime.latent
-        runtime.reset(*self._prompts(picks), noise={k: rng.standard_normal((B, 1, lat[k]), np.float32)
+        posterior_steps = runtime.history_len - runtime.context_len + 1  # 1 unless the context is recurrent
+        runtime.reset(*self._prompts(picks), noise={k: rng.standard_normal((B, posterior_steps, lat[k]), np.float32)
                                                      for k in ("u", "h")})
         action = np.stack([ep["action"][t] for ep, t in picks])
         pred, reward, _ = runtime.step(action, noise={k: rng.standard_normal((B, lat[k]), np.float32)

@@ -23,7 +23,7 @@ from mrcom_core.config import ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import has_content, write_json_atomic
 from mrcom_core.locks import folder_lock
-from mrcom_core.registry import build_model
+from mrcom_core.registry import build_model, history_steps
 from mrcom_core.resources import require_memory
 from mrcom_core.steps import open_loop_predictions
 
@@ -59,9 +59,9 @@ def memory_lower_bound(model_config: ModelConfig, config: TrainConfig) -> int:
     step and layer kept for the backward pass. A lower bound: a config over it cannot run here."""
     with torch.device("meta"):
         params = sum(p.numel() for p in build_model(model_config).parameters())
-    c, m = config, model_config
-    rows = c.batch_size * (c.window_len + m.context_len + 1) + c.eval_batches * c.eval_batch_size * (
-        c.eval_horizon + m.context_len + 1)
+    c, m, history = config, model_config, history_steps(model_config)
+    rows = c.batch_size * (c.window_len + history + 1) + c.eval_batches * c.eval_batch_size * (
+        c.eval_horizon + history + 1)
     batch = rows * (m.obs_dim + m.act_dim + 1) * 4
     activations = c.batch_size * c.window_len * m.hidden_dim * m.hidden_layers * 4
     return 16 * params + batch + activations
@@ -149,9 +149,10 @@ class Trainer:
         if not held_eps:
             held_eps = train_eps
             self.log("note: no held-out episodes (each scenario has too few); evaluating on training episodes")
-        self.sampler = SequenceSampler(self.dataset, self.model_config.context_len, c.window_len, c.batch_size,
-                                       episodes=train_eps, seed=c.seed)
-        eval_sampler = SequenceSampler(self.dataset, self.model_config.context_len, c.eval_horizon,
+        history = history_steps(self.model_config)
+        self.sampler = SequenceSampler(self.dataset, history, c.window_len, c.batch_size, episodes=train_eps,
+                                       seed=c.seed)
+        eval_sampler = SequenceSampler(self.dataset, history, c.eval_horizon,
                                        c.eval_batch_size, episodes=held_eps, seed=c.seed + 1)
         self.eval_batches = [eval_sampler.sample() for _ in range(c.eval_batches)]
 
