@@ -28,28 +28,53 @@ def _build(source: Path, build: Path, *defines: str) -> None:
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
 
 
-@pytest.fixture(scope="module")
-def case(exported, tmp_path_factory):
-    out, model, _ = exported
-    c = model.config
+def _case(out, model, work, T=None):
+    """Input bundle (a prompt of T steps, noise, actions) in ``work`` and the Python runtime's rollout of it."""
+    s = model.sizes
     B = 6
-    prompt = prompt_for(model, B, seed=4)
-    n = prompt[1].shape[1] - c.context_len + 1
+    prompt = prompt_for(model, B, T=T, seed=4)
+    n = prompt[1].shape[1] - model.config.context_len + 1
     rng = np.random.default_rng(9)
     arrays = {
         "prompt_obs": prompt[0], "prompt_act": prompt[1], "prompt_rew": prompt[2],
-        "reset_noise_u": rng.standard_normal((B, n, c.u_dim), np.float32),
-        "reset_noise_h": rng.standard_normal((B, n, c.h_dim), np.float32),
-        "actions": np.tanh(rng.standard_normal((B, H, c.act_dim))).astype(np.float32),
-        "noise_u": rng.standard_normal((B, H, c.u_dim), np.float32),
-        "noise_h": rng.standard_normal((B, H, c.h_dim), np.float32),
+        "reset_noise_u": rng.standard_normal((B, n, s.u), np.float32),
+        "reset_noise_h": rng.standard_normal((B, n, s.h), np.float32),
+        "actions": np.tanh(rng.standard_normal((B, H, model.config.act_dim))).astype(np.float32),
+        "noise_u": rng.standard_normal((B, H, s.u), np.float32),
+        "noise_h": rng.standard_normal((B, H, s.h), np.float32),
     }
-    work = tmp_path_factory.mktemp("cpp")
     write_bundle(work / "input.mrcb", arrays)
     rt = Runtime(out)
     rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
     expected = rt.rollout(arrays["actions"], H, fused=False, noise={"u": arrays["noise_u"], "h": arrays["noise_h"]})
     return out, work, expected
+
+
+@pytest.fixture(scope="module")
+def case(exported, tmp_path_factory):
+    out, model, _ = exported
+    return _case(out, model, tmp_path_factory.mktemp("cpp"))
+
+
+@pytest.fixture(scope="module")
+def ort_binary(tmp_path_factory) -> Path:
+    """The ONNX Runtime example, built once for this module."""
+    deps = tmp_path_factory.mktemp("ortdeps")
+    r = subprocess.run(["bash", str(ROOT / "onnxruntime_rollout" / "fetch_deps.sh"), str(deps), sys.executable],
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    build = tmp_path_factory.mktemp("ort-build")
+    _build(ROOT / "onnxruntime_rollout", build, f"-DONNXRUNTIME_INCLUDE_DIR={deps / 'include'}",
+           f"-DONNXRUNTIME_LIBRARY={deps / 'lib' / 'libonnxruntime.so'}")
+    return build / "mrcom_ort_rollout"
+
+
+def _run_ort(binary: Path, out: Path, work: Path) -> dict:
+    run = subprocess.run([str(binary), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb")],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "rollouts x 3 steps" in run.stdout
+    return read_bundle(work / "ort.mrcb")
 
 
 def _check(result: dict, expected: dict) -> None:
@@ -65,20 +90,27 @@ def test_bundle_round_trip(tmp_path):
     assert back.keys() == arrays.keys() and all(np.array_equal(back[k], arrays[k]) for k in arrays)
 
 
-def test_onnxruntime_cpp_example_matches_python(case, tmp_path_factory):
+def test_onnxruntime_cpp_example_matches_python(case, ort_binary):
     out, work, expected = case
-    deps = tmp_path_factory.mktemp("ortdeps")
-    r = subprocess.run(["bash", str(ROOT / "onnxruntime_rollout" / "fetch_deps.sh"), str(deps), sys.executable],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr[-2000:]
-    build = work / "ort-build"
-    _build(ROOT / "onnxruntime_rollout", build, f"-DONNXRUNTIME_INCLUDE_DIR={deps / 'include'}",
-           f"-DONNXRUNTIME_LIBRARY={deps / 'lib' / 'libonnxruntime.so'}")
-    run = subprocess.run([str(build / "mrcom_ort_rollout"), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb")],
-                         capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    assert "rollouts x 3 steps" in run.stdout
-    _check(read_bundle(work / "ort.mrcb"), expected)
+    _check(_run_ort(ort_binary, out, work), expected)
+
+
+@pytest.mark.parametrize("model_type", ["rssm_ctx", "mamba"])
+def test_onnxruntime_cpp_example_runs_the_new_baselines(model_type, ort_binary, tmp_path):
+    """The paper's DreamerV3 (context-augmented RSSM) and the MAMBA-style model through the same C++ loop; the
+    MAMBA prompt is its whole 16-step history (its GRU state travels in the key/value slots)."""
+    from mrcom_core.registry import build_model, model_config
+    from mrcom_export.exporter import export_model
+
+    torch.manual_seed(0)
+    extra = {"history_len": 16} if model_type == "mamba" else {}
+    model = build_model(model_config("tiny", overrides={"model_type": model_type, **extra}, obs_dim=10, act_dim=3,
+                                     num_scenarios=2)).eval()
+    export_model(model, tmp_path / "export", formats=("onnx",), horizon=H, blocks=False, log=lambda s: None)
+    work = tmp_path / "work"
+    work.mkdir()
+    out, work, expected = _case(tmp_path / "export", model, work, T=model.history_len)
+    _check(_run_ort(ort_binary, out, work), expected)
 
 
 def test_libtorch_cpp_example_matches_python(case):
