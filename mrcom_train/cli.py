@@ -235,16 +235,21 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 @click.option("--splits", default="", help="Comma-separated subset of the table's training splits "
                                            "(e.g. t1-a10b50 for Table 1 (c)/(d)).")
 @click.option("--ablations", is_flag=True, help="Also train and adapt the four ablations (paper Fig. 3).")
+@click.option("--what", type=click.Choice(["all", "error"]), default="all", show_default=True,
+              help="all: the whole protocol; error: stop after the prediction-error tables (no RL).")
 @click.option("--workers", "-w", type=int, default=1, show_default=True,
               help="Worker processes for collection and for adaptation cells (one core each).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def reproduce(table, budget, seeds, splits, ablations, workers, out):
+def reproduce(table, budget, seeds, splits, ablations, what, workers, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
     from .experiments.reproduce import run_reproduction
 
     chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
-    run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, log=click.echo)
-    click.echo(f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png)")
+    run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, what=what,
+                     log=click.echo)
+    errors = f"{out}/errors{table}.md (+ per-split errors.csv, error_vs_horizon.png)"
+    click.echo(f"done: {errors}" if what == "error" else
+               f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png) and {errors}")
 
 
 @cli.command()

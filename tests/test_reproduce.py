@@ -80,7 +80,34 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
     assert read_json(tmp_path / "config.json", "config")["budget_settings"]["domains"] == ["cheetah"]
 
 
+def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path, monkeypatch):
+    """``--what error``: every model (and ablation) trained and measured, the error tables and the error-vs-horizon
+    chart written, no adaptation cell run."""
+    from dataclasses import replace
+
+    from mrcom_train.experiments import reproduce
+
+    monkeypatch.setitem(reproduce.BUDGETS, "smoke", replace(reproduce.BUDGETS["smoke"], domains=("cheetah",)))
+    assert run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), ablations=True, what="error",
+                            log=lambda s: None) == {}
+    split = tmp_path / "t1-a5b20"
+    assert not (split / "adapt").exists() and not (tmp_path / "table1.md").exists()
+    methods = set(reproduce.model_methods(ablations=True))
+    with open(split / "errors.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert {r["method"] for r in rows} == methods and len(rows) == len(methods) * 2 * 2 * 2  # kind, range, domain
+    assert all(float(r["error"]) >= 0 for r in rows)
+    text = (tmp_path / "errors1.md").read_text()
+    for name in ("Ours", "DreamerV3", "DreamerV3 (no context)", "CaDM", "MAMBA", "Ours (eq. 6 literal)"):
+        assert f"| {name} |" in text
+    assert "15-step open-loop prediction error, latents sampled" in text and "Cheetah (ood)" in text
+    assert (split / "error_vs_horizon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    errors = reproduce.read_json(split / "errors" / "mamba.json", "errors")
+    assert len(errors["sampled"]["ood"]["error_by_step"]) == reproduce.ERROR_HORIZON
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--table", "1", "--what", "returns"], "Invalid value for '--what'"),
     (["--table", "7"], "unknown table 7"),
     (["--table", "1", "--budget", "huge"], "unknown budget 'huge'"),
     (["--table", "1", "--splits", "t2-a5"], "not part of table 1"),

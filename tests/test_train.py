@@ -201,4 +201,6 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
     mean = runtime_error(exp, data, B, H, 3, mean_latents=True)
     sampled = runtime_error(exp, data, B, H, 3)
     assert mean["open_loop_error"] == pytest.approx(float(eager.mean()), rel=1e-4, abs=1e-5)
+    by_step = mean["error_by_step"]  # the error-vs-horizon curve: one value per step, averaging to the error
+    assert len(by_step) == H and float(np.mean(by_step)) == pytest.approx(mean["open_loop_error"], rel=1e-6)
     assert sampled["open_loop_error"] != pytest.approx(mean["open_loop_error"], rel=1e-3)

@@ -28,13 +28,14 @@ from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
 from ..rl.adapt import AdaptConfig, Adapter
 from ..rl.scoring import FLOORS, floor_scores
-from ..rollout import runtime_error
+from ..rollout import BY_STEP, runtime_error
 from ..scenarios import DOMAINS
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
 from ..training.config import RunRequest
 from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
+from .error_tables import write_error_summary, write_error_tables
 from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, write_outputs, write_summary
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
@@ -42,6 +43,7 @@ TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
 SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
 MODEL_FREE = (SAC, SAC_G)
 LITERAL = "literal"  # MrCoM with eq. 6 read literally (an ablation-table row)
+WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 
 
 def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, ...]]]:
@@ -115,12 +117,17 @@ def _measured(err_file: Path) -> bool:
     if not err_file.is_file():
         return False
     per = read_json(err_file, "prediction-error file")
-    return all(any(k.startswith(f"{KEY}_") for k in per.get(kind, {}).get("in", {})) for kind in ("mean", "sampled"))
+    return all(any(k.startswith(f"{KEY}_") for k in per.get(kind, {}).get("in", {})) and BY_STEP in per[kind]["in"]
+               for kind in ("mean", "sampled"))
 
 
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
-                     ablations: bool = False, workers: int = 1, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}``."""
+                     ablations: bool = False, workers: int = 1, what: str = "all",
+                     log: Callable[[str], None] = print) -> dict:
+    """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}`` (empty with
+    ``what="error"``, which stops after the prediction errors: no adaptation)."""
+    if what not in WHAT:
+        raise UserInputError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     if table not in TABLE_SPLITS:
         raise UserInputError(f"unknown table {table}; choose one of {', '.join(map(str, TABLE_SPLITS))}")
     if budget_name not in BUDGETS:
@@ -134,11 +141,11 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
     b = BUDGETS[budget_name]
     out = Path(out)
     with folder_lock(out, "mrcom reproduce"):
-        return _reproduce(table, b, budget_name, seeds, out, chosen, model_methods(ablations), workers, log)
+        return _reproduce(table, b, budget_name, seeds, out, chosen, model_methods(ablations), workers, what, log)
 
 
 def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict, workers: int,
-               log: Callable[[str], None]) -> dict:
+               what: str, log: Callable[[str], None]) -> dict:
     results: dict = {}
     quiet = dict(progress=False, log=lambda s: None)
     for split in chosen:
@@ -181,6 +188,9 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 err_file.parent.mkdir(parents=True, exist_ok=True)
                 write_json_atomic(err_file, per)
             errors[method] = read_json(err_file, "prediction-error file")
+        write_error_tables(root, split, errors, list(methods), label)
+        if what == "error":
+            continue
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
                  for domain in b.domains for method in [*methods, *MODEL_FREE]]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
@@ -198,7 +208,9 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
         per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
         write_outputs(root, split, results[split], per_floor, errors, curves, [*methods, *MODEL_FREE], label,
                       MODEL_FREE)
-    write_summary(out, table, budget_name, results, chosen, asdict(BUDGETS[budget_name]))
+    write_error_summary(out, table, budget_name, chosen)
+    if what == "all":
+        write_summary(out, table, budget_name, results, chosen, asdict(BUDGETS[budget_name]))
     return results
 
 
