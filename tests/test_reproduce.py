@@ -10,7 +10,12 @@ from mrcom_train.experiments.reproduce import run_reproduction
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 
 
-def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
+def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkeypatch):
+    from mrcom_core.registry import MODELS
+    from mrcom_train.experiments import reproduce
+
+    assert set(reproduce.model_methods()) == set(MODELS)  # every registered model is a method; three run here
+    _only_methods(monkeypatch, reproduce, "mrcom", "cadm", "mamba")
     logs = []
     results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=logs.append)
     cells = results["t1-a5b20"]
@@ -18,12 +23,12 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     for rng in cells.values():
         assert set(rng) == {"hopper", "walker", "cheetah"}
         for methods in rng.values():
-            assert set(methods) == {"mrcom", "rssm_ctx", "rssm", "cadm", "mamba", "sac", "sac-g"}
+            assert set(methods) == {"mrcom", "cadm", "mamba", "sac", "sac-g"}
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
     assert table.count("| Hopper |") == 4
-    header = "| Ours | DreamerV3 | DreamerV3 (no context) | CaDM | MAMBA | SAC (G=1) | SAC (same G) | _zero-action_ |"
+    header = "| Ours | CaDM | MAMBA | SAC (G=1) | SAC (same G) | _zero-action_ | _random_ |"
     assert header in table
     for kind in ("latents at their means", "latents sampled"):
         assert f"15-step open-loop prediction error, {kind}" in table
@@ -32,8 +37,8 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
         rows = list(csv.DictReader(f))
     from mrcom_core.files import read_json
 
-    methods = {"mrcom", "rssm_ctx", "rssm", "cadm", "mamba", "sac", "sac-g", "floor:zero", "floor:random"}
-    assert len(rows) == 2 * 3 * 9 and {r["method"] for r in rows} == methods
+    methods = {"mrcom", "cadm", "mamba", "sac", "sac-g", "floor:zero", "floor:random"}
+    assert len(rows) == 2 * 3 * 7 and {r["method"] for r in rows} == methods
     # the two model-free arms: G = 1, and the model-based arms' G (equal compute)
     g = {m: read_json(split / "adapt" / "in" / "walker" / m / "s0" / "config.json", "config")["updates_per_step"]
          for m in ("sac", "sac-g", "mrcom")}
@@ -59,6 +64,14 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path):
     assert rerun["t1-a5b20"]["ood"]["cheetah"]["sac"] == cells["ood"]["cheetah"]["sac"]
 
 
+def _only_methods(monkeypatch, reproduce, *keep: str) -> set[str]:
+    """Restrict ``mrcom reproduce``'s methods to ``keep`` (to keep a test short); returns them."""
+    every = reproduce.model_methods
+    monkeypatch.setattr(reproduce, "model_methods", lambda ablations=False: {
+        k: v for k, v in every(ablations).items() if k in keep})
+    return set(keep)
+
+
 def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
     """A budget's ``domains`` bound what is collected, adapted and tabulated (``small`` leaves hopper out)."""
     from dataclasses import replace
@@ -69,6 +82,7 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
 
     assert reproduce.BUDGETS["small"].domains == ("walker", "cheetah")
     monkeypatch.setitem(reproduce.BUDGETS, "smoke", replace(reproduce.BUDGETS["smoke"], domains=("cheetah",)))
+    _only_methods(monkeypatch, reproduce, "mrcom")  # (every model's part of the protocol: the smoke test above)
     results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=lambda s: None)
     assert all(set(rng) == {"cheetah"} for rng in results["t1-a5b20"].values())
     split = tmp_path / "t1-a5b20"
@@ -88,17 +102,19 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     from mrcom_train.experiments import reproduce
 
     monkeypatch.setitem(reproduce.BUDGETS, "smoke", replace(reproduce.BUDGETS["smoke"], domains=("cheetah",)))
+    every = set(reproduce.model_methods(ablations=True))
+    assert {"mamba", reproduce.LITERAL, "w/o d"} <= every  # models and ablations alike; three of them here
+    methods = _only_methods(monkeypatch, reproduce, "mrcom", "mamba", reproduce.LITERAL)
     assert run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), ablations=True, what="error",
                             log=lambda s: None) == {}
     split = tmp_path / "t1-a5b20"
     assert not (split / "adapt").exists() and not (tmp_path / "table1.md").exists()
-    methods = set(reproduce.model_methods(ablations=True))
     with open(split / "errors.csv") as f:
         rows = list(csv.DictReader(f))
     assert {r["method"] for r in rows} == methods and len(rows) == len(methods) * 2 * 2 * 2  # kind, range, domain
     assert all(float(r["error"]) >= 0 for r in rows)
     text = (tmp_path / "errors1.md").read_text()
-    for name in ("Ours", "DreamerV3", "DreamerV3 (no context)", "CaDM", "MAMBA", "Ours (eq. 6 literal)"):
+    for name in ("Ours", "MAMBA", "Ours (eq. 6 literal)"):
         assert f"| {name} |" in text
     assert "15-step open-loop prediction error, latents sampled" in text and "Cheetah (ood)" in text
     assert (split / "error_vs_horizon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
