@@ -152,7 +152,8 @@ class StreamingContextEncoder(nn.Module):
 
 
 class RecurrentContextEncoder(nn.Module):
-    """A GRU over context tokens: the belief of a recurrent meta-RL model, which never forgets a token.
+    """A GRU over context tokens: the belief of a recurrent meta-RL model, with no window (every token since
+    the start can reach its state; how much it keeps is learned).
 
     Same interface as :class:`StreamingContextEncoder`: :meth:`forward` reads a whole token sequence (any
     length) and returns a readout per token and the "cache", here the GRU state after the last token,

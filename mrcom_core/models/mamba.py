@@ -8,7 +8,7 @@ dreamerv3-torch) and what is kept here:
 * **Kept: a recurrent belief over the whole history, rewards included.** MAMBA's RSSM state runs over the
   whole meta-episode (all sub-episodes of one task, reset only at its start) and reads the reward as an
   input. Here a GRU (:class:`~mrcom_core.layers.RecurrentContextEncoder`) reads the same ``(o, a, r)``
-  tokens as MrCoM's encoder, one per step, and never forgets: its readout ``c_t`` feeds the RSSM's prior
+  tokens as MrCoM's encoder, one per step, with no window: its readout ``c_t`` feeds the RSSM's prior
   and posterior exactly as in :class:`~mrcom_core.models.rssm.ContextRSSM` (the paper's DreamerV3), so the
   two rows differ only in how the history is read. At run time the state carries over a prompt of any
   length (the runtime's ``reset`` observes every step after the first m), and adaptation prompts carry
