@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXPORT_HORIZON as H
-from conftest import prompt_for
+from conftest import prompt_for, rollout_inputs
 
 from mrcom_export.bundle import read_bundle, write_bundle
 from mrcom_export.runtime import Runtime
@@ -30,19 +30,11 @@ def _build(source: Path, build: Path, *defines: str) -> None:
 
 def _case(out, model, work, T=None):
     """Input bundle (a prompt of T steps, noise, actions) in ``work`` and the Python runtime's rollout of it."""
-    s = model.sizes
     B = 6
     prompt = prompt_for(model, B, T=T, seed=4)
-    n = prompt[1].shape[1] - model.config.context_len + 1
-    rng = np.random.default_rng(9)
-    arrays = {
-        "prompt_obs": prompt[0], "prompt_act": prompt[1], "prompt_rew": prompt[2],
-        "reset_noise_u": rng.standard_normal((B, n, s.u), np.float32),
-        "reset_noise_h": rng.standard_normal((B, n, s.h), np.float32),
-        "actions": np.tanh(rng.standard_normal((B, H, model.config.act_dim))).astype(np.float32),
-        "noise_u": rng.standard_normal((B, H, s.u), np.float32),
-        "noise_h": rng.standard_normal((B, H, s.h), np.float32),
-    }
+    reset_noise, noise, actions = rollout_inputs(model, prompt, B, H, seed=9)
+    arrays = {"prompt_obs": prompt[0], "prompt_act": prompt[1], "prompt_rew": prompt[2], "actions": actions,
+              **{f"reset_noise_{k}": v for k, v in reset_noise.items()}, **{f"noise_{k}": v for k, v in noise.items()}}
     write_bundle(work / "input.mrcb", arrays)
     rt = Runtime(out)
     rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
