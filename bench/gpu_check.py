@@ -26,7 +26,6 @@ import tempfile
 import threading
 import time
 import traceback
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -204,31 +203,18 @@ def part_onnx(dev, dry, limit):
     preset, H = ("tiny", 3) if dry else ("small", 5)
     model = build_model(model_config(preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval()
     tmp, gen = Path(ARGS.result).parent, torch.Generator().manual_seed(0)  # the parent's temporary folder
-    have_os = sys.modules.get("onnxscript", ort) is not None and importlib.util.find_spec("onnxscript") is not None
-    formats = ("onnx", "torchscript") if have_os and limit >= 120 else ("torchscript",)
-    why = "" if "onnx" in formats else "; no ONNX: " + ("onnxscript not installed" if not have_os else
-                                                        f"limit {limit:.0f} s < 120 s") + "; ORT checks: dynamo=False"
 
     def repo_export():
         t0 = time.perf_counter()
-        man = export_model(model, tmp / "export", formats=formats, horizon=H, blocks=False, log=print)
+        man = export_model(model, tmp / "export", horizon=H, blocks=False, log=print)
         worst = max(max(v.values()) for v in man["parity"].values())
-        add("export_model (CPU)", "PASS", f"{preset} H={H}, {'+'.join(formats)}, graphs {', '.join(man['graphs'])}; "
-            f"exporter's parity vs eager max |d| {worst:.1e}; {time.perf_counter() - t0:.0f} s{why}")
-
-    def legacy(name):
-        module, path, spec = G.build_graph(name, model, H, None).eval(), tmp / f"{name}.onnx", G.GRAPHS[name].spec
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            torch.onnx.export(module, G.example_inputs(name, model, 7, H, 0, gen), str(path), dynamo=False,
-                              opset_version=18, input_names=list(spec.inputs), output_names=list(spec.outputs),
-                              dynamic_axes={n: {spec.batch_axis[n]: "batch"} for n in (*spec.inputs, *spec.outputs)})
-        return path
+        add("export_model (CPU)", "PASS", f"{preset} H={H}, onnx+torchscript, graphs {', '.join(man['graphs'])}; "
+            f"exporter's parity vs eager max |d| {worst:.1e}; {time.perf_counter() - t0:.0f} s")
 
     def parity(provider, name):
         options = {"use_tf32": "0"} if provider.startswith("CUDA") else {}  # the reference is eager float32
         sess = ort.InferenceSession(str(paths[name]), providers=[(provider, options)])
-        module, worst = G.build_graph(name, model, H, None).eval(), 0.0
+        module, worst = G.build_graph(name, model).eval(), 0.0
         for B in (1, 256):
             inputs = G.example_inputs(name, model, B, H, 0, gen)
             with torch.no_grad():
@@ -240,15 +226,12 @@ def part_onnx(dev, dry, limit):
             f"session providers {sess.get_providers()}")
 
     guard("export_model (CPU)", repo_export)
-    paths, available = {}, ort.get_available_providers()
-    for name in ("step", "rollout"):
-        done = tmp / "export" / f"{name}.onnx"
-        paths[name] = done if done.exists() else guard(f"legacy ONNX export {name}", lambda n=name: legacy(n))
+    paths, available = {n: tmp / "export" / f"{n}.onnx" for n in ("step", "rollout")}, ort.get_available_providers()
     if "CUDAExecutionProvider" not in available:
         add("ORT CUDA parity", "n/a", f"n/a (CPU-only onnxruntime: providers {', '.join(available)})", False)
     for provider in ("CPUExecutionProvider", "CUDAExecutionProvider"):
         for name in ("step", "rollout"):
-            if provider in available and paths[name]:
+            if provider in available and paths[name].exists():
                 guard(f"ORT {provider} {name}", lambda p=provider, n=name: parity(p, n))
 
 
@@ -260,7 +243,7 @@ def part_rollout(dev, dry, limit):
     torch.manual_seed(0)
     preset, H, batches = ("tiny", 3, (1, 8)) if dry else ("small", 15, (1, 64, 1024, 16384))
     model = build_model(model_config(preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval().to(dev)
-    module = G.build_graph("rollout", model, H, None).eval()
+    module = G.build_graph("rollout", model).eval()
     with torch.no_grad():
         traced = torch.jit.trace(module, tuple(t.to(dev) for t in G.example_inputs("rollout", model, 7, H)),
                                  check_trace=False)

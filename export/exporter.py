@@ -3,7 +3,10 @@
 :func:`export_model` writes one file per graph of :mod:`.graphs` and format, then checks itself: the ONNX
 checker (full check), then parity of every graph with eager PyTorch on random inputs at several batch
 sizes, recorded in ``manifest.json`` with names, shapes and dtypes of every input and output,
-observation statistics, versions and the SHA-256 of every file.
+observation statistics, versions and the SHA-256 of every file. Graphs are traced by the TorchScript-based
+ONNX exporter (seconds per graph); the H-step rollout graphs are an ONNX ``Loop`` over a one-step body
+(:mod:`.onnx_loop`) and a scripted loop over a traced step in TorchScript, so the horizon is a run-time input
+and ``mrcom export`` of the ``small`` model takes seconds, not minutes.
 
 Publication is all or nothing: the export holds the folder's lock (a sibling ``.NAME.mrcom.lock``, so a
 second ``mrcom export`` into the same folder stops with a message naming the first), refuses a non-empty
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from mrcom_core.base import BaseWorldModel
@@ -34,6 +38,7 @@ from mrcom_core.locks import folder_lock
 
 from . import graphs as G
 from .manifest import FORMAT, MANIFEST, VERSION, ExportError, read_manifest
+from .onnx_loop import wrap_in_loop
 
 FORMATS = ("onnx", "torchscript")
 OPSET = 18
@@ -49,23 +54,58 @@ def parity_tolerance(name: str, horizon: int) -> float:
     return PARITY_TOLERANCE * (horizon if name in ("rollout", "policy_rollout") else 1)
 
 
-def _export_onnx(module: torch.nn.Module, inputs: tuple, path: Path) -> None:
-    spec = module.spec
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # e.g. "torchvision is not installed" notes
-    batch = torch.export.Dim("batch", min=1, max=1 << 20)
-    dynamic = {n: {spec.batch_axis[n]: batch} for n in spec.inputs}
+def _export_onnx(module: torch.nn.Module, inputs: tuple, spec: G.GraphSpec) -> onnx.ModelProto:
+    """``module`` as an ONNX model with the batch axes dynamic, by torch's TorchScript-based exporter (about
+    0.5 s a graph where the dynamo exporter takes 5-15 s in ``torch.export`` and decompositions). Inputs the
+    tracer dropped (unread) are put back, so every graph keeps the input list of its spec."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    buffer = io.BytesIO()
     with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # exporter deprecation/axis-naming chatter; failures still raise
-        torch.onnx.export(module, inputs, str(path), input_names=list(spec.inputs), output_names=list(spec.outputs),
-                          dynamic_shapes=dynamic, dynamo=True, opset_version=OPSET, verbose=False,
-                          external_data=False)
+        warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notes; failures raise
+        torch.onnx.export(module, inputs, buffer, dynamo=False, input_names=list(spec.inputs),
+                          output_names=list(spec.outputs), opset_version=OPSET,
+                          dynamic_axes={n: {spec.batch_axis[n]: "batch"} for n in (*spec.inputs, *spec.outputs)
+                                        if n != "t"})
+    proto = onnx.load_from_string(buffer.getvalue())
+    present = {v.name for v in proto.graph.input}
+    missing = [n for n in spec.inputs if n not in present]
+    if missing:
+        by_name = {v.name: v for v in proto.graph.input}
+        for name, x in zip(spec.inputs, inputs, strict=True):
+            if name in missing:
+                shape: list = list(x.shape)
+                if x.dim():
+                    shape[spec.batch_axis[name]] = "batch"
+                by_name[name] = onnx.helper.make_tensor_value_info(
+                    name, onnx.TensorProto.INT64 if x.dtype == torch.int64 else onnx.TensorProto.FLOAT, shape)
+        order = [by_name[n] for n in spec.inputs]
+        del proto.graph.input[:]
+        proto.graph.input.extend(order)
+    return proto
 
 
-def _io_spec(spec: G.GraphSpec, tensors, names) -> list[dict]:
+def _export_loop(name: str, model: BaseWorldModel, policy: G.PolicyActor | None, example: tuple,
+                 meta: dict) -> onnx.ModelProto:
+    """``rollout``/``policy_rollout`` as an ONNX ``Loop`` over their one-step body (:mod:`.onnx_loop`);
+    ``meta`` holds the graph's input and output shapes (:func:`_io_spec`)."""
+    body = G.loop_body(name, model, policy).eval()
+    proto = _export_onnx(body, (torch.tensor(0), *example), body.spec)
+    outputs = [(o["name"], o["shape"]) for o in meta["outputs"]]
+    scanned = [n for n in ("obs_seq", "reward_seq", "action_seq") if n in dict(outputs)]
+    return wrap_in_loop(proto, body.per_step, [(i["name"], i["shape"]) for i in meta["inputs"]], outputs, scanned)
+
+
+#: the inputs and outputs of the loop graphs whose axis 1 is the horizon
+_PER_STEP = ("actions", "noise_action", "noise_u", "noise_h", "obs_seq", "reward_seq", "action_seq")
+
+
+def _io_spec(spec: G.GraphSpec, tensors, names, looped: bool) -> list[dict]:
     out = []
     for name, t in zip(names, tensors, strict=True):
         shape: list = list(t.shape)
         shape[spec.batch_axis[name]] = "batch"
+        if looped and name in _PER_STEP:
+            shape[1] = "horizon"
         out.append({"name": name, "shape": shape, "dtype": "float32"})
     return out
 
@@ -95,7 +135,8 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
     latent transition, reward head) that only hand-written loops need; the runtime, the vector env and the
     C++ examples use :data:`~.graphs.RUNTIME_GRAPHS`.
 
-    ``horizon`` is the number of steps fused into the ``rollout`` graphs; ``policy`` (a
+    The ``rollout`` graphs loop over any horizon (ONNX ``Loop``, scripted TorchScript loop); ``horizon`` is
+    the one their parity checks run and the runtime's default (``rollout_horizon``); ``policy`` (a
     :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
     :class:`ExportError` if a graph fails the checker or the parity check (max abs error above
     :func:`parity_tolerance`: :data:`PARITY_TOLERANCE` per imagined step), or if ``out_dir`` is not empty
@@ -137,7 +178,6 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
                   policy: G.PolicyActor | None, blocks: bool, source: dict | None,
                   log: Callable[[str], None]) -> dict:
     """Write every graph, check it and write ``manifest.json``, all into the (temporary) folder ``out``."""
-    import onnx
     import onnxruntime as ort
 
     model = model.float().eval().cpu()
@@ -151,19 +191,23 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
     graphs_meta, parity, tolerances = {}, {}, {}
     for name in names:
         start = time.perf_counter()
-        module = G.build_graph(name, model, horizon, policy).eval()
+        module = G.build_graph(name, model, policy).eval()
         spec = module.spec
         example = G.example_inputs(name, model, 7, horizon, policy_act, gen)
         with torch.no_grad():
             example_out = module(*example)
         example_out = example_out if isinstance(example_out, tuple) else (example_out,)
-        meta = {"inputs": _io_spec(spec, example, spec.inputs), "outputs": _io_spec(spec, example_out, spec.outputs)}
+        looped = name in G.LOOP_GRAPHS
+        meta = {"inputs": _io_spec(spec, example, spec.inputs, looped),
+                "outputs": _io_spec(spec, example_out, spec.outputs, looped)}
         sessions = {}
         if "onnx" in formats:
             path = out / f"{name}.onnx"
             try:
-                _export_onnx(module, example, path)
-                onnx.checker.check_model(onnx.load(str(path)), full_check=True)
+                proto = (_export_loop(name, model, policy, example, meta) if looped
+                         else _export_onnx(module, example, spec))
+                onnx.checker.check_model(proto, full_check=True)
+                onnx.save(proto, str(path))
             except Exception as e:  # surface which graph failed, with the exporter's first line
                 raise ExportError(f"ONNX export of graph {name!r} failed: {str(e).strip().splitlines()[0]}") from e
             meta["onnx"] = path.name
@@ -172,7 +216,8 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
             path = out / f"{name}.pt"
             with torch.no_grad(), warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)  # TorchScript is deprecated upstream
-                traced = torch.jit.trace(module, example, check_trace=False)
+                traced = (G.scripted_rollout(name, model, policy, gen) if looped
+                          else torch.jit.trace(module, example, check_trace=False))
                 traced.save(str(path))
                 sessions["torchscript"] = torch.jit.load(str(path))
             meta["torchscript"] = path.name
@@ -209,11 +254,12 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         "latent": {"u": model.sizes.u, "d": model.sizes.d, "h": model.sizes.h},
         "kv_shape": list(model.cache_shape(1)[:1]) + ["batch"] + list(model.cache_shape(1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
-        "rollout_horizon": horizon,
+        "rollout_horizon": horizon, "rollout_any_horizon": True,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
         "graphs": graphs_meta, "parity": parity, "parity_tolerance": tolerances,
         "formats": list(formats), "opset": OPSET,
-        "exporter": "torch.onnx.export(dynamo=True)" if "onnx" in formats else None,
+        "exporter": "torch.onnx.export(dynamo=False); rollout graphs: ONNX Loop over a one-step body"
+                    if "onnx" in formats else None,
         "versions": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": ort.__version__,
                      "python": platform.python_version()},
         "source": source or {},

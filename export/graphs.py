@@ -14,7 +14,7 @@ random number is an input. The contract (index convention of DESIGN.md)::
     step         (u, d, h, obs, action, keys, values, noise_u, noise_h)
                  -> u, d, h, obs_next, reward, keys, values
     rollout      (u, d, h, obs, keys, values, actions[B,H,A], noise_u[B,H,U], noise_h[B,H,Hd])
-                 -> obs[B,H,D], reward[B,H], u, d, h, keys, values               (H fused steps)
+                 -> obs[B,H,D], reward[B,H], u, d, h, keys, values    (any H: a Loop over ``step``)
     policy_rollout (… without actions, with noise_action[B,H,A_pi]) -> + actions[B,H,A]
 
 ``context_full``, ``context_step``, ``imagine`` and ``reward`` are the building blocks (the context encoder
@@ -130,18 +130,15 @@ class Step(_Graph):
 
 
 class Rollout(_Graph):
-    """``horizon`` imagined steps unrolled into one graph, actions given."""
+    """Imagined steps with the actions given; the horizon is ``actions.shape[1]`` (the eager reference of the
+    exported ``rollout`` graph, which runs :class:`RolloutBody` in an ONNX ``Loop`` or a TorchScript loop)."""
 
     spec = _spec((*_STATE, "obs", "keys", "values", "actions", "noise_u", "noise_h"),
                  ("obs_seq", "reward_seq", *_NEXT, "keys_next", "values_next"))
 
-    def __init__(self, model: BaseWorldModel, horizon: int):
-        super().__init__(model)
-        self.horizon = horizon
-
     def forward(self, u, d, h, obs, keys, values, actions, noise_u, noise_h):
-        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs), self.horizon,
-                            actions, noise_u, noise_h)
+        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs),
+                            actions.shape[1], actions, noise_u, noise_h)
         s, cache = out.state, out.cache
         return self.m.denormalize(out.obs), out.reward, s.u, s.d, s.h, cache.keys, cache.values
 
@@ -172,14 +169,15 @@ class Policy(nn.Module):
 
 
 class PolicyRollout(_Graph):
-    """``horizon`` fused steps with the policy choosing each action from the current (raw) prediction."""
+    """Imagined steps with the policy choosing each action from the current (raw) prediction; the horizon is
+    ``noise_action.shape[1]`` (eager reference of the exported ``policy_rollout``, see :class:`Rollout`)."""
 
     spec = _spec((*_STATE, "obs", "keys", "values", "noise_action", "noise_u", "noise_h"),
                  ("obs_seq", "reward_seq", "action_seq", *_NEXT, "keys_next", "values_next"))
 
-    def __init__(self, model: BaseWorldModel, policy: PolicyActor, horizon: int):
+    def __init__(self, model: BaseWorldModel, policy: PolicyActor):
         super().__init__(model)
-        self.policy, self.horizon = policy, horizon
+        self.policy = policy
 
     def forward(self, u, d, h, obs, keys, values, noise_action, noise_u, noise_h):
         actions = []
@@ -188,22 +186,118 @@ class PolicyRollout(_Graph):
             actions.append(self.policy(self.m.denormalize(obs_n), noise_action[:, t]))
             return actions[-1]
 
-        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs), self.horizon,
-                            act, noise_u, noise_h)
+        out = steps.rollout(self.m, LatentState(u, d, h), KVCache(keys, values), self.m.normalize(obs),
+                            noise_action.shape[1], act, noise_u, noise_h)
         s, cache = out.state, out.cache
         return (self.m.denormalize(out.obs), out.reward, torch.stack(actions, 1), s.u, s.d, s.h, cache.keys,
                 cache.values)
 
 
-def build_graph(name: str, model: BaseWorldModel, horizon: int, policy: PolicyActor | None) -> nn.Module:
-    """The graph module ``name`` of :data:`GRAPHS` around ``model`` (and ``policy`` for the policy graphs)."""
-    if name == "rollout":
-        return Rollout(model, horizon)
-    if name == "policy":
-        return Policy(policy)
-    if name == "policy_rollout":
-        return PolicyRollout(model, policy, horizon)
+def _pick(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Step ``t`` (a 0-d int64 tensor, so that it stays an input of the traced graph) of a (B, H, ·) input."""
+    return x.index_select(1, t.reshape(1)).squeeze(1)
+
+
+class RolloutBody(_Graph):
+    """One iteration of the exported ``rollout``: the :class:`Step` graph on step ``t`` of the per-step inputs.
+    Exported alone, then wrapped into an ONNX ``Loop`` (:mod:`.onnx_loop`) whose body reads ``actions`` and
+    the noise from the enclosing graph; outputs: the loop-carried state, then the per-step ``reward``."""
+
+    spec = _spec(("t", *_STATE, "obs", "keys", "values", "actions", "noise_u", "noise_h"),
+                 (*_NEXT, "obs_next", "keys_next", "values_next", "reward"))
+    per_step = ("actions", "noise_u", "noise_h")
+
+    def __init__(self, model: BaseWorldModel):
+        super().__init__(model)
+        self.step = Step(model)
+
+    def forward(self, t, u, d, h, obs, keys, values, actions, noise_u, noise_h):
+        u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, _pick(actions, t), keys, values,
+                                                       _pick(noise_u, t), _pick(noise_h, t))
+        return u, d, h, obs, keys, values, reward
+
+
+class PolicyRolloutBody(RolloutBody):
+    """:class:`RolloutBody` with the policy choosing the action from the current raw observation."""
+
+    spec = _spec(("t", *_STATE, "obs", "keys", "values", "noise_action", "noise_u", "noise_h"),
+                 (*_NEXT, "obs_next", "keys_next", "values_next", "reward", "action"))
+    per_step = ("noise_action", "noise_u", "noise_h")
+
+    def __init__(self, model: BaseWorldModel, policy: PolicyActor):
+        super().__init__(model)
+        self.policy = policy
+
+    def forward(self, t, u, d, h, obs, keys, values, noise_action, noise_u, noise_h):
+        action = self.policy(obs, _pick(noise_action, t))
+        u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, action, keys, values, _pick(noise_u, t),
+                                                       _pick(noise_h, t))
+        return u, d, h, obs, keys, values, reward, action
+
+
+class ScriptedRollout(nn.Module):
+    """The TorchScript ``rollout``: a scripted loop over a traced :class:`Step` (the horizon is read from the
+    actions at run time). Build it with :func:`scripted_rollout`."""
+
+    def __init__(self, step: torch.jit.ScriptModule):
+        super().__init__()
+        self.step = step
+
+    def forward(self, u, d, h, obs, keys, values, actions, noise_u, noise_h):
+        observations, rewards = [], []
+        for t in range(actions.shape[1]):
+            u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, actions[:, t], keys, values, noise_u[:, t],
+                                                           noise_h[:, t])
+            observations.append(obs)
+            rewards.append(reward)
+        return torch.stack(observations, 1), torch.stack(rewards, 1), u, d, h, keys, values
+
+
+class ScriptedPolicyRollout(nn.Module):
+    """The TorchScript ``policy_rollout``: :class:`ScriptedRollout` with a traced policy choosing the actions."""
+
+    def __init__(self, step: torch.jit.ScriptModule, policy: torch.jit.ScriptModule):
+        super().__init__()
+        self.step, self.policy = step, policy
+
+    def forward(self, u, d, h, obs, keys, values, noise_action, noise_u, noise_h):
+        observations, rewards, actions = [], [], []
+        for t in range(noise_action.shape[1]):
+            action = self.policy(obs, noise_action[:, t])
+            u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, action, keys, values, noise_u[:, t],
+                                                           noise_h[:, t])
+            observations.append(obs)
+            rewards.append(reward)
+            actions.append(action)
+        return (torch.stack(observations, 1), torch.stack(rewards, 1), torch.stack(actions, 1), u, d, h, keys,
+                values)
+
+
+def scripted_rollout(name: str, model: BaseWorldModel, policy: PolicyActor | None,
+                     generator: torch.Generator | None = None) -> torch.jit.ScriptModule:
+    """The TorchScript module of ``rollout`` or ``policy_rollout``: :class:`Step` (and :class:`Policy`) traced,
+    the loop over the horizon scripted."""
+    with torch.no_grad():
+        step = torch.jit.trace(Step(model).eval(), example_inputs("step", model, 7, generator=generator),
+                               check_trace=False)
+        if name == "rollout":
+            return torch.jit.script(ScriptedRollout(step))
+        pol = torch.jit.trace(Policy(policy).eval(), example_inputs("policy", model, 7, 1, policy.act_dim, generator),
+                              check_trace=False)
+        return torch.jit.script(ScriptedPolicyRollout(step, pol))
+
+
+def build_graph(name: str, model: BaseWorldModel, policy: PolicyActor | None = None) -> nn.Module:
+    """The (eager) graph module ``name`` of :data:`GRAPHS` around ``model`` (and ``policy`` for the policy
+    graphs)."""
+    if name in ("policy", "policy_rollout"):
+        return GRAPHS[name](policy) if name == "policy" else PolicyRollout(model, policy)
     return GRAPHS[name](model)
+
+
+def loop_body(name: str, model: BaseWorldModel, policy: PolicyActor | None = None) -> RolloutBody:
+    """The one-step body of the ``rollout`` or ``policy_rollout`` loop."""
+    return RolloutBody(model) if name == "rollout" else PolicyRolloutBody(model, policy)
 
 
 def example_inputs(name: str, model: BaseWorldModel, batch: int, horizon: int = 1, policy_act_dim: int = 0,
@@ -238,6 +332,8 @@ GRAPHS: dict[str, type[nn.Module]] = {
     "prime": Prime, "observe": Observe, "step": Step, "rollout": Rollout, "policy": Policy,
     "policy_rollout": PolicyRollout,
 }
+#: the graphs that loop over the horizon (an ONNX ``Loop`` / a scripted loop: any horizon at run time)
+LOOP_GRAPHS = ("rollout", "policy_rollout")
 #: what the runtime, the vector env and the C++ examples run (every export has them).
 RUNTIME_GRAPHS = ("prime", "observe", "step", "rollout")
 #: the building blocks for hand-written loops (``mrcom export`` includes them unless ``--no-blocks``);

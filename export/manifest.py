@@ -7,7 +7,9 @@ and the field, before any graph is opened:
 * the schema the runtime relies on: ``files`` (name → SHA-256 hex), ``graphs`` (name → ``{"onnx": …,
   "torchscript": …}`` file names, one per listed format), ``latent`` (int ``u``, ``d``, ``h``),
   ``formats``, ``obs_dim``, ``act_dim``, ``context_len``, ``rollout_horizon``, ``context_reward``,
-  ``policy`` (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers);
+  ``policy`` (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers),
+  and the optional ``history_len`` (int >= ``context_len``) and ``rollout_any_horizon`` (bool: the rollout
+  graphs loop over any horizon; older exports fused only ``rollout_horizon`` steps);
 * always, even with ``verify=False``: every file name in ``files`` and ``graphs`` is a plain relative name
   inside the export folder (no absolute path, no ``..``, no symlink out), and every graph file has a
   checksum in ``files`` (a graph no checksum covers is refused);
@@ -51,6 +53,8 @@ def _check_schema(m: dict, where: str) -> None:
     for field, low in (("obs_dim", 1), ("act_dim", 1), ("context_len", 1), ("rollout_horizon", 1)):
         if m[field] < low:
             raise _fail(where, f"field {field!r} is {m[field]}, expected >= {low}")
+    if not isinstance(m.get("rollout_any_horizon", False), bool):
+        raise _fail(where, f"field 'rollout_any_horizon' is {m['rollout_any_horizon']!r}, expected true or false")
     history = m.get("history_len", m["context_len"])  # exports written before the field read m steps
     if isinstance(history, bool) or not isinstance(history, int) or history < m["context_len"]:
         raise _fail(where, f"field 'history_len' is {history!r}, expected an integer >= context_len")

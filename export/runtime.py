@@ -106,6 +106,8 @@ class Runtime:
         self.history_len: int = m.get("history_len", self.context_len)
         self.latent = m["latent"]
         self.horizon = m["rollout_horizon"]
+        #: whether the fused rollout graphs take any horizon (an ONNX Loop); older exports fused only ``horizon``
+        self.any_horizon: bool = m.get("rollout_any_horizon", False)
         self.has_policy = m["policy"] is not None
         self.rng = np.random.default_rng(seed)
         self._sessions: dict[str, ort.InferenceSession] = {}
@@ -280,10 +282,11 @@ class Runtime:
 
         ``policy_or_actions``: an array ``(B, H, act_dim)`` of actions; a callable mapping observations
         ``(B, obs_dim)`` to actions ``(B, act_dim)``; or ``"exported"`` for the policy exported with the
-        model. Array and exported-policy rollouts whose H equals the export's fused horizon run as one
-        graph call unless ``fused=False``. ``noise`` (``{"u": (B, H, u), "h": (B, H, h)}``, plus ``"action"``
-        ``(B, H, policy act_dim)`` for the exported policy; any subset of these keys) replaces the seeded
-        noise. ``horizon`` must be an integer >= 1; a callable policy's actions are checked like arrays.
+        model. Array and exported-policy rollouts run as one graph call (an ONNX ``Loop`` over the horizon;
+        exports from before it fuse only their ``rollout_horizon``) unless ``fused=False``. ``noise``
+        (``{"u": (B, H, u), "h": (B, H, h)}``, plus ``"action"`` ``(B, H, policy act_dim)`` for the exported
+        policy; any subset of these keys) replaces the seeded noise. ``horizon`` must be an integer >= 1; a
+        callable policy's actions are checked like arrays.
         """
         self._require_reset()
         B = self.batch
@@ -296,10 +299,13 @@ class Runtime:
             given_actions = isinstance(policy_or_actions, np.ndarray) and policy_or_actions.ndim >= 2
             horizon = policy_or_actions.shape[1] if given_actions else self.horizon
         horizon = _count("horizon", horizon)
-        can_fuse = horizon == self.horizon and not callable(policy_or_actions)
+        can_fuse = (self.any_horizon or horizon == self.horizon) and not callable(policy_or_actions)
         if fused and not can_fuse:
-            raise ExportError(f"a fused rollout needs horizon={self.horizon} (the exported one) and actions or the "
-                              f"exported policy, got horizon={horizon}")
+            need = "actions or the exported policy" if self.any_horizon else (
+                f"horizon={self.horizon} (the exported one; an export by this mrcom takes any) and actions or the "
+                f"exported policy")
+            raise ExportError(f"a fused rollout needs {need}, got horizon={horizon} and "
+                              f"{'a callable' if callable(policy_or_actions) else 'actions'}")
         use_fused = can_fuse if fused is None else fused
         lat = self.latent
         shapes = {k: (B, horizon, lat[k]) for k in ("u", "h")}

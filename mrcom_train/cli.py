@@ -127,7 +127,9 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
 @click.argument("run", type=click.Path())
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Export folder.")
 @click.option("--format", "fmt", default="onnx", show_default=True, help="onnx, torchscript or all.")
-@click.option("--horizon", type=int, default=15, show_default=True, help="Steps fused into the rollout graphs.")
+@click.option("--horizon", type=int, default=15, show_default=True,
+              help="The runtime's default rollout horizon and the one the parity checks use (the rollout graphs "
+                   "loop over any horizon).")
 @click.option("--policy", type=click.Path(dir_okay=False), default=None,
               help="A SAC agent checkpoint (e.g. DATA/sac/s0000.pt) to export and fuse into policy rollouts.")
 @click.option("--no-blocks", is_flag=True,

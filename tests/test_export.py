@@ -91,6 +91,54 @@ def test_runtime_rollout_equals_eager_full_reencoding_rollout(exported, fused):
     assert got["latent"].shape == (B, model.sizes.state)
 
 
+def test_one_export_rolls_out_any_horizon_in_one_loop_graph(exported):
+    """The rollout graphs are an ONNX Loop (and a scripted TorchScript loop) over one step: the horizon is a
+    run-time input, so one export serves H=1 and H=2H+1 alike, each matching eager re-encoding."""
+    out, model, manifest = exported
+    for name in G.LOOP_GRAPHS:
+        ops = [n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node]
+        assert ops.count("Loop") == 1 and len(ops) < 10, ops  # not unrolled
+    assert manifest["rollout_any_horizon"] is True
+    assert manifest["graphs"]["rollout"]["inputs"][6]["shape"] == ["batch", "horizon", 3]  # actions
+    rt, B, std = Runtime(out), 4, model.obs_std.numpy()
+    prompt = _prompt(model, B)
+    for horizon in (1, 2 * H + 1):
+        reset_noise, noise, actions = rollout_inputs(model, prompt, B, horizon)
+        ref_obs, ref_rew = _eager_rollout(model, prompt, actions, reset_noise, noise)
+        rt.reset(*prompt, noise=reset_noise)
+        got = rt.rollout(actions, fused=True, noise=noise)
+        assert got["obs"].shape == (B, horizon, 10)
+        assert np.abs((got["obs"] - ref_obs) / std).max() <= 1e-4 * horizon
+        assert np.abs(got["reward"] - ref_rew).max() <= 1e-4 * horizon
+        rt.reset(*prompt, noise=reset_noise)
+        policy_noise = {**noise, "action": np.random.default_rng(horizon).standard_normal((B, horizon, 2), np.float32)}
+        fused = rt.rollout("exported", horizon, fused=True, noise=policy_noise)
+        rt.reset(*prompt, noise=reset_noise)
+        stepped = rt.rollout("exported", horizon, fused=False, noise=policy_noise)
+        assert fused["actions"].shape == (B, horizon, 3)
+        for key in ("obs", "reward", "actions"):
+            np.testing.assert_allclose(fused[key], stepped[key], atol=1e-4 * horizon)
+        ts = torch.jit.load(str(out / "rollout.pt"))
+        inputs = G.example_inputs("rollout", model, B, horizon, generator=torch.Generator().manual_seed(horizon))
+        with torch.no_grad():
+            for a, b in zip(ts(*inputs), G.build_graph("rollout", model)(*inputs), strict=True):
+                torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_an_export_with_a_fixed_horizon_fuses_only_that_horizon(exported, tmp_path):
+    """Exports written before the Loop (no ``rollout_any_horizon``) fused exactly ``rollout_horizon`` steps."""
+    out, model, manifest = exported
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    (copy / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "rollout_any_horizon"}))
+    rt = Runtime(copy)
+    assert not rt.any_horizon
+    rt.reset(*_prompt(model, 2))
+    with pytest.raises(ExportError, match=f"needs horizon={H}"):
+        rt.rollout(np.zeros((2, H + 1, 3), np.float32), fused=True)
+    assert rt.rollout(np.zeros((2, H + 1, 3), np.float32))["obs"].shape == (2, H + 1, 10)  # stepped instead
+
+
 def test_runtime_is_seeded_and_batches_one_prompt(exported):
     out, model, _ = exported
     obs, act, rew = _prompt(model, 1)
@@ -135,7 +183,7 @@ def test_torchscript_round_trip(exported):
     out, model, _ = exported
     for name in ("step", "rollout", "context_full", "prime", "observe"):
         loaded = torch.jit.load(str(out / f"{name}.pt"))
-        module = G.Rollout(model, H) if name == "rollout" else G.GRAPHS[name](model)
+        module = G.build_graph(name, model)
         inputs = G.example_inputs(name, model, 9, H, generator=torch.Generator().manual_seed(5))
         with torch.no_grad():
             for a, b in zip(loaded(*inputs), module(*inputs), strict=True):
