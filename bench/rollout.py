@@ -6,9 +6,13 @@ times one H-step rollout (after a prompt reset, which is not timed) per engine a
 
 * eager PyTorch, re-encoding the context window at every step (the paper's literal ``Enc(C_t)``),
 * eager PyTorch with the streaming encoder's key/value FIFO (incremental),
-* TorchScript (the fused H-step graph),
+* TorchScript (the ``rollout`` graph: a scripted loop over the traced step),
 * ONNX Runtime, one ``step`` graph call per step (I/O binding, state kept on the device),
-* ONNX Runtime, the fused H-step ``rollout`` graph.
+* ONNX Runtime, the exported ``rollout`` graph (an ONNX ``Loop`` over one step: any horizon),
+* ONNX Runtime, the same H steps unrolled into one graph (how ``rollout`` was exported before the Loop;
+  traced here from the eager module), both called directly with the same inputs.
+
+Also times the export itself (ONNX + TorchScript with parity checks) and the unrolled graph's export.
 
 Prints samples×steps/s, the ratio to eager re-encoding, and the model's FLOPs per sample-step (counted
 with ``torch.utils.flop_counter`` on the step graph) against the machine's measured float32 GEMM peak.
@@ -85,32 +89,50 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
         state = [torch.zeros(B, s.u), torch.zeros(B, s.d), torch.zeros(B, s.h), tp[0][:, -1],
                  torch.zeros(model.cache_shape(B)), torch.zeros(model.cache_shape(B))]
         scripted(*state, ta, tn["u"], tn["h"])
-        times["TorchScript fused"] = median_time(lambda: scripted(*state, ta, tn["u"], tn["h"]), reps)
-
-    times.update(ort_times(rt, {"obs": obs, "act": act, "rew": rew, "actions": actions, **noise}, H, reps))
+        times["TorchScript loop"] = median_time(lambda: scripted(*state, ta, tn["u"], tn["h"]), reps)
+    names = ("u", "d", "h", "obs", "keys", "values")
+    arrays = {"obs": obs, "act": act, "rew": rew, "actions": actions, **noise,
+              **{f"state_{n}": x.numpy() for n, x in zip(names, state, strict=True)}}
+    times.update(ort_times(rt, arrays, H, reps))
     return times
 
 
 _ORT_CHILD = """
-import json, sys, time
+import json, os, sys, time
 import numpy as np
+import onnxruntime as ort
 from mrcom_export.bundle import read_bundle
 from mrcom_export.runtime import Runtime
 export, inputs, H, reps, threads = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 x = read_bundle(inputs)
 rt = Runtime(export, threads=threads or None)
 noise = {"u": x["u"], "h": x["h"]}
-out = {}
-for fused, name in ((False, "ORT per step"), (True, "ORT fused")):
-    rt.reset(x["obs"], x["act"], x["rew"])
-    rt.rollout(x["actions"], H, fused=fused, noise=noise)  # warm-up: first-run allocations
+
+
+def median(fn, setup=lambda: None):
+    setup()
+    fn()  # warm-up: first-run allocations
     times = []
     for _ in range(reps):
-        rt.reset(x["obs"], x["act"], x["rew"])
+        setup()
         t0 = time.perf_counter()
-        rt.rollout(x["actions"], H, fused=fused, noise=noise)
+        fn()
         times.append(time.perf_counter() - t0)
-    out[name] = float(np.median(times))
+    return float(np.median(times))
+
+
+out = {"ORT per step": median(lambda: rt.rollout(x["actions"], H, fused=False, noise=noise),
+                              lambda: rt.reset(x["obs"], x["act"], x["rew"]))}
+feed = {k[6:]: v for k, v in x.items() if k.startswith("state_")}
+feed.update(actions=x["actions"], noise_u=x["u"], noise_h=x["h"])
+options = ort.SessionOptions()
+if threads:
+    options.intra_op_num_threads = threads
+for name, path in (("ORT Loop", f"{export}/rollout.onnx"), ("ORT unrolled (before)", f"{export}/unrolled.onnx")):
+    if not os.path.exists(path):
+        continue
+    sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    out[name] = median(lambda: sess.run(None, feed))
 assert "torch" not in sys.modules
 print(json.dumps(out))
 """
@@ -131,6 +153,27 @@ def ort_times(rt: Runtime, arrays: dict[str, np.ndarray], H: int, reps: int) -> 
     r = subprocess.run([sys.executable, "-c", _ORT_CHILD, str(rt.root), str(inputs), str(H), str(reps), str(threads)],
                        capture_output=True, text=True, check=True)
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def export_unrolled(model: WorldModel, path: Path, H: int) -> float | None:
+    """The ``rollout`` graph as it was exported before the Loop: its H steps unrolled into one graph by the
+    dynamo exporter (needs ``onnxscript``; ``None`` without it); returns the export's seconds."""
+    import contextlib
+    import importlib.util
+    import io
+    import warnings
+
+    if importlib.util.find_spec("onnxscript") is None:
+        return None
+    module = G.build_graph("rollout", model).eval()
+    spec, batch = module.spec, torch.export.Dim("batch", min=1, max=1 << 20)
+    t0 = time.perf_counter()
+    with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, G.example_inputs("rollout", model, 7, H), str(path), dynamo=True, opset_version=18,
+                          input_names=list(spec.inputs), output_names=list(spec.outputs), external_data=False,
+                          dynamic_shapes={n: {spec.batch_axis[n]: batch} for n in spec.inputs})
+    return time.perf_counter() - t0
 
 
 def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
@@ -157,7 +200,11 @@ def main() -> int:
     parser.add_argument("--batches", default="1,64,1024")
     parser.add_argument("--horizon", type=int, default=15)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--ort-threads", type=int, default=0,
+                        help="ONNX Runtime intra-op threads (0: its default pool)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-before", dest="before", action="store_false",
+                        help="skip the unrolled dynamo export of the rollout (the 'before' column; ~2.5 min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -166,19 +213,24 @@ def main() -> int:
     model = build_model(model_config(args.preset, obs_dim=24, act_dim=6, num_scenarios=6)).eval()
     print(f"# MrCoM imagined rollouts: {args.preset} model, H = {H}\n")
     print(f"- {platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} with {args.threads} thread(s); "
-          f"ONNX Runtime with its default intra-op pool, in a separate process that never imports torch")
+          f"ONNX Runtime with {args.ort_threads or 'its default'} intra-op thread(s), in a separate process that "
+          f"never imports torch")
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-rollout-") as root:
         tmp = Path(root) / "export"  # the export's lock file goes beside it, inside the temporary folder
         t0 = time.perf_counter()
         export_model(model, tmp, formats=("onnx", "torchscript"), horizon=H, log=lambda s: None)
-        print(f"- export (ONNX + TorchScript, with parity checks) took {time.perf_counter() - t0:.0f} s")
-        rt = Runtime(tmp)  # ONNX Runtime's default thread pool: faster than forcing 2 threads at small batch
+        print(f"- export (ONNX + TorchScript, every graph, with parity checks) took {time.perf_counter() - t0:.1f} s")
+        before = export_unrolled(model, tmp / "unrolled.onnx", H) if args.before else None
+        print("- before: the H-step rollout unrolled into one graph by the dynamo exporter (no checks) " +
+              (f"took {before:.1f} s" if before else "skipped (--no-before, or onnxscript not installed)"))
+        rt = Runtime(tmp, threads=args.ort_threads or None)  # default pool: faster than 2 threads at small batch
         scripted = torch.jit.load(str(tmp / "rollout.pt"))
         flops = flops_per_sample_step(model)
         peak = gemm_peak(args.threads)
         print(f"- model: {flops / 1e6:.2f} MFLOP per sample-step (torch flop counter, step graph); measured "
               f"float32 GEMM peak {peak / 1e9:.1f} GFLOP/s (2048² matmul, {args.threads} threads)\n")
-        header = ["B", "eager re-encode", "eager incremental", "TorchScript fused", "ORT per step", "ORT fused"]
+        header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step", "ORT Loop",
+                  "ORT unrolled (before)"]
         print("| " + " | ".join(header) + " | best vs roofline |")
         print("|" + "---:|" * (len(header) + 1))
         rng = np.random.default_rng(0)
@@ -187,6 +239,9 @@ def main() -> int:
             base = times["eager re-encode"]
             cells = [str(B)]
             for name in header[1:]:
+                if name not in times:
+                    cells.append("–")
+                    continue
                 rate = B * H / times[name]
                 cells.append(f"{rate:,.0f} ({base / times[name]:.1f}×)")
             best = min(times.values())
