@@ -73,7 +73,7 @@ def part_env(dev, dry, limit):
     import onnxruntime as ort
     import torch
     info = {"python": platform.python_version(), "torch.cuda": torch.version.cuda}
-    for name in ("torch", "triton", "numpy", "onnx", "onnxruntime", "onnxscript"):
+    for name in ("torch", "triton", "numpy", "onnx", "onnxruntime"):
         try:
             info[name] = importlib.import_module(name).__version__
         except Exception as e:  # noqa: BLE001
@@ -266,7 +266,7 @@ def part_rollout(dev, dry, limit):
 def child(args):
     global ARGS
     ARGS, args.label = args, PARTS[args.part][0]
-    hidden = ALWAYS_HIDDEN + (DRY_HIDDEN + ("onnxscript",) * (not args.with_onnxscript)) * args.cpu_dry_run
+    hidden = ALWAYS_HIDDEN + DRY_HIDDEN * args.cpu_dry_run
     sys.modules.update(dict.fromkeys(hidden))  # `import mujoco` raises ImportError, as where it is not installed
     sys.path[:0] = [str(REPO), str(REPO / "tests")]
     sys.modules["mrcom_export"] = importlib.import_module("export")  # installed as mrcom_export; here: not installed
@@ -308,7 +308,7 @@ def run_part(part, args, env, limit, tmp, log):
         cmd = [sys.executable, "bench/kernels.py", "--quick"] + ["--no-compile"] * (limit < 120)
     else:
         cmd = [sys.executable, __file__, "--part", part, "--result", str(result), "--limit", f"{limit:.0f}"]
-        cmd += ["--cpu-dry-run"] * args.cpu_dry_run + ["--with-onnxscript"] * args.with_onnxscript
+        cmd += ["--cpu-dry-run"] * args.cpu_dry_run
     rc, lines = stream(cmd, env, limit, log)
     rows = json.loads(result.read_text()) if result.exists() else bench_rows(rc, lines, label) * (part == "bench")
     if rc != 0:
@@ -360,7 +360,6 @@ def parent(args):
 def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--cpu-dry-run", action="store_true", help="developer aid: all parts on CPU, interpreted, tiny")
-    p.add_argument("--with-onnxscript", action="store_true", help="dry run: leave onnxscript importable")
     p.add_argument("--budget", type=float, default=None, help="seconds for all parts (default 480; dry run 170)")
     p.add_argument("--skip", default="", help="comma-separated parts to leave out: " + ", ".join(PARTS))
     for hidden in ("--part", "--result", "--limit"):  # a child process's arguments
