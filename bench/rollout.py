@@ -12,6 +12,9 @@ times one H-step rollout (after a prompt reset, which is not timed) per engine a
 * ONNX Runtime, the same H steps unrolled into one graph (how ``rollout`` was exported before the Loop;
   traced here from the eager module), both called directly with the same inputs.
 
+With ``--cpp``, the C++ examples (``cpp_examples/``, built into ``build/bench-cpp``) join the table: the ONNX
+Runtime C++ API and LibTorch, each imagining with the exported ``rollout`` in one call (``--fused``).
+
 Also times the export itself (ONNX + TorchScript with parity checks) and the unrolled graph's export.
 
 Prints samples×steps/s, the ratio to eager re-encoding, and the model's FLOPs per sample-step (counted
@@ -69,7 +72,8 @@ def eager_rollout(model: WorldModel, prompt, actions: torch.Tensor, noise, reenc
 
 
 def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: np.random.Generator,
-                reps: int) -> dict[str, float]:
+                reps: int, cpp: dict[str, Path] | None = None, cpp_threads: dict[str, int] | None = None
+                ) -> dict[str, float]:
     """Median seconds of one H-step rollout of B samples, per engine."""
     c = model.config
     obs = rng.standard_normal((B, c.context_len + 1, c.obs_dim)).astype(np.float32)
@@ -94,6 +98,13 @@ def bench_batch(model: WorldModel, rt: Runtime, scripted, B: int, H: int, rng: n
     arrays = {"obs": obs, "act": act, "rew": rew, "actions": actions, **noise,
               **{f"state_{n}": x.numpy() for n, x in zip(names, state, strict=True)}}
     times.update(ort_times(rt, arrays, H, reps))
+    if cpp:
+        s = model.sizes
+        cpp_inputs = {"prompt_obs": obs, "prompt_act": act, "prompt_rew": rew, "actions": actions,
+                      "noise_u": noise["u"], "noise_h": noise["h"],
+                      "reset_noise_u": rng.standard_normal((B, 1, s.u), np.float32),
+                      "reset_noise_h": rng.standard_normal((B, 1, s.h), np.float32)}
+        times.update(cpp_times(cpp, rt.root, cpp_inputs, reps, cpp_threads))
     return times
 
 
@@ -155,6 +166,48 @@ def ort_times(rt: Runtime, arrays: dict[str, np.ndarray], H: int, reps: int) -> 
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
+def build_cpp(dest: Path) -> dict[str, Path]:
+    """Build both C++ examples into ``dest`` (ONNX Runtime headers fetched once); returns name → binary."""
+    import subprocess
+    import sys
+
+    src = Path(__file__).resolve().parents[1] / "cpp_examples"
+    deps = dest / "ortdeps"
+    subprocess.run(["bash", str(src / "onnxruntime_rollout" / "fetch_deps.sh"), str(deps), sys.executable],
+                   check=True, capture_output=True)
+    defines = {"onnxruntime_rollout": [f"-DONNXRUNTIME_INCLUDE_DIR={deps / 'include'}",
+                                       f"-DONNXRUNTIME_LIBRARY={deps / 'lib' / 'libonnxruntime.so'}"],
+               "libtorch_rollout": [f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"]}
+    binaries = {}
+    for name, binary, column in (("onnxruntime_rollout", "mrcom_ort_rollout", "C++ ORT Loop"),
+                                 ("libtorch_rollout", "mrcom_libtorch_rollout", "C++ LibTorch loop")):
+        build = dest / name
+        subprocess.run(["cmake", "-S", str(src / name), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release",
+                        *defines[name]], check=True, capture_output=True)
+        subprocess.run(["cmake", "--build", str(build), "-j", str(os.cpu_count() or 2)], check=True,
+                       capture_output=True)
+        binaries[column] = build / binary
+    return binaries
+
+
+def cpp_times(binaries: dict[str, Path], export: Path, arrays: dict[str, np.ndarray], reps: int,
+              threads: dict[str, int]) -> dict[str, float]:
+    """Median seconds of the fused H-step imagination in each C++ example (``--fused --repeat``)."""
+    import re
+    import subprocess
+
+    from mrcom_export.bundle import write_bundle
+
+    inputs, out = export.parent / "cpp-inputs.mrcb", export.parent / "cpp-out.mrcb"
+    write_bundle(inputs, arrays)
+    times = {}
+    for column, binary in binaries.items():
+        run = subprocess.run([str(binary), str(export), str(inputs), str(out), "--fused", "--repeat", str(reps + 1),
+                              "--threads", str(threads[column])], capture_output=True, text=True, check=True)
+        times[column] = float(re.search(r"steps in ([0-9.e+-]+) ms", run.stdout).group(1)) / 1e3
+    return times
+
+
 def export_unrolled(model: WorldModel, path: Path, H: int) -> float | None:
     """The ``rollout`` graph as it was exported before the Loop: its H steps unrolled into one graph by the
     dynamo exporter (needs ``onnxscript``; ``None`` without it); returns the export's seconds."""
@@ -203,6 +256,7 @@ def main() -> int:
     parser.add_argument("--ort-threads", type=int, default=0,
                         help="ONNX Runtime intra-op threads (0: its default pool)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--cpp", action="store_true", help="build the C++ examples and add their columns")
     parser.add_argument("--no-before", dest="before", action="store_false",
                         help="skip the unrolled dynamo export of the rollout (the 'before' column; ~2.5 min)")
     args = parser.parse_args()
@@ -231,11 +285,15 @@ def main() -> int:
               f"float32 GEMM peak {peak / 1e9:.1f} GFLOP/s (2048² matmul, {args.threads} threads)\n")
         header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step", "ORT Loop",
                   "ORT unrolled (before)"]
+        cpp = build_cpp(Path(__file__).resolve().parents[1] / "build" / "bench-cpp") if args.cpp else None
+        cpp_threads = {"C++ ORT Loop": args.ort_threads, "C++ LibTorch loop": args.threads}
+        header += list(cpp or ())
         print("| " + " | ".join(header) + " | best vs roofline |")
         print("|" + "---:|" * (len(header) + 1))
         rng = np.random.default_rng(0)
         for B in batches:
-            times = bench_batch(model, rt, scripted, B, H, rng, max(2, args.repeats if B < 1024 else 3))
+            times = bench_batch(model, rt, scripted, B, H, rng, max(2, args.repeats if B < 1024 else 3), cpp,
+                                cpp_threads)
             base = times["eager re-encode"]
             cells = [str(B)]
             for name in header[1:]:

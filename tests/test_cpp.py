@@ -61,8 +61,8 @@ def ort_binary(tmp_path_factory) -> Path:
     return build / "mrcom_ort_rollout"
 
 
-def _run_ort(binary: Path, out: Path, work: Path) -> dict:
-    run = subprocess.run([str(binary), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb")],
+def _run_ort(binary: Path, out: Path, work: Path, *options: str) -> dict:
+    run = subprocess.run([str(binary), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb"), *options],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
     assert "rollouts x 3 steps" in run.stdout
@@ -82,9 +82,18 @@ def test_bundle_round_trip(tmp_path):
     assert back.keys() == arrays.keys() and all(np.array_equal(back[k], arrays[k]) for k in arrays)
 
 
-def test_onnxruntime_cpp_example_matches_python(case, ort_binary):
+@pytest.mark.parametrize("options", [(), ("--fused", "--repeat", "3", "--threads", "1")])
+def test_onnxruntime_cpp_example_matches_python(case, ort_binary, options):
+    """H `step` calls, or one call of the `rollout` Loop (timed 3 times from the same primed state)."""
     out, work, expected = case
-    _check(_run_ort(ort_binary, out, work), expected)
+    _check(_run_ort(ort_binary, out, work, *options), expected)
+
+
+def test_cpp_examples_refuse_an_unknown_option(case, ort_binary):
+    out, work, _ = case
+    run = subprocess.run([str(ort_binary), str(out), str(work / "input.mrcb"), str(work / "x.mrcb"), "--fast"],
+                         capture_output=True, text=True, timeout=60)
+    assert run.returncode == 1 and "unknown option --fast" in run.stderr
 
 
 @pytest.mark.parametrize("model_type", ["rssm_ctx", "mamba"])
@@ -109,7 +118,9 @@ def test_libtorch_cpp_example_matches_python(case):
     out, work, expected = case
     build = work / "libtorch-build"
     _build(ROOT / "libtorch_rollout", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
-    run = subprocess.run([str(build / "mrcom_libtorch_rollout"), str(out), str(work / "input.mrcb"),
-                          str(work / "libtorch.mrcb")], capture_output=True, text=True, timeout=120)
-    assert run.returncode == 0, run.stderr
-    _check(read_bundle(work / "libtorch.mrcb"), expected)
+    for options in ((), ("--fused", "--repeat", "2")):  # H `step.pt` calls; the scripted `rollout.pt` loop
+        run = subprocess.run([str(build / "mrcom_libtorch_rollout"), str(out), str(work / "input.mrcb"),
+                              str(work / "libtorch.mrcb"), *options], capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert "rollouts x 3 steps" in run.stdout and ("(fused)" in run.stdout) == bool(options)
+        _check(read_bundle(work / "libtorch.mrcb"), expected)

@@ -1,6 +1,7 @@
 // Reader/writer for the MrCoM array bundle (see export/bundle.py) and a tiny manifest field reader.
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <fstream>
@@ -103,6 +104,37 @@ inline int64_t manifest_int(const std::string& export_dir, const std::string& ke
   size_t pos = text.find("\"" + key + "\":", start);
   if (pos == std::string::npos) throw std::runtime_error("manifest has no " + key);
   return std::stoll(text.substr(pos + key.size() + 3));
+}
+
+// Options after EXPORT_DIR INPUT OUTPUT: --fused (the H-step `rollout` graph in one call instead of H `step`
+// calls), --repeat N (imagine N times from the same primed state and report the median time), --threads N.
+struct Options {
+  bool fused = false;
+  int repeat = 1, threads = 0;  // threads 0: the engine's default
+};
+
+inline Options parse_options(int argc, char** argv, int first) {
+  Options o;
+  for (int i = first; i < argc; ++i) {
+    const std::string a = argv[i];
+    if (a == "--fused") {
+      o.fused = true;
+    } else if ((a == "--repeat" || a == "--threads") && i + 1 < argc) {
+      const int v = std::stoi(argv[++i]);
+      if (v < (a == "--repeat" ? 1 : 0)) throw std::invalid_argument(a + " out of range");
+      (a == "--repeat" ? o.repeat : o.threads) = v;
+    } else {
+      throw std::invalid_argument("unknown option " + a + " (use --fused, --repeat N, --threads N)");
+    }
+  }
+  return o;
+}
+
+// Median of `times` (milliseconds).
+inline double median(std::vector<double> times) {
+  std::sort(times.begin(), times.end());
+  const size_t n = times.size();
+  return n % 2 ? times[n / 2] : 0.5 * (times[n / 2 - 1] + times[n / 2]);
 }
 
 }  // namespace mrcom

@@ -1,7 +1,9 @@
 // Batched imagined rollouts of an exported MrCoM model with LibTorch (TorchScript graphs).
 //
-// usage: mrcom_libtorch_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb
-// Same inputs and outputs as the ONNX Runtime example (see ../onnxruntime_rollout/main.cpp).
+// usage: mrcom_libtorch_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb [--fused] [--repeat N] [--threads N]
+// Same inputs, outputs and options as the ONNX Runtime example (see ../onnxruntime_rollout/main.cpp); --fused
+// runs `rollout.pt` (a scripted loop over the traced step) in one call.
+#include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <chrono>
@@ -36,13 +38,15 @@ static std::vector<torch::Tensor> call(torch::jit::script::Module& graph, std::v
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::cerr << "usage: " << argv[0] << " EXPORT_DIR INPUT.mrcb OUTPUT.mrcb\n";
+  if (argc < 4) {
+    std::cerr << "usage: " << argv[0] << " EXPORT_DIR INPUT.mrcb OUTPUT.mrcb [--fused] [--repeat N] [--threads N]\n";
     return 2;
   }
   try {
     torch::NoGradGuard no_grad;
     const std::string dir = argv[1];
+    const mrcom::Options opt = mrcom::parse_options(argc, argv, 4);
+    if (opt.threads) at::set_num_threads(opt.threads);
     auto in = mrcom::read_bundle(argv[2]);
     const int64_t m = mrcom::manifest_int(dir, "context_len");
     auto obs = to_tensor(in.at("prompt_obs")), act = to_tensor(in.at("prompt_act")), rew = to_tensor(in.at("prompt_rew"));
@@ -52,7 +56,7 @@ int main(int argc, char** argv) {
 
     auto prime = torch::jit::load(dir + "/prime.pt");
     auto observe = torch::jit::load(dir + "/observe.pt");
-    auto step = torch::jit::load(dir + "/step.pt");
+    auto imagine = torch::jit::load(dir + (opt.fused ? "/rollout.pt" : "/step.pt"));
 
     // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
     // prompt step's token enters the FIFO and the posterior observes the next observation.
@@ -62,22 +66,37 @@ int main(int argc, char** argv) {
     for (int64_t k = m + 1; k <= T; ++k)
       s = call(observe, {s[0], s[1], s[2], s[3], s[4], obs.select(1, k - 1), act.select(1, k - 1),
                          rew.select(1, k - 1), obs.select(1, k), reset_u.select(1, k - m), reset_h.select(1, k - m)});
-    auto u = s[0], d = s[1], h = s[2];
-    // Imagine H steps: reward of the action, its token into the FIFO, one prior step.
-    auto last = obs.select(1, T), keys = s[3], values = s[4];
-    std::vector<torch::Tensor> out_obs, out_rew;
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t t = 0; t < H; ++t) {
-      auto r = call(step, {u, d, h, last, actions.select(1, t), keys, values, noise_u.select(1, t), noise_h.select(1, t)});
-      u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
-      out_obs.push_back(last);
-      out_rew.push_back(r[4]);
+    const auto first_obs = obs.select(1, T);
+
+    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step.
+    auto imagine_all = [&]() -> std::pair<torch::Tensor, torch::Tensor> {
+      if (opt.fused) {  // -> obs_seq, reward_seq, u, d, h, keys, values
+        auto r = call(imagine, {s[0], s[1], s[2], first_obs, s[3], s[4], actions, noise_u, noise_h});
+        return {r[0], r[1]};
+      }
+      auto u = s[0], d = s[1], h = s[2], last = first_obs, keys = s[3], values = s[4];
+      std::vector<torch::Tensor> out_obs, out_rew;
+      for (int64_t t = 0; t < H; ++t) {
+        auto r = call(imagine, {u, d, h, last, actions.select(1, t), keys, values, noise_u.select(1, t),
+                                noise_h.select(1, t)});
+        u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
+        out_obs.push_back(last);
+        out_rew.push_back(r[4]);
+      }
+      return {torch::stack(out_obs, 1), torch::stack(out_rew, 1)};
+    };
+    std::pair<torch::Tensor, torch::Tensor> result;
+    std::vector<double> times;
+    for (int i = 0; i < opt.repeat; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      auto r = imagine_all();
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
+      if (!i) result = r;
     }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    auto all_rew = torch::stack(out_rew, 1);
-    mrcom::write_bundle(argv[3], {{"obs", to_array(torch::stack(out_obs, 1))}, {"reward", to_array(all_rew)}});
-    std::cout << "libtorch: " << B << " rollouts x " << H << " steps in " << ms << " ms; mean reward "
-              << all_rew.mean().item<float>() << "\n";
+    mrcom::write_bundle(argv[3], {{"obs", to_array(result.first)}, {"reward", to_array(result.second)}});
+    std::cout << "libtorch" << (opt.fused ? " (fused)" : "") << ": " << B << " rollouts x " << H << " steps in "
+              << mrcom::median(times) << " ms (median of " << opt.repeat << "); mean reward "
+              << result.second.mean().item<float>() << "\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

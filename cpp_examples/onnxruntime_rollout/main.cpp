@@ -1,9 +1,11 @@
 // Batched imagined rollouts of an exported MrCoM model with the ONNX Runtime C++ API.
 //
-// usage: mrcom_ort_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb
+// usage: mrcom_ort_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb [--fused] [--repeat N] [--threads N]
 // INPUT holds prompt_obs (B,T+1,D), prompt_act (B,T,A), prompt_rew (B,T), reset_noise_u/h (B,T-m+1,·),
 // actions (B,H,A), noise_u/h (B,H,·) — written by Python (mrcom_export.bundle). OUTPUT gets obs (B,H,D) and
-// reward (B,H), which must match the Python runtime's rollout with the same noise.
+// reward (B,H), which must match the Python runtime's rollout with the same noise. The H imagined steps are H
+// `step` calls, or with --fused one call of `rollout` (an ONNX Loop over the step: any H); --repeat N imagines
+// N times from the same primed state and prints the median time (the output is the first run's).
 #include <onnxruntime_cxx_api.h>
 
 #include <chrono>
@@ -17,7 +19,8 @@ using mrcom::Array;
 
 class Graph {
  public:
-  Graph(Ort::Env& env, const std::string& path) : session_(env, path.c_str(), Ort::SessionOptions{}) {
+  Graph(Ort::Env& env, const std::string& path, const Ort::SessionOptions& options)
+      : session_(env, path.c_str(), options) {
     Ort::AllocatorWithDefaultOptions alloc;
     for (size_t i = 0; i < session_.GetInputCount(); ++i)
       inputs_.push_back(session_.GetInputNameAllocated(i, alloc).get());
@@ -64,19 +67,23 @@ static Array zeros(std::vector<int64_t> shape) {
 }
 
 int main(int argc, char** argv) {
-  if (argc != 4) {
-    std::cerr << "usage: " << argv[0] << " EXPORT_DIR INPUT.mrcb OUTPUT.mrcb\n";
+  if (argc < 4) {
+    std::cerr << "usage: " << argv[0] << " EXPORT_DIR INPUT.mrcb OUTPUT.mrcb [--fused] [--repeat N] [--threads N]\n";
     return 2;
   }
   try {
     const std::string dir = argv[1];
+    const mrcom::Options opt = mrcom::parse_options(argc, argv, 4);
     auto in = mrcom::read_bundle(argv[2]);
     const int64_t m = mrcom::manifest_int(dir, "context_len");
     const Array &obs = in.at("prompt_obs"), &act = in.at("prompt_act"), &rew = in.at("prompt_rew");
-    const int64_t B = obs.dim(0), T = act.dim(1), H = in.at("actions").dim(1);
+    const int64_t B = obs.dim(0), T = act.dim(1), H = in.at("actions").dim(1), D = obs.dim(2);
 
     Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "mrcom");
-    Graph prime(env, dir + "/prime.onnx"), observe(env, dir + "/observe.onnx"), step(env, dir + "/step.onnx");
+    Ort::SessionOptions options;
+    if (opt.threads) options.SetIntraOpNumThreads(opt.threads);
+    Graph prime(env, dir + "/prime.onnx", options), observe(env, dir + "/observe.onnx", options);
+    Graph imagine(env, dir + (opt.fused ? "/rollout.onnx" : "/step.onnx"), options);
 
     // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
     // prompt step's token enters the FIFO and the posterior observes the next observation.
@@ -88,25 +95,39 @@ int main(int argc, char** argv) {
             nu = in.at("reset_noise_u").step(k - m), nh = in.at("reset_noise_h").step(k - m);
       s = observe({&s[0], &s[1], &s[2], &s[3], &s[4], &po, &pa, &pr, &o, &nu, &nh});
     }
-    Array u = s[0], d = s[1], h = s[2];
-    // Imagine H steps: reward of the action, its token into the FIFO, one prior step.
-    Array last = obs.step(T), keys = s[3], values = s[4];
-    Array out_obs = zeros({B, H, obs.dim(2)}), out_rew = zeros({B, H});
-    const auto start = std::chrono::steady_clock::now();
-    for (int64_t t = 0; t < H; ++t) {
-      Array a = in.at("actions").step(t), nu = in.at("noise_u").step(t), nh = in.at("noise_h").step(t);
-      auto r = step({&u, &d, &h, &last, &a, &keys, &values, &nu, &nh});
-      u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
-      const int64_t D = obs.dim(2);
-      for (int64_t b = 0; b < B; ++b) {
-        std::copy(&last.data[b * D], &last.data[(b + 1) * D], &out_obs.data[(b * H + t) * D]);
-        out_rew.data[b * H + t] = r[4].data[b];
+    const Array first_obs = obs.step(T);
+
+    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step.
+    auto imagine_all = [&](Array& out_obs, Array& out_rew) {
+      if (opt.fused) {  // u, d, h, obs, keys, values, actions, noise_u, noise_h -> obs_seq, reward_seq, ...
+        auto r = imagine({&s[0], &s[1], &s[2], &first_obs, &s[3], &s[4], &in.at("actions"), &in.at("noise_u"),
+                          &in.at("noise_h")});
+        out_obs = std::move(r[0]), out_rew = std::move(r[1]);
+        return;
       }
+      Array u = s[0], d = s[1], h = s[2], last = first_obs, keys = s[3], values = s[4];
+      out_obs = zeros({B, H, D}), out_rew = zeros({B, H});
+      for (int64_t t = 0; t < H; ++t) {
+        Array a = in.at("actions").step(t), nu = in.at("noise_u").step(t), nh = in.at("noise_h").step(t);
+        auto r = imagine({&u, &d, &h, &last, &a, &keys, &values, &nu, &nh});
+        u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
+        for (int64_t b = 0; b < B; ++b) {
+          std::copy(&last.data[b * D], &last.data[(b + 1) * D], &out_obs.data[(b * H + t) * D]);
+          out_rew.data[b * H + t] = r[4].data[b];
+        }
+      }
+    };
+    Array out_obs, out_rew, scratch_obs, scratch_rew;
+    std::vector<double> times;
+    for (int i = 0; i < opt.repeat; ++i) {
+      const auto start = std::chrono::steady_clock::now();
+      imagine_all(i ? scratch_obs : out_obs, i ? scratch_rew : out_rew);
+      times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
-    const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     mrcom::write_bundle(argv[3], {{"obs", out_obs}, {"reward", out_rew}});
-    std::cout << "onnxruntime: " << B << " rollouts x " << H << " steps in " << ms << " ms; mean reward "
-              << [&] { double s = 0; for (float x : out_rew.data) s += x; return s / out_rew.data.size(); }()
+    std::cout << "onnxruntime" << (opt.fused ? " (fused)" : "") << ": " << B << " rollouts x " << H << " steps in "
+              << mrcom::median(times) << " ms (median of " << opt.repeat << "); mean reward "
+              << [&] { double t = 0; for (float x : out_rew.data) t += x; return t / out_rew.data.size(); }()
               << "\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
