@@ -240,7 +240,8 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 @click.option("--what", type=click.Choice(["all", "error"]), default="all", show_default=True,
               help="all: the whole protocol; error: stop after the prediction-error tables (no RL).")
 @click.option("--workers", "-w", type=int, default=1, show_default=True,
-              help="Worker processes for collection and for adaptation cells (one core each).")
+              help="Worker processes for collection, world-model training and adaptation cells (one core "
+                   "each).")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
 def reproduce(table, budget, seeds, splits, ablations, what, workers, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""

@@ -95,8 +95,8 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
 
 
 def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path, monkeypatch):
-    """``--what error``: every model (and ablation) trained and measured, the error tables and the error-vs-horizon
-    chart written, no adaptation cell run."""
+    """``--what error``: every model (and ablation) trained (two at a time in worker processes) and measured, the
+    error tables and the error-vs-horizon chart written, no adaptation cell run."""
     from dataclasses import replace
 
     from mrcom_train.experiments import reproduce
@@ -105,8 +105,11 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     every = set(reproduce.model_methods(ablations=True))
     assert {"mamba", reproduce.LITERAL, "w/o d"} <= every  # models and ablations alike; three of them here
     methods = _only_methods(monkeypatch, reproduce, "mrcom", "mamba", reproduce.LITERAL)
+    lines: list[str] = []
     assert run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), ablations=True, what="error",
-                            log=lambda s: None) == {}
+                            workers=2, log=lines.append) == {}
+    assert any("training 3 models, 2 at a time" in line for line in lines)
+    assert sum("trained " in line for line in lines) == 3
     split = tmp_path / "t1-a5b20"
     assert not (split / "adapt").exists() and not (tmp_path / "table1.md").exists()
     with open(split / "errors.csv") as f:
