@@ -88,7 +88,8 @@ class BaseWorldModel(nn.Module):
             if getattr(config, ablation) and ablation not in cls.ablations:
                 raise UserInputError(f"model.{ablation}: ablations apply to model.model_type=mrcom, not {name}")
         if config.overshoot_horizon and not cls.supports_overshoot:
-            raise UserInputError(f"model.overshoot_horizon applies to model.model_type=mrcom, not {name}")
+            raise UserInputError(f"model.overshoot_horizon applies to models with an overshooting loss (mrcom and the "
+                                 f"RSSMs), not {name}")
         if config.history_len and not cls.recurrent_history:
             raise UserInputError(f"model.history_len applies to models with a recurrent context (mamba), not {name}")
 

@@ -43,7 +43,7 @@ def test_presets_validate_and_grow():
     ({"gamma": 1.0}, "model.gamma"), ({"min_std": -1.0}, "model.min_std"),
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
     ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
-    ({"overshoot_horizon": 3, "model_type": "rssm"}, "model.overshoot_horizon applies to model.model_type=mrcom"),
+    ({"overshoot_horizon": 3, "model_type": "cadm"}, "model.overshoot_horizon applies to models with an overshooting"),
     ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm_ctx, rssm, cadm, mamba"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
@@ -253,6 +253,30 @@ def test_overshoot_loss_is_the_open_loop_reconstruction_error():
     assert tiny().overshoot_horizon == 15
     loss.backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.u_prior[0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("model_type", ["rssm_ctx", "mamba"])
+def test_the_rssm_baselines_take_the_overshooting_switch(model_type):
+    """Off by default (DreamerV3 has none); ``overshoot_horizon`` adds the same open-loop term to their loss, with
+    gradients into the context encoder and the prior."""
+    from mrcom_core.losses import loss_overshoot
+
+    torch.manual_seed(0)
+    extra = {"history_len": 8} if model_type == "mamba" else {}
+    plain = build_model(model_config("tiny", overrides={"model_type": model_type, **extra}, obs_dim=10, act_dim=3,
+                                     num_scenarios=2))
+    assert plain.config.overshoot_horizon == 0
+    cfg = model_config("tiny", overrides={"model_type": model_type, "overshoot_horizon": 3, **extra}, obs_dim=10,
+                       act_dim=3, num_scenarios=2)
+    model = build_model(cfg)
+    model.load_state_dict(plain.state_dict())
+    batch = make_batch(cfg, 4, 6)
+    noise = make_noise(model, 4, 6)
+    on, off = losses(model, batch, noise), losses(plain, batch, noise)
+    assert "overshoot" not in off and on["overshoot"] > 0
+    torch.testing.assert_close(on["loss"], off["loss"] + cfg.overshoot_weight * loss_overshoot(model, batch, noise))
+    on["loss"].backward()
+    assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.prior[0].weight.grad.abs().sum() > 0
 
 
 def test_kl_direction_switch_changes_the_kl():

@@ -23,7 +23,7 @@ from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
-from ..losses import drop_last, masked_sq_error, reward_nll
+from ..losses import drop_last, loss_overshoot, masked_sq_error, reward_nll
 
 
 class RSSMWindow(NamedTuple):
@@ -32,14 +32,20 @@ class RSSMWindow(NamedTuple):
 
 
 def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dict) -> dict[str, torch.Tensor]:
-    """Free-nats KL of u + reconstruction NLL (real dims) + reward NLL over the window."""
+    """Free-nats KL of u + reconstruction NLL (real dims) + reward NLL over the window; with
+    ``overshoot_horizon`` > 0 also MrCoM's multi-step open-loop term (:func:`~mrcom_core.losses.loss_overshoot`,
+    off by default: DreamerV3 has none; a switch to test what it is worth to a baseline)."""
     c = model.config
     recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
     recon = recon.mean()
     reward = reward_nll(model, drop_last(window.state), batch).mean()
     kl = window.kl_u
     loss = c.lambda_var * (torch.clamp(kl, min=c.kl_free_nats).mean() + recon + c.reward_loss_weight * reward)
-    return {"loss": loss, "var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
+    parts = {"var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
+    if c.overshoot_horizon:
+        parts["overshoot"] = loss_overshoot(model, batch, noise)
+        loss = loss + c.overshoot_weight * parts["overshoot"]
+    return {"loss": loss, **parts}
 
 
 class RSSM(BaseWorldModel):
@@ -47,6 +53,7 @@ class RSSM(BaseWorldModel):
 
     label = "DreamerV3 (no context)"
     loss = rssm_loss
+    supports_overshoot = True
     #: whether prior and posterior read the context readout ``c_t`` (a class constant: no tensor branching)
     uses_context: ClassVar[bool] = False
 
