@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from peak import gemm_peak, median_time  # bench/peak.py
 
 from mrcom_core import steps
 from mrcom_core.base import BaseWorldModel as WorldModel
@@ -39,17 +40,6 @@ from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
 from mrcom_export.exporter import export_model
 from mrcom_export.runtime import Runtime
-
-
-def median_time(fn, repeats: int, setup=None) -> float:
-    times = []
-    for _ in range(repeats):
-        if setup:
-            setup()
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
 
 
 @torch.no_grad()
@@ -229,13 +219,6 @@ def export_unrolled(model: WorldModel, path: Path, H: int) -> float | None:
     return time.perf_counter() - t0
 
 
-def gemm_peak(threads: int, n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    t = median_time(lambda: torch.mm(a, b), repeats)
-    return 2 * n**3 / t
-
-
 def flops_per_sample_step(model: WorldModel, batch: int = 64) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -280,7 +263,7 @@ def main() -> int:
         rt = Runtime(tmp, threads=args.ort_threads or None)  # default pool: faster than 2 threads at small batch
         scripted = torch.jit.load(str(tmp / "rollout.pt"))
         flops = flops_per_sample_step(model)
-        peak = gemm_peak(args.threads)
+        peak = gemm_peak()
         print(f"- model: {flops / 1e6:.2f} MFLOP per sample-step (torch flop counter, step graph); measured "
               f"float32 GEMM peak {peak / 1e9:.1f} GFLOP/s (2048² matmul, {args.threads} threads)\n")
         header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step", "ORT Loop",

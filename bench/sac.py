@@ -24,6 +24,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from peak import gemm_peak  # bench/peak.py
 from torch import nn
 
 from mrcom_train.rl.sac import SAC, Actor, SACConfig, mlp
@@ -149,17 +150,6 @@ def flops_per_update(agent, batch) -> float:
     with counter:
         agent.update(batch)
     return float(counter.get_total_flops())
-
-
-def gemm_peak(n: int = 2048, repeats: int = 5) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    torch.mm(a, b)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        torch.mm(a, b)
-        times.append(time.perf_counter() - t0)
-    return 2 * n**3 / float(np.median(times))
 
 
 def parse_configs(text: str) -> list[tuple[int, int, int]]:
