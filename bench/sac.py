@@ -24,7 +24,6 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from peak import gemm_peak  # bench/peak.py
 from torch import nn
 
 from mrcom_train.rl.sac import SAC, Actor, SACConfig, mlp
@@ -201,6 +200,8 @@ def main() -> int:
     parser.add_argument("--budget", type=int, default=200_000, help="updates to cost out (20k env steps × G=10)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from peak import gemm_peak  # bench/peak.py (imported here: tests load this file for LegacySAC alone)
+
     peak = gemm_peak()
     print("# MrCoM SAC update: frozen original (before) vs today's SAC.update (after)\n")
     print(f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__} with "
