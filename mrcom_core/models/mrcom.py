@@ -27,6 +27,11 @@ from ..layers import GRUCell, mlp
 from ..losses import MrCoMWindow, total_loss
 
 
+def _stack(steps: list[Gaussian]) -> Gaussian:
+    """Per-step Gaussians (each ``(B, ·)``) as one over the window ``(B, T, ·)``."""
+    return Gaussian(torch.stack([g.mean for g in steps], 1), torch.stack([g.std_raw for g in steps], 1))
+
+
 class MrCoM(BaseWorldModel):
     """MrCoM (paper §3): context encoder, latents u (stochastic), d (GRU), h (auxiliary), meta-value heads.
 
@@ -103,7 +108,8 @@ class MrCoM(BaseWorldModel):
         ``c_j`` for window step j is the readout at token ``m - 1 + j``. In the literal reading ``u`` depends
         on no recurrent state, so its posterior and prior heads and their fused sample+KL run over all steps
         at once; under ``u_on_d`` they see ``d_{j-1}`` (``d_{-1}`` = 0, as in :func:`~mrcom_core.steps.prime`)
-        and run step by step with ``d`` and ``h``. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
+        and the posterior runs step by step with ``d`` and ``h``. Priors and KL terms always run over the whole
+        window after the loop. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
         """
         c = self.config
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
@@ -117,32 +123,37 @@ class MrCoM(BaseWorldModel):
             q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
             u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
                                          reverse=reverse)
+        # Only the posteriors, their samples and the GRU are sequential; the priors and KL terms feed nothing
+        # inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels).
         state = self.initial_state(B, obs_n.device)
-        ds, hs, kls, h_priors, u_steps = [], [], [], [], []
+        us, ds, hs, d_prev, h_prev, q_steps, hq_steps = [], [], [], [], [], [], []
         for j in range(T1):
             if self.u_on_d:
-                pj = Gaussian.split(self.u_prior(self.u_inputs(context[:, j], prev_action[:, j], state.d)))
                 qj = Gaussian.split(self.u_post(self.u_inputs(context[:, j], prev_action[:, j], state.d,
                                                               obs_n[:, j])))
-                uj, kl_uj = gaussian_sample_kl(pj.mean, pj.std_raw, qj.mean, qj.std_raw, noise["u"][:, j],
-                                               min_std=c.min_std, reverse=reverse)
-                u_steps.append((uj, kl_uj, pj, qj))
+                uj = gaussian_sample(qj.mean, qj.std_raw, noise["u"][:, j], min_std=c.min_std)
+                q_steps.append(qj)
+                us.append(uj)
+                d_prev.append(state.d)
             else:
                 uj = u[:, j]
             d = self.deterministic(state.d, uj, prev_action[:, j])
-            hp = Gaussian.split(self.h_prior(torch.cat([context[:, j], state.h], -1)))
             hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
-            h, kl_h = gaussian_sample_kl(hp.mean, hp.std_raw, hq.mean, hq.std_raw, noise["h"][:, j],
-                                         min_std=c.min_std, reverse=reverse)
+            h = gaussian_sample(hq.mean, hq.std_raw, noise["h"][:, j], min_std=c.min_std)
+            h_prev.append(state.h)
+            hq_steps.append(hq)
             ds.append(d)
             hs.append(h)
-            kls.append(kl_h)
-            h_priors.append(hp)
             state = LatentState(uj, d, h)
         if self.u_on_d:
-            us, kl_us, ps, qs = zip(*u_steps, strict=True)
-            u, kl_u = torch.stack(us, 1), torch.stack(kl_us, 1)
-            p, q = (Gaussian(*(torch.stack(x, 1) for x in zip(*g, strict=True))) for g in (ps, qs))
+            q = _stack(q_steps)
+            p = Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, torch.stack(d_prev, 1))))
+            _, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
+                                         reverse=reverse)
+            u = torch.stack(us, 1)
+        hq = _stack(hq_steps)
+        h_prior = Gaussian.split(self.h_prior(torch.cat([context, torch.stack(h_prev, 1)], -1)))
+        _, kl_h = gaussian_sample_kl(h_prior.mean, h_prior.std_raw, hq.mean, hq.std_raw, noise["h"],
+                                     min_std=c.min_std, reverse=reverse)
         posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
-        h_prior = Gaussian(*(torch.stack(x, 1) for x in zip(*h_priors, strict=True)))
-        return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))
+        return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, kl_h)

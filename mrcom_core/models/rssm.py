@@ -85,25 +85,29 @@ class RSSM(BaseWorldModel):
         return LatentState(gaussian_sample(p.mean, p.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
 
     def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> RSSMWindow:
-        """Posterior pass over the window with the prior's KL fused into each sample."""
+        """Posterior pass over the window; the prior and its KL (fused with the posterior sample) feed nothing
+        inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels)."""
         c = self.config
         obs_n = self.normalize(batch["obs"])
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
         # c_0 … c_L, read once over context + window (0 dims without the context)
         context = self.window_context(batch) if self.uses_context else obs_n[..., :0]
         state = self.initial_state(obs_n.shape[0], obs_n.device)
-        states, kls = [], []
+        us, ds, means, std_raws = [], [], [], []
         for j in range(obs_n.shape[1]):
             d = self.gru(torch.cat([state.u, prev_action[:, j]], -1), state.d)
-            p = Gaussian.split(self.prior(self._with_context(d, context[:, j])))
             q = Gaussian.split(self.post(self._with_context(d, context[:, j], obs_n[:, j])))
-            u, kl = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"][:, j], min_std=c.min_std,
-                                       reverse=c.kl_direction == "prior_post")
+            u = gaussian_sample(q.mean, q.std_raw, noise["u"][:, j], min_std=c.min_std)
             state = LatentState(u, d, state.h)
-            states.append(state)
-            kls.append(kl)
-        return RSSMWindow(LatentState(*(torch.stack(x, 1) for x in zip(*states, strict=True))), torch.stack(kls, 1))
-
+            us.append(u)
+            ds.append(d)
+            means.append(q.mean)
+            std_raws.append(q.std_raw)
+        d = torch.stack(ds, 1)
+        p = Gaussian.split(self.prior(self._with_context(d, context)))
+        _, kl = gaussian_sample_kl(p.mean, p.std_raw, torch.stack(means, 1), torch.stack(std_raws, 1), noise["u"],
+                                   min_std=c.min_std, reverse=c.kl_direction == "prior_post")
+        return RSSMWindow(LatentState(torch.stack(us, 1), d, torch.stack([state.h] * len(us), 1)), kl)
 
 class ContextRSSM(RSSM):
     """The paper's DreamerV3 baseline (§5.1): the RSSM whose prior and posterior also read ``c_t``."""
