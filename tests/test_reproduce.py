@@ -123,6 +123,13 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     assert (split / "error_vs_horizon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     errors = reproduce.read_json(split / "errors" / "mamba.json", "errors")
     assert len(errors["sampled"]["ood"]["error_by_step"]) == reproduce.ERROR_HORIZON
+    # a later run of the table's other split into the same folder adds to the summary instead of replacing it
+    (tmp_path / "t1-a10b50").mkdir()
+    (tmp_path / "t1-a10b50" / "errors.md").write_text("the other split's tables\n")
+    run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), ablations=True, what="error", log=lines.append)
+    text = (tmp_path / "errors1.md").read_text()
+    assert "## t1-a5b20" in text and "## t1-a10b50\n\nthe other split's tables" in text
+    assert text.index("## t1-a5b20") < text.index("## t1-a10b50")  # the paper's order
 
 
 @pytest.mark.parametrize("args,message", [
