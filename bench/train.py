@@ -1,11 +1,20 @@
-"""World-model training throughput: streaming context encoder vs re-encoding every step's window.
+"""World-model training throughput and model FLOPs utilization (MFU), before/after in one run.
 
-Run as ``python bench/train.py [--preset small] [--steps N] [--threads T]``. It collects a small random
-dataset (hopper, walker, cheetah) into a temp folder, then times ``Trainer.train_step`` (sampling, noise,
-forward, backward, Adam) for each context mode on the CPU, and on CUDA when a GPU is present. Prints a
-Markdown table of updates/s, the speed-up of streaming over re-encoding (goal ≥ 4× for ``small``) and the model
-FLOPs utilization of the streaming step: FLOPs per update (forward + backward, counted by torch's flop counter)
-× updates/s ÷ the float32 GEMM peak measured in the same run with the same threads.
+Run as ``python bench/train.py [--preset small] [--steps 4] [--rounds 5] [--threads T] [--data PATH]``. It
+collects a small random dataset (hopper, walker, cheetah) into a temp folder (or reads ``--data``), builds one
+MrCoM :class:`~mrcom_train.training.trainer.Trainer` and times ``Trainer.train_step`` (sampling, noise,
+forward, backward, Adam) in interleaved rounds (median per round), so machine noise hits every column alike:
+
+* **now** — today's training pass;
+* **before** — :func:`per_step_window`, a frozen copy of ``MrCoM.observe_window`` as it was before issue 13
+  (u and h priors and their fused sample+KL evaluated inside the per-step posterior loop; same losses bit for
+  bit, a test checks it);
+* **re-encoding** — the context encoder run over every step's window instead of streaming once.
+
+FLOPs per update (forward + backward) are counted by torch's flop counter; MFU = FLOPs × updates/s ÷ the
+float32 GEMM peak measured in the same run with the same threads. Also prints updates per CPU-second of the
+process, which stays meaningful when other processes share the machine. On CUDA (when present) the same
+columns are timed on the GPU.
 """
 
 from __future__ import annotations
@@ -16,6 +25,7 @@ import os
 import platform
 import tempfile
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -23,70 +33,146 @@ os.environ.setdefault("MUJOCO_GL", "disable")
 warnings.filterwarnings("ignore")
 logging.getLogger("absl").setLevel(logging.ERROR)
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from peak import gemm_peak  # noqa: E402  (bench/peak.py)
 
-from mrcom_train.datasets.collect import CollectConfig, collect  # noqa: E402
-from mrcom_train.training.config import RunRequest  # noqa: E402
-from mrcom_train.training.trainer import Trainer  # noqa: E402
+from mrcom_core.base import Gaussian, LatentState  # noqa: E402
+from mrcom_core.kernels import gaussian_sample_kl  # noqa: E402
+from mrcom_core.losses import MrCoMWindow  # noqa: E402
 
 
-def time_updates(data: Path, run: Path, preset: str, device: str, reencode: bool, steps: int,
-                 warmup: int) -> tuple[float, float]:
-    """Updates/s of ``Trainer.train_step`` and its FLOPs per update."""
+def per_step_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
+    """``MrCoM.observe_window`` before issue 13 (frozen copy, the bench's "before" column): the priors of u and
+    h and their fused sample+KL run inside the per-step loop with the posteriors."""
+    c = self.config
+    obs_n = self.normalize(batch["obs"])
+    B, T1, _ = obs_n.shape
+    context = self.window_context(batch)
+    prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
+    reverse = c.kl_direction == "prior_post"
+    if not self.u_on_d:
+        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
+        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+        u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
+                                     reverse=reverse)
+    state = self.initial_state(B, obs_n.device)
+    ds, hs, kls, h_priors, u_steps = [], [], [], [], []
+    for j in range(T1):
+        if self.u_on_d:
+            pj = Gaussian.split(self.u_prior(self.u_inputs(context[:, j], prev_action[:, j], state.d)))
+            qj = Gaussian.split(self.u_post(self.u_inputs(context[:, j], prev_action[:, j], state.d, obs_n[:, j])))
+            uj, kl_uj = gaussian_sample_kl(pj.mean, pj.std_raw, qj.mean, qj.std_raw, noise["u"][:, j],
+                                           min_std=c.min_std, reverse=reverse)
+            u_steps.append((uj, kl_uj, pj, qj))
+        else:
+            uj = u[:, j]
+        d = self.deterministic(state.d, uj, prev_action[:, j])
+        hp = Gaussian.split(self.h_prior(torch.cat([context[:, j], state.h], -1)))
+        hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
+        h, kl_h = gaussian_sample_kl(hp.mean, hp.std_raw, hq.mean, hq.std_raw, noise["h"][:, j],
+                                     min_std=c.min_std, reverse=reverse)
+        ds.append(d)
+        hs.append(h)
+        kls.append(kl_h)
+        h_priors.append(hp)
+        state = LatentState(uj, d, h)
+    if self.u_on_d:
+        us, kl_us, ps, qs = zip(*u_steps, strict=True)
+        u, kl_u = torch.stack(us, 1), torch.stack(kl_us, 1)
+        p, q = (Gaussian(*(torch.stack(x, 1) for x in zip(*g, strict=True))) for g in (ps, qs))
+    posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
+    h_prior = Gaussian(*(torch.stack(x, 1) for x in zip(*h_priors, strict=True)))
+    return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))
+
+
+def use_pass(trainer, which: str) -> None:
+    """Switch ``trainer``'s model to the ``now`` or ``before`` training pass (an instance attribute shadows
+    the class method; deleting it restores today's)."""
+    model = trainer.model
+    if which == "before":
+        model.observe_window = types.MethodType(per_step_window, model)
+    elif "observe_window" in vars(model):
+        del model.observe_window
+
+
+def flops_per_update(trainer) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
-    request = RunRequest(preset=preset, model={"ctx_reencode": reencode},
-                         train={"steps": steps + warmup + 1, "device": device})
-    trainer = Trainer(data, run, request, progress=False, log=lambda s: None)
-    for _ in range(warmup):
-        trainer.train_step()
     counter = FlopCounterMode(display=False)
     with counter:
         trainer.train_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    for _ in range(steps):
-        trainer.train_step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return steps / (time.perf_counter() - start), float(counter.get_total_flops())
+    return float(counter.get_total_flops())
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="small")
-    parser.add_argument("--steps", type=int, default=20, help="timed updates per cell")
+    parser.add_argument("--steps", type=int, default=4, help="updates per timed round")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds per column (median)")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch CPU threads")
+    parser.add_argument("--data", type=Path, help="an existing dataset (default: collect a small random one)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    from peak import gemm_peak  # bench/peak.py
+
+    from mrcom_train.datasets.collect import CollectConfig, collect
+    from mrcom_train.training.config import RunRequest
+    from mrcom_train.training.trainer import Trainer
+
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("# MrCoM training throughput: streaming context vs re-encoding each window\n")
+    print("# MrCoM training throughput: today's pass vs before, streaming context vs re-encoding\n")
     print(f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{args.threads} CPU thread(s)" + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-train-") as tmp:
-        data = Path(tmp) / "data"
-        collect(CollectConfig(scenarios_per_domain=2, episodes_per_scenario=2, episode_length=300), data,
-                progress=False, log=lambda s: None)
-        trainer = Trainer(data, Path(tmp) / "probe", RunRequest(preset=args.preset), progress=False,
-                          log=lambda s: None)
-        mc, tc = trainer.model_config, trainer.config
-        print(f"- preset {args.preset}: batch {tc.batch_size}, window L={tc.window_len}, context m={mc.context_len}, "
-              f"{mc.ctx_layers} encoder layers of width {mc.ctx_width}; {args.steps} timed updates after "
-              f"{args.warmup} warm-up\n")
-        print("| device | streaming upd/s | GFLOP/update | GEMM peak GFLOP/s | MFU | re-encoding upd/s | speed-up |")
-        print("|---|---:|---:|---:|---:|---:|---:|")
+        data = args.data
+        if data is None:
+            data = Path(tmp) / "data"
+            collect(CollectConfig(scenarios_per_domain=2, episodes_per_scenario=2, episode_length=300), data,
+                    progress=False, log=lambda s: None)
+        rows = []
         for device in devices:
-            rates, flops = {}, {}
-            for reencode in (False, True):
-                run = Path(tmp) / f"run-{device}-{reencode}"
-                rates[reencode], flops[reencode] = time_updates(data, run, args.preset, device, reencode, args.steps,
-                                                                args.warmup)
-            peak = gemm_peak(device)
-            print(f"| {device} | {rates[False]:.2f} | {flops[False] / 1e9:.2f} | {peak / 1e9:.0f} | "
-                  f"{flops[False] * rates[False] / peak:.0%} | {rates[True]:.2f} | {rates[False] / rates[True]:.1f}× |")
+            steps = args.steps * args.rounds + args.warmup + 10
+            trainers = {name: Trainer(data, Path(tmp) / f"{device}-{name}",
+                                      RunRequest(preset=args.preset, model={"ctx_reencode": name == "re-encoding"},
+                                                 train={"steps": steps, "device": device}),
+                                      progress=False, log=lambda s: None)
+                        for name in ("streaming", "re-encoding")}
+            columns = {"now": (trainers["streaming"], "now"), "before": (trainers["streaming"], "before"),
+                       "re-encoding": (trainers["re-encoding"], "now")}
+            for trainer, which in columns.values():
+                use_pass(trainer, which)
+                for _ in range(args.warmup):
+                    trainer.train_step()
+            use_pass(trainers["streaming"], "now")
+            flops = flops_per_update(trainers["streaming"])
+            sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+            wall: dict[str, list[float]] = {n: [] for n in columns}
+            cpu: dict[str, list[float]] = {n: [] for n in columns}
+            for _ in range(args.rounds):
+                for name, (trainer, which) in columns.items():
+                    use_pass(trainer, which)
+                    t0, c0 = time.perf_counter(), time.process_time()
+                    for _ in range(args.steps):
+                        trainer.train_step()
+                    sync()
+                    wall[name].append(args.steps / (time.perf_counter() - t0))
+                    cpu[name].append(args.steps / (time.process_time() - c0))
+            rate = {n: float(np.median(v)) for n, v in wall.items()}
+            per_cpu = {n: float(np.median(v)) for n, v in cpu.items()}
+            rows.append((device, rate, per_cpu, flops, gemm_peak(device)))
+        mc, tc = trainers["streaming"].model_config, trainers["streaming"].config
+        print(f"- preset {args.preset}: batch {tc.batch_size}, window L={tc.window_len}, context m={mc.context_len}, "
+              f"{mc.ctx_layers} encoder layers of width {mc.ctx_width}; {args.rounds} interleaved rounds of "
+              f"{args.steps} updates per column after {args.warmup} warm-up\n")
+        print("| device | now upd/s | before upd/s | now / before | now upd/CPU-s | before upd/CPU-s | GFLOP/update "
+              "| GEMM peak GFLOP/s | MFU now | MFU before | re-encoding upd/s | streaming / re-encoding |")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        for device, rate, per_cpu, flops, peak in rows:
+            print(f"| {device} | {rate['now']:.2f} | {rate['before']:.2f} | {rate['now'] / rate['before']:.2f}× | "
+                  f"{per_cpu['now']:.2f} | {per_cpu['before']:.2f} | {flops / 1e9:.2f} | {peak / 1e9:.0f} | "
+                  f"{flops * rate['now'] / peak:.0%} | {flops * rate['before'] / peak:.0%} | "
+                  f"{rate['re-encoding']:.2f} | {rate['now'] / rate['re-encoding']:.1f}× |")
     return 0
 
 
