@@ -180,3 +180,27 @@ def test_adaptation_workers_exit_when_the_driver_is_killed(tmp_path):
     while alive(worker) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not alive(worker)
+
+
+def test_the_ablation_outputs_follow_figure_3(tmp_path):
+    """With the ablations among the methods, a split also gets the paper's Figure 3: MrCoM, its ablations and
+    the literal variant side by side (table and grouped bars), floors included; without them, nothing."""
+    from mrcom_train.experiments.reproduce import label
+    from mrcom_train.experiments.tables import write_outputs
+    from mrcom_train.training.evaluation import KEY
+
+    methods = ["mrcom", "rssm", "w/o d", "w/o context", "literal", "sac"]
+    scores = {r: {"cheetah": {m: [10.0 + i, 12.0 + i] for i, m in enumerate(methods)}} for r in ("in", "ood")}
+    floors = {(r, "cheetah"): {"zero": [1.0, 1.0], "random": [2.0, 4.0]} for r in ("in", "ood")}
+    errors = {m: {k: {r: {KEY: 0.5, f"{KEY}_cheetah": 0.5} for r in ("in", "ood")} for k in ("mean", "sampled")}
+              for m in methods[:-1]}
+    curves = {(r, "cheetah", m): [[(0, 0.0), (10, 1.0)]] * 2 for r in ("in", "ood") for m in methods}
+    write_outputs(tmp_path, "t1-a10b50", scores, floors, errors, curves, methods, label, ("sac",))
+    rows = (tmp_path / "ablations.md").read_text().splitlines()
+    assert rows[0] == "| | Ours | w/o d | w/o context | Ours (eq. 6 literal) | _zero-action_ | _random_ |"
+    assert rows[2] == "| Cheetah (in) | 11.0±1.0 | 13.0±1.0 | 14.0±1.0 | 15.0±1.0 | _1.0±0.0_ | _3.0±1.0_ |"
+    assert len(rows) == 4 and (tmp_path / "ablations.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    other = tmp_path / "plain"
+    other.mkdir()
+    write_outputs(other, "t1-a10b50", scores, floors, errors, curves, ["mrcom", "rssm", "sac"], label, ("sac",))
+    assert (other / "table.md").exists() and not (other / "ablations.md").exists()

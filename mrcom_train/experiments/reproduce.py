@@ -36,13 +36,12 @@ from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
 from .error_tables import write_error_summary, write_error_tables
-from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, write_outputs, write_summary
+from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
 SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
 MODEL_FREE = (SAC, SAC_G)
-LITERAL = "literal"  # MrCoM with eq. 6 read literally (an ablation-table row)
 WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 
 

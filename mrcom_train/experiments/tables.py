@@ -1,6 +1,7 @@
 """What ``mrcom reproduce`` writes for a table: per split ``table.md`` / ``table.csv`` (normalized returns,
 mean ± std over seeds, with the two floors of each row, and the open-loop prediction errors), learning
-curves with the floors as dashed lines and a prediction-error chart; and ``table<N>.md`` for all splits.
+curves with the floors as dashed lines and a prediction-error chart; with the ablations, the paper's Figure 3
+(``ablations.md`` / ``ablations.png``); and ``table<N>.md`` for all splits.
 """
 
 from __future__ import annotations
@@ -69,6 +70,50 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     with open(root / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(csv_rows)
     _plots(root, domains, curves, floors, errors, methods, model_methods, label)
+    figure = [m for m in methods if m in FIGURE3_VARIANTS or m.startswith("w/o ")]
+    if any(m.startswith("w/o ") for m in figure):
+        _ablation_outputs(root, domains, scores, floors, figure, label)
+
+
+LITERAL = "literal"  # MrCoM with eq. 6 read literally (a row of the ablation outputs)
+FIGURE3_VARIANTS = ("mrcom", LITERAL)  # shown with the ablations (``w/o …``) in the Figure 3 outputs
+
+
+def _ablation_outputs(root: Path, domains: list[str], scores: dict, floors: dict, methods: list[str],
+                      label: Callable[[str], str]) -> None:
+    """The paper's Figure 3 for one split: ``ablations.md`` (MrCoM, its ablations and variants, normalized
+    return mean ± std over seeds per range and domain, with the floors) and ``ablations.png`` (grouped bars
+    with the seeds' std and the floors as dashed lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(r, d) for r in ("in", "ood") for d in domains]
+    lines = ["| | " + " | ".join(label(m) for m in methods) + " | "
+             + " | ".join(f"_{FLOOR_LABELS[f]}_" for f in FLOORS) + " |",
+             "|---|" + "---:|" * (len(methods) + len(FLOORS))]
+    for r, d in rows:
+        cells = [summarize(scores[r][d][m]) for m in methods] + [f"_{summarize(floors[(r, d)][f])}_" for f in FLOORS]
+        lines.append(f"| {d.capitalize()} ({r}) | " + " | ".join(cells) + " |")
+    (root / "ablations.md").write_text("\n".join(lines) + "\n")
+    fig, ax = plt.subplots(figsize=(2.4 * len(rows) + 3, 3.4))
+    width = 0.8 / len(methods)
+    x = np.arange(len(rows))
+    for i, m in enumerate(methods):
+        values = [scores[r][d][m] for r, d in rows]
+        ax.bar(x + i * width, [np.mean(v) for v in values], width, yerr=[np.std(v) for v in values], capsize=2,
+               label=label(m))
+    for f, style in zip(FLOORS, ("--", ":"), strict=True):
+        for j, (r, d) in enumerate(rows):
+            ax.hlines(float(np.mean(floors[(r, d)][f])), x[j] - width / 2, x[j] + 0.8 - width / 2, colors="grey",
+                      linestyles=style, linewidth=1, label=f"floor: {FLOOR_LABELS[f]}" if j == 0 else None)
+    ax.set_xticks(x + 0.4 - width / 2, [f"{d} ({r})" for r, d in rows], fontsize=8)
+    ax.set_ylabel("normalized return")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    fig.tight_layout()
+    fig.savefig(root / "ablations.png", dpi=100)
+    plt.close(fig)
 
 
 def _plots(root: Path, domains: list[str], curves: dict, floors: dict, errors: dict, methods: list[str],
