@@ -124,7 +124,8 @@ class MrCoM(BaseWorldModel):
             u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
                                          reverse=reverse)
         # Only the posteriors, their samples and the GRU are sequential; the priors and KL terms feed nothing
-        # inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels).
+        # inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels). The
+        # fused kernel's sample there equals the loop's (same posterior and noise); only its KL is kept.
         state = self.initial_state(B, obs_n.device)
         us, ds, hs, d_prev, h_prev, q_steps, hq_steps = [], [], [], [], [], [], []
         for j in range(T1):

@@ -105,9 +105,11 @@ class RSSM(BaseWorldModel):
             std_raws.append(q.std_raw)
         d = torch.stack(ds, 1)
         p = Gaussian.split(self.prior(self._with_context(d, context)))
+        # the fused kernel's sample equals the loop's (same posterior and noise); only its KL is kept
         _, kl = gaussian_sample_kl(p.mean, p.std_raw, torch.stack(means, 1), torch.stack(std_raws, 1), noise["u"],
                                    min_std=c.min_std, reverse=c.kl_direction == "prior_post")
         return RSSMWindow(LatentState(torch.stack(us, 1), d, torch.stack([state.h] * len(us), 1)), kl)
+
 
 class ContextRSSM(RSSM):
     """The paper's DreamerV3 baseline (§5.1): the RSSM whose prior and posterior also read ``c_t``."""

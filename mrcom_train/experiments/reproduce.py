@@ -36,7 +36,7 @@ from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
 from .error_tables import write_error_summary, write_error_tables
-from .tables import ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
+from .tables import ABLATED, ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
@@ -51,7 +51,7 @@ def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, .
     ``u_on_d``, no overshooting; see :class:`~mrcom_core.config.ModelConfig`)."""
     methods = {name: ({"model_type": name}, ()) for name in MODELS}
     if ablations:
-        methods |= {f"w/o {a.removeprefix('no_')}": ({}, (a,)) for a in model_class("mrcom").ablations}
+        methods |= {f"{ABLATED}{a.removeprefix('no_')}": ({}, (a,)) for a in model_class("mrcom").ablations}
         methods[LITERAL] = ({"u_on_d": False, "overshoot_horizon": 0}, ())
     return methods
 

@@ -70,13 +70,14 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     with open(root / "table.csv", "w", newline="") as f:
         csv.writer(f).writerows(csv_rows)
     _plots(root, domains, curves, floors, errors, methods, model_methods, label)
-    figure = [m for m in methods if m in FIGURE3_VARIANTS or m.startswith("w/o ")]
-    if any(m.startswith("w/o ") for m in figure):
+    figure = [m for m in methods if m in FIGURE3_VARIANTS or m.startswith(ABLATED)]
+    if any(m.startswith(ABLATED) for m in figure):
         _ablation_outputs(root, domains, scores, floors, figure, label)
 
 
+ABLATED = "w/o "  # prefix of the ablations' method names (``w/o d`` …)
 LITERAL = "literal"  # MrCoM with eq. 6 read literally (a row of the ablation outputs)
-FIGURE3_VARIANTS = ("mrcom", LITERAL)  # shown with the ablations (``w/o …``) in the Figure 3 outputs
+FIGURE3_VARIANTS = ("mrcom", LITERAL)  # shown with the ablations in the Figure 3 outputs
 
 
 def _ablation_outputs(root: Path, domains: list[str], scores: dict, floors: dict, methods: list[str],
