@@ -85,10 +85,9 @@ def per_step_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch
     return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))
 
 
-def use_pass(trainer, which: str) -> None:
-    """Switch ``trainer``'s model to the ``now`` or ``before`` training pass (an instance attribute shadows
-    the class method; deleting it restores today's)."""
-    model = trainer.model
+def use_pass(model, which: str) -> None:
+    """Switch ``model`` to the ``now`` or ``before`` training pass (an instance attribute shadows the class
+    method; deleting it restores today's)."""
     if which == "before":
         model.observe_window = types.MethodType(per_step_window, model)
     elif "observe_window" in vars(model):
@@ -141,17 +140,17 @@ def main() -> int:
             columns = {"now": (trainers["streaming"], "now"), "before": (trainers["streaming"], "before"),
                        "re-encoding": (trainers["re-encoding"], "now")}
             for trainer, which in columns.values():
-                use_pass(trainer, which)
+                use_pass(trainer.model, which)
                 for _ in range(args.warmup):
                     trainer.train_step()
-            use_pass(trainers["streaming"], "now")
+            use_pass(trainers["streaming"].model, "now")
             flops = flops_per_update(trainers["streaming"])
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
             wall: dict[str, list[float]] = {n: [] for n in columns}
             cpu: dict[str, list[float]] = {n: [] for n in columns}
             for _ in range(args.rounds):
                 for name, (trainer, which) in columns.items():
-                    use_pass(trainer, which)
+                    use_pass(trainer.model, which)
                     t0, c0 = time.perf_counter(), time.process_time()
                     for _ in range(args.steps):
                         trainer.train_step()

@@ -61,6 +61,11 @@ class Gaussian(NamedTuple):
         mean, std_raw = raw.chunk(2, dim=-1)
         return cls(mean, std_raw)
 
+    @classmethod
+    def stack(cls, steps: list[Gaussian], dim: int = 1) -> Gaussian:
+        """Per-step Gaussians (each ``(B, ·)``) as one over the steps (``(B, T, ·)`` for ``dim=1``)."""
+        return cls(torch.stack([g.mean for g in steps], dim), torch.stack([g.std_raw for g in steps], dim))
+
 
 class BaseWorldModel(nn.Module):
     """Observation normalization (buffers saved with the weights), context tokens, the optional streaming

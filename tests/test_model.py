@@ -358,7 +358,7 @@ def test_window_pass_equals_the_per_step_priors_it_replaced(u_on_d):
     batch, noise = make_batch(model.config), make_noise(model)
     results = []
     for which in ("before", "now"):
-        bench.use_pass(type("T", (), {"model": model})(), which)
+        bench.use_pass(model, which)
         model.zero_grad()
         out = losses(model, batch, noise)
         out["loss"].backward()

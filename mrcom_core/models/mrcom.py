@@ -27,11 +27,6 @@ from ..layers import GRUCell, mlp
 from ..losses import MrCoMWindow, total_loss
 
 
-def _stack(steps: list[Gaussian]) -> Gaussian:
-    """Per-step Gaussians (each ``(B, ·)``) as one over the window ``(B, T, ·)``."""
-    return Gaussian(torch.stack([g.mean for g in steps], 1), torch.stack([g.std_raw for g in steps], 1))
-
-
 class MrCoM(BaseWorldModel):
     """MrCoM (paper §3): context encoder, latents u (stochastic), d (GRU), h (auxiliary), meta-value heads.
 
@@ -147,12 +142,12 @@ class MrCoM(BaseWorldModel):
             hs.append(h)
             state = LatentState(uj, d, h)
         if self.u_on_d:
-            q = _stack(q_steps)
+            q = Gaussian.stack(q_steps)
             p = Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, torch.stack(d_prev, 1))))
             _, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
                                          reverse=reverse)
             u = torch.stack(us, 1)
-        hq = _stack(hq_steps)
+        hq = Gaussian.stack(hq_steps)
         h_prior = Gaussian.split(self.h_prior(torch.cat([context, torch.stack(h_prev, 1)], -1)))
         _, kl_h = gaussian_sample_kl(h_prior.mean, h_prior.std_raw, hq.mean, hq.std_raw, noise["h"],
                                      min_std=c.min_std, reverse=reverse)

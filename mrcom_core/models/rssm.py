@@ -93,7 +93,7 @@ class RSSM(BaseWorldModel):
         # c_0 … c_L, read once over context + window (0 dims without the context)
         context = self.window_context(batch) if self.uses_context else obs_n[..., :0]
         state = self.initial_state(obs_n.shape[0], obs_n.device)
-        us, ds, means, std_raws = [], [], [], []
+        us, ds, qs = [], [], []
         for j in range(obs_n.shape[1]):
             d = self.gru(torch.cat([state.u, prev_action[:, j]], -1), state.d)
             q = Gaussian.split(self.post(self._with_context(d, context[:, j], obs_n[:, j])))
@@ -101,13 +101,13 @@ class RSSM(BaseWorldModel):
             state = LatentState(u, d, state.h)
             us.append(u)
             ds.append(d)
-            means.append(q.mean)
-            std_raws.append(q.std_raw)
+            qs.append(q)
         d = torch.stack(ds, 1)
         p = Gaussian.split(self.prior(self._with_context(d, context)))
         # the fused kernel's sample equals the loop's (same posterior and noise); only its KL is kept
-        _, kl = gaussian_sample_kl(p.mean, p.std_raw, torch.stack(means, 1), torch.stack(std_raws, 1), noise["u"],
-                                   min_std=c.min_std, reverse=c.kl_direction == "prior_post")
+        q = Gaussian.stack(qs)
+        _, kl = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
+                                   reverse=c.kl_direction == "prior_post")
         return RSSMWindow(LatentState(torch.stack(us, 1), d, torch.stack([state.h] * len(us), 1)), kl)
 
 
