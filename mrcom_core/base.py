@@ -58,7 +58,8 @@ class Gaussian(NamedTuple):
 
     @classmethod
     def split(cls, raw: torch.Tensor) -> Gaussian:
-        mean, std_raw = raw.chunk(2, dim=-1)
+        # ``split`` by a size, not ``chunk``: the ONNX exporter turns a chunk into shape arithmetic (6 nodes)
+        mean, std_raw = raw.split(raw.shape[-1] // 2, dim=-1)
         return cls(mean, std_raw)
 
     @classmethod

@@ -41,8 +41,8 @@ class GRUCell(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        xr, xz, xn = self.x2h(x).chunk(3, dim=-1)
-        hr, hz, hn = self.h2h(h).chunk(3, dim=-1)
+        xr, xz, xn = self.x2h(x).split(self.hidden_dim, dim=-1)  # not chunk: see Gaussian.split
+        hr, hz, hn = self.h2h(h).split(self.hidden_dim, dim=-1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)
         n = torch.tanh(xn + r * hn)
@@ -74,7 +74,7 @@ class _Block(nn.Module):
 
     def _split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         B, T, _ = x.shape
-        q, k, v = self.qkv(self.norm1(x)).chunk(3, dim=-1)
+        q, k, v = self.qkv(self.norm1(x)).split(self.heads * self.head_dim, dim=-1)  # not chunk: see Gaussian.split
         shape = (B, T, self.heads, self.head_dim)
         return (q.reshape(shape).transpose(1, 2), k.reshape(shape).transpose(1, 2), v.reshape(shape).transpose(1, 2))
 
@@ -96,13 +96,22 @@ class _Block(nn.Module):
         return self._finish(x, torch.softmax(scores, dim=-1) @ v), k, v
 
     def forward_step(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor):
-        """One new token ``x`` (B, 1, W) against this layer's cached keys/values ``(B, heads, m, hd)``."""
-        q, k, v = self._split(x)
-        keys = torch.cat([keys[:, :, 1:], k], dim=2)
-        values = torch.cat([values[:, :, 1:], v], dim=2)
-        scores = q @ keys.transpose(-1, -2) / math.sqrt(self.head_dim)  # (B, heads, 1, m)
-        scores = scores + self.rel_bias.flip(-1)[None, :, None, :]
-        return self._finish(x, torch.softmax(scores, dim=-1) @ values), keys, values
+        """One new token ``x`` (B, 1, W) against this layer's cached keys/values ``(B, heads, m, hd)`` (slot 0,
+        the oldest, drops out of the window); returns the output and the token's own key and value
+        ``(B, heads, 1, hd)``, which the caller appends to the FIFO.
+
+        Written for the exported graphs: reshapes to constant shapes (the batch as -1; with one token
+        ``(B, 1, heads, hd)`` and ``(B, heads, 1, hd)`` are the same memory, so no transposes), and the old
+        slots are read where they lie instead of being shifted into a new FIFO first (a copy of the cache
+        per layer): the new key's score and value are added beside them."""
+        H, hd = self.heads, self.head_dim
+        q, k, v = (t.reshape(-1, H, 1, hd) for t in self.qkv(self.norm1(x)).split(H * hd, dim=-1))
+        old = (q @ keys.transpose(-1, -2))[..., 1:]  # (B, heads, 1, m - 1): slots 1 … m - 1
+        scores = torch.cat([old, (q * k).sum(-1, keepdim=True)], -1) / math.sqrt(hd)  # (B, heads, 1, m)
+        p = torch.softmax(scores + self.rel_bias.flip(-1)[None, :, None, :], dim=-1)
+        att = nn.functional.pad(p[..., :-1], (1, 0)) @ values + p[..., -1:] * v  # slot 0 gets weight 0
+        x = x + self.proj(att.reshape(-1, 1, H * hd))
+        return x + self.ff(self.norm2(x)), k, v
 
 
 class StreamingContextEncoder(nn.Module):
@@ -141,14 +150,17 @@ class StreamingContextEncoder(nn.Module):
         return self.out(self.norm(x)), KVCache(torch.stack(keys), torch.stack(values))
 
     def step(self, token: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """One token (B, token_dim) → readout (B, out_dim) and the shifted cache."""
+        """One token (B, token_dim) → readout (B, out_dim) and the shifted cache (one copy of it: every
+        layer's new key/value joins the FIFO in a single concatenation)."""
         x = self.embed(token)[:, None]
         keys, values = [], []
-        for i, block in enumerate(self.blocks):
-            x, k, v = block.forward_step(x, cache.keys[i], cache.values[i])
+        for block, old_k, old_v in zip(self.blocks, cache.keys.unbind(0), cache.values.unbind(0), strict=True):
+            x, k, v = block.forward_step(x, old_k, old_v)
             keys.append(k)
             values.append(v)
-        return self.out(self.norm(x[:, 0])), KVCache(torch.stack(keys), torch.stack(values))
+        shifted = (torch.cat([old[:, :, :, 1:], torch.stack(new)], dim=3)
+                   for old, new in ((cache.keys, keys), (cache.values, values)))
+        return self.out(self.norm(x[:, 0])), KVCache(*shifted)
 
 
 class RecurrentContextEncoder(nn.Module):

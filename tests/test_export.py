@@ -47,6 +47,24 @@ def test_manifest_describes_every_graph(exported):
     assert read_manifest(out)["format"] == "mrcom-export"
 
 
+@pytest.mark.parametrize("name", ["step", "imagine", "observe", "context_step"])
+def test_step_graphs_do_no_shape_arithmetic_and_shift_the_fifo_in_one_concat(exported, name):
+    """The per-step graphs run on every imagined step: every reshape and split is by constant sizes (no
+    ``Shape`` node: a ``chunk`` or a reshape read from a tensor's shape exports as 5–6 nodes of run-time
+    arithmetic each), and each of keys/values leaves as one concatenation of the input's old slots with every
+    layer's new token (not a shift per layer and then a stack: copies of the whole FIFO)."""
+    out, _, _ = exported
+    graph = onnx.load(str(out / f"{name}.onnx")).graph
+    assert "Shape" not in [n.op_type for n in graph.node]
+    made_by = {o: n for n in graph.node for o in n.output}
+    for fifo in ("keys", "values"):
+        if f"{fifo}_next" in [o.name for o in graph.output]:
+            writer = made_by[f"{fifo}_next"]
+            assert writer.op_type == "Concat" and len(writer.input) == 2, writer
+            old = made_by[writer.input[0]]
+            assert old.op_type == "Slice" and old.input[0] == fifo, old
+
+
 def _eager_rollout(model, prompt, actions, reset_noise, noise):
     """Eager PyTorch, re-encoding the *whole* token sequence at every step (no key/value cache)."""
     obs, act, rew = (torch.from_numpy(x) for x in prompt)
