@@ -24,6 +24,8 @@ from torch import nn
 
 from mrcom_core.errors import UserInputError
 
+from ..training.optim import adam_options
+
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _LOG_2PI = math.log(2.0 * math.pi)
 _INT_FIELDS = ("hidden_dim", "hidden_layers", "batch_size", "learning_starts", "updates_per_step",
@@ -252,7 +254,7 @@ class SAC:
         self.critic_target = copy.deepcopy(self.critic).requires_grad_(False)
         self.log_alpha = torch.tensor(math.log(c.init_alpha), device=self.device, requires_grad=True)
         self.target_entropy = float(-act_dim if c.target_entropy is None else c.target_entropy)
-        adam = {"fused": True} if self.device.type in ("cpu", "cuda") else {"foreach": True}
+        adam = adam_options(self.device)
         self.actor_opt = torch.optim.Adam(self.actor.parameters(), lr=c.actor_lr, **adam)
         self.critic_opt = torch.optim.Adam(self.critic.parameters(), lr=c.critic_lr, **adam)
         self.alpha_opt = torch.optim.Adam([self.log_alpha], lr=c.alpha_lr, **adam)

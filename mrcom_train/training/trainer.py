@@ -33,6 +33,7 @@ from ..metrics_log import MetricsLog
 from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint, read_state, save_best, save_checkpoint
 from .config import RunRequest, TrainConfig, resolve_configs
 from .evaluation import KEY, by_domain, format_errors, open_loop_error
+from .optim import adam_options
 
 
 class TrainingDiverged(RuntimeError):
@@ -158,7 +159,8 @@ class Trainer:
 
         torch.manual_seed(c.seed)
         self.model = build_model(self.model_config, self.dataset.obs_mean, self.dataset.obs_std).to(self.device)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps,
+                                          **adam_options(self.device))
         self.generator = torch.Generator().manual_seed(c.seed)
         self.step = 0
         self.best_step: int | None = None  # the evaluation with the lowest held-out open-loop error so far
