@@ -220,7 +220,9 @@ class BaseWorldModel(nn.Module):
         raise NotImplementedError
 
     def loss(self, window, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:
-        """Loss terms of :meth:`observe_window`'s output: ``{"loss": what to minimize, …terms to log}``."""
+        """Loss terms of :meth:`observe_window`'s output: ``{"loss": what to minimize, …terms to log}``. A class
+        with ``supports_overshoot`` also takes ``overshoot=False``: the same terms without
+        :func:`~mrcom_core.losses.loss_overshoot`'s (which the trainer may compute beside them)."""
         raise NotImplementedError
 
     def forward(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]):

@@ -144,9 +144,10 @@ def loss_overshoot(model: BaseWorldModel, batch: Batch, noise: Batch) -> torch.T
     return 0.5 * masked_sq_error(pred, obs_n[:, 1 : H + 1], batch["obs_mask"]).mean()
 
 
-def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: Batch) -> dict[str, torch.Tensor]:
+def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: Batch, *,
+               overshoot: bool = True) -> dict[str, torch.Tensor]:
     """``L = λ_var·L_var + λ_s·L_s + λ_v·L_v`` (eq. 16) plus the value heads' own losses (and the optional
-    overshooting term).
+    overshooting term; ``overshoot=False`` leaves it out for a caller that computes it apart).
 
     Returns a dict with ``loss`` (what to minimize) and every term for logging; ablated terms are absent.
     """
@@ -160,7 +161,7 @@ def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: 
         parts.update(loss_value_heads(model, window, batch))
         parts["v"] = loss_v(model, window, noise)
         loss = loss + c.lambda_v * parts["v"] + c.value_loss_weight * (parts["value_i"] + parts["value"])
-    if c.overshoot_horizon:
+    if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
     parts["loss"] = loss

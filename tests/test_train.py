@@ -204,3 +204,58 @@ def test_mean_latent_rollout_error_matches_the_eager_open_loop_error(data, tmp_p
     by_step = mean["error_by_step"]  # the error-vs-horizon curve: one value per step, averaging to the error
     assert len(by_step) == H and float(np.mean(by_step)) == pytest.approx(mean["open_loop_error"], rel=1e-6)
     assert sampled["open_loop_error"] != pytest.approx(mean["open_loop_error"], rel=1e-3)
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("model_type", ["mrcom", "rssm_ctx"])
+def test_overlapped_overshooting_term_gives_the_sequential_update(data, tmp_path, two_threads, model_type):
+    """``train.overlap_overshoot``: the overshooting term's forward and backward in a second thread beside the
+    rest give the same logged terms and gradients as the one-stream step (to float rounding), run to run
+    the same bits, and leave the thread count as it was."""
+    model = {"model_type": model_type, "overshoot_horizon": 4}
+    runs = {name: Trainer(data, tmp_path / name, RunRequest(preset="tiny", model=model, train={
+        "steps": 3, "eval_every": 1000, "checkpoint_every": 1000, "overlap_overshoot": name != "sequential"}),
+        **QUIET) for name in ("sequential", "overlapped", "again")}
+    assert [t._overlapped() for t in runs.values()] == [False, True, True]
+    logs = {name: t.train_step() for name, t in runs.items()}
+    assert torch.get_num_threads() == 2
+    assert set(logs["sequential"]) == set(logs["overlapped"]) and "overshoot" in logs["sequential"]
+    for k, v in logs["sequential"].items():
+        assert logs["overlapped"][k] == pytest.approx(v, rel=1e-5, abs=1e-6), k
+    grads = {name: [p.grad for p in t.model.parameters()] for name, t in runs.items()}
+    assert all(g is not None for g in grads["overlapped"])
+    for seq, ovl in zip(grads["sequential"], grads["overlapped"], strict=True):
+        torch.testing.assert_close(ovl, seq, rtol=1e-4, atol=1e-6)
+    for _ in range(2):
+        runs["overlapped"].train_step(), runs["again"].train_step()
+    a, b = (_params(runs[name].model) for name in ("overlapped", "again"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # deterministic: the parts' gradients add in a fixed order
+
+
+def test_an_error_in_the_overlapped_overshooting_thread_reaches_the_caller(data, tmp_path, two_threads, monkeypatch):
+    trainer = Trainer(data, tmp_path / "run", _request(2, overlap_overshoot=True), **QUIET)
+    assert trainer._overlapped()
+
+    def broken(*args):
+        raise RuntimeError("overshoot broke")
+
+    monkeypatch.setattr("mrcom_train.training.trainer.loss_overshoot", broken)
+    with pytest.raises(RuntimeError, match="overshoot broke"):
+        trainer.train_step()
+    assert torch.get_num_threads() == 2
+
+
+def test_overlap_is_on_in_the_small_preset_only_and_validated():
+    from mrcom_train.training.config import TRAIN_PRESETS, TrainConfig
+
+    presets = ("tiny", "small", "base")
+    assert [TrainConfig(**TRAIN_PRESETS[p]).overlap_overshoot for p in presets] == [False, True, False]
+    with pytest.raises(UserInputError, match="train.overlap_overshoot must be true or false, got 1"):
+        TrainConfig(overlap_overshoot=1)

@@ -31,10 +31,12 @@ class RSSMWindow(NamedTuple):
     kl_u: torch.Tensor  # (B, L+1), fused with the posterior sample
 
 
-def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dict) -> dict[str, torch.Tensor]:
+def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dict, *,
+              overshoot: bool = True) -> dict[str, torch.Tensor]:
     """Free-nats KL of u + reconstruction NLL (real dims) + reward NLL over the window; with
     ``overshoot_horizon`` > 0 also MrCoM's multi-step open-loop term (:func:`~mrcom_core.losses.loss_overshoot`,
-    off by default: DreamerV3 has none; a switch to test what it is worth to a baseline)."""
+    off by default: DreamerV3 has none; a switch to test what it is worth to a baseline; ``overshoot=False``
+    leaves it out for a caller that computes it apart)."""
     c = model.config
     recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
     recon = recon.mean()
@@ -42,7 +44,7 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
     kl = window.kl_u
     loss = c.lambda_var * (torch.clamp(kl, min=c.kl_free_nats).mean() + recon + c.reward_loss_weight * reward)
     parts = {"var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
-    if c.overshoot_horizon:
+    if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
     return {"loss": loss, **parts}

@@ -21,7 +21,14 @@ class TrainConfig:
     """How to train. ``steps`` counts gradient updates; ``batch_size`` is the global batch (split across
     DDP ranks); ``window_len`` is L; evaluation uses ``eval_batches`` fixed batches of held-out windows
     (``holdout_fraction`` of each scenario's episodes) and reports the ``eval_horizon``-step open-loop
-    error."""
+    error.
+
+    ``overlap_overshoot``: on a CPU with two or more torch threads, in one process, compute the overshooting
+    term's forward and backward in a second thread beside the other terms', half the intra-op threads each (the
+    small models' many small kernels leave the second core idle otherwise); the gradients are the same sums
+    (to float rounding), added in a fixed order. No effect on CUDA, under DDP, or without the term. On in
+    the ``small`` preset, where it wins (1.4× at 2 threads); off in ``base``, which is GEMM-bound and loses
+    (0.84×; ``bench/train.py``)."""
 
     steps: int = 3000
     batch_size: int = 32
@@ -39,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     bf16: bool = True
+    overlap_overshoot: bool = False
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "window_len", "eval_every", "eval_batch_size", "eval_batches",
@@ -53,14 +61,15 @@ class TrainConfig:
         if not isinstance(self.device, str) or (self.device not in ("auto", "cpu", "cuda")
                                                 and not self.device.startswith("cuda:")):
             raise UserInputError(f"train.device must be auto, cpu or cuda (or cuda:N), got {self.device!r}")
-        if not isinstance(self.bf16, bool):
-            raise UserInputError(f"train.bf16 must be true or false, got {self.bf16!r}")
+        for name in ("bf16", "overlap_overshoot"):
+            if not isinstance(getattr(self, name), bool):
+                raise UserInputError(f"train.{name} must be true or false, got {getattr(self, name)!r}")
 
 
 TRAIN_PRESETS: dict[str, dict] = {
     "tiny": dict(steps=200, batch_size=8, window_len=8, eval_every=100, eval_batch_size=16, eval_batches=1,
                  eval_horizon=8, checkpoint_every=100),
-    "small": dict(steps=3000, batch_size=32, window_len=16),
+    "small": dict(steps=3000, batch_size=32, window_len=16, overlap_overshoot=True),
     "base": dict(steps=100_000, batch_size=128, window_len=32, eval_every=2000, eval_batch_size=256,
                  checkpoint_every=2000, log_every=50),
 }

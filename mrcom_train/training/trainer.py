@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -23,6 +24,7 @@ from mrcom_core.config import ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import has_content, write_json_atomic
 from mrcom_core.locks import folder_lock
+from mrcom_core.losses import loss_overshoot
 from mrcom_core.registry import build_model, history_steps
 from mrcom_core.resources import require_memory
 from mrcom_core.steps import open_loop_predictions
@@ -192,20 +194,68 @@ class Trainer:
         noise = self._noise(rows)
         autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and c.bf16)
         self.model.train()
-        with autocast:
-            window = self.ddp(batch, noise)  # the model computes latents …
-            out = self.model.loss(window, batch, noise)  # … and its loss turns them into loss terms
-        loss = out["loss"]
-        if not torch.isfinite(loss):
-            self._diverged(f"the loss became {loss.item()}")
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self._overlapped():
+            out = self._overlapped_backward(batch, noise)
+        else:
+            with autocast:
+                window = self.ddp(batch, noise)  # the model computes latents …
+                out = self.model.loss(window, batch, noise)  # … and its loss turns them into loss terms
+            if not torch.isfinite(out["loss"]):
+                self._diverged(f"the loss became {out['loss'].item()}")
+            out["loss"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
         if not torch.isfinite(grad_norm):
             self._diverged(f"the gradient norm became {grad_norm.item()}")
         self.optimizer.step()
         self.step += 1
         return {**{k: v.item() for k, v in out.items()}, "grad_norm": grad_norm.item()}
+
+    def _overlapped(self) -> bool:
+        """Whether :meth:`train_step` overlaps the overshooting term with the rest (``train.overlap_overshoot``)."""
+        return (self.config.overlap_overshoot and self.device.type == "cpu" and self.world == 1
+                and self.model_config.overshoot_horizon > 0 and type(self.model).supports_overshoot
+                and torch.get_num_threads() >= 2)
+
+    def _overlapped_backward(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:
+        """The gradients of the model's loss into ``.grad`` with the overshooting term's forward and backward in
+        a second thread beside the other terms', half the intra-op threads each: on 2 cores the small model's small
+        kernels cannot use both threads in one stream (``bench/train.py`` measures it). Each part's gradient
+        is taken apart and the two are added in a fixed order, so the update is deterministic."""
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        weight = self.model_config.overshoot_weight
+        side: dict = {}
+
+        def overshoot_part():
+            try:
+                term = loss_overshoot(self.model, batch, noise)
+                side["term"] = term.detach()
+                side["grads"] = torch.autograd.grad(weight * term, params, allow_unused=True)
+            except BaseException as e:  # re-raised in the calling thread
+                side["error"] = e
+
+        threads = torch.get_num_threads()
+        torch.set_num_threads(max(1, threads // 2))  # process-wide: each part gets half the threads
+        try:
+            worker = threading.Thread(target=overshoot_part, name="mrcom-overshoot", daemon=True)
+            worker.start()
+            try:
+                out = self.model.loss(self.model(batch, noise), batch, noise, overshoot=False)
+                finite = bool(torch.isfinite(out["loss"]))
+                grads = torch.autograd.grad(out["loss"], params, allow_unused=True) if finite else None
+            finally:
+                worker.join()
+        finally:
+            torch.set_num_threads(threads)
+        if "error" in side:
+            raise side["error"]
+        out["overshoot"] = side["term"]
+        out["loss"] = out["loss"].detach() + weight * side["term"]
+        if not finite or not torch.isfinite(out["loss"]):
+            self._diverged(f"the loss became {out['loss'].item()}")
+        for p, main, over in zip(params, grads, side["grads"], strict=True):
+            p.grad = main if over is None else over if main is None else main + over
+        return out
 
     def _diverged(self, what: str):
         where = (f"the last good checkpoint (step {read_state(self.last_good)['step']}) is kept in "
