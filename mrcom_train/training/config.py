@@ -27,7 +27,7 @@ class TrainConfig:
     term's forward and backward in a second thread beside the other terms', half the intra-op threads each (the
     small models' many small kernels leave the second core idle otherwise); the gradients are the same sums
     (to float rounding), added in a fixed order. No effect on CUDA, under DDP, or without the term. On in
-    the ``small`` preset, where it wins (1.4× at 2 threads); off in ``base``, which is GEMM-bound and loses
+    the ``small`` preset, where it wins (1.4–1.6× at 2 threads); off in ``base``, which is GEMM-bound and loses
     (0.84×; ``bench/train.py``)."""
 
     steps: int = 3000
