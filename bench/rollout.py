@@ -8,9 +8,13 @@ times one H-step rollout (after a prompt reset, which is not timed) per engine a
 * eager PyTorch with the streaming encoder's key/value FIFO (incremental),
 * TorchScript (the ``rollout`` graph: a scripted loop over the traced step),
 * ONNX Runtime, one ``step`` graph call per step (I/O binding, state kept on the device),
-* ONNX Runtime, the exported ``rollout`` graph (an ONNX ``Loop`` over one step: any horizon),
-* ONNX Runtime, the same H steps unrolled into one graph (how ``rollout`` was exported before the Loop;
-  traced here from the eager module), both called directly with the same inputs.
+* ONNX Runtime, the exported ``rollout`` graph (an ONNX ``Loop`` over one step: any horizon; its body reads
+  the start cache in place and carries only the rollout's own keys/values),
+* ONNX Runtime, the same ``Loop`` over the FIFO body that shifts the whole cache every step (how ``rollout``
+  was exported before; ``--no-before`` skips it),
+* with ``--unrolled``, ONNX Runtime on the same H steps unrolled into one graph (how ``rollout`` was exported
+  before the Loop; traced here from the eager module by the dynamo exporter, ~2.5 min),
+  all called directly with the same inputs.
 
 With ``--cpp``, the C++ examples (``cpp_examples/``, built into ``build/bench-cpp``) join the table: the ONNX
 Runtime C++ API and LibTorch, each imagining with the exported ``rollout`` in one call (``--fused``).
@@ -38,7 +42,7 @@ from mrcom_core import steps
 from mrcom_core.base import BaseWorldModel as WorldModel
 from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
-from mrcom_export.exporter import export_model
+from mrcom_export.exporter import export_loop, export_model
 from mrcom_export.runtime import Runtime
 
 
@@ -129,7 +133,8 @@ feed.update(actions=x["actions"], noise_u=x["u"], noise_h=x["h"])
 options = ort.SessionOptions()
 if threads:
     options.intra_op_num_threads = threads
-for name, path in (("ORT Loop", f"{export}/rollout.onnx"), ("ORT unrolled (before)", f"{export}/unrolled.onnx")):
+for name, path in (("ORT Loop", f"{export}/rollout.onnx"), ("ORT Loop, FIFO body (before)", f"{export}/fifo_loop.onnx"),
+                   ("ORT unrolled", f"{export}/unrolled.onnx")):
     if not os.path.exists(path):
         continue
     sess = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
@@ -219,6 +224,18 @@ def export_unrolled(model: WorldModel, path: Path, H: int) -> float | None:
     return time.perf_counter() - t0
 
 
+def export_fifo_loop(model: WorldModel, path: Path, manifest: dict) -> float:
+    """The ``rollout`` Loop over the FIFO body (the whole cache shifted every step), as exported before the
+    split body; returns the export's seconds."""
+    import onnx
+
+    t0 = time.perf_counter()
+    proto = export_loop("rollout", model, None, G.example_inputs("rollout", model, 7, 3), manifest["graphs"]["rollout"],
+                        split=False)
+    onnx.save(proto, str(path))
+    return time.perf_counter() - t0
+
+
 def flops_per_sample_step(model: WorldModel, batch: int = 64) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -241,7 +258,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--cpp", action="store_true", help="build the C++ examples and add their columns")
     parser.add_argument("--no-before", dest="before", action="store_false",
-                        help="skip the unrolled dynamo export of the rollout (the 'before' column; ~2.5 min)")
+                        help="skip the Loop over the FIFO body (the 'before' column)")
+    parser.add_argument("--unrolled", action="store_true",
+                        help="add the rollout unrolled by the dynamo exporter (needs onnxscript; ~2.5 min)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     batches = [int(b) for b in args.batches.split(",")]
@@ -255,11 +274,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-rollout-") as root:
         tmp = Path(root) / "export"  # the export's lock file goes beside it, inside the temporary folder
         t0 = time.perf_counter()
-        export_model(model, tmp, formats=("onnx", "torchscript"), horizon=H, log=lambda s: None)
+        manifest = export_model(model, tmp, formats=("onnx", "torchscript"), horizon=H, log=lambda s: None)
         print(f"- export (ONNX + TorchScript, every graph, with parity checks) took {time.perf_counter() - t0:.1f} s")
-        before = export_unrolled(model, tmp / "unrolled.onnx", H) if args.before else None
-        print("- before: the H-step rollout unrolled into one graph by the dynamo exporter (no checks) " +
-              (f"took {before:.1f} s" if before else "skipped (--no-before, or onnxscript not installed)"))
+        if args.before:
+            took = export_fifo_loop(model, tmp / "fifo_loop.onnx", manifest)
+            print(f"- before: the Loop over the FIFO body took {took:.1f} s")
+        if args.unrolled:
+            took = export_unrolled(model, tmp / "unrolled.onnx", H)
+            print("- the H-step rollout unrolled into one graph by the dynamo exporter (no checks) " +
+                  (f"took {took:.1f} s" if took else "skipped: onnxscript not installed"))
         rt = Runtime(tmp, threads=args.ort_threads or None)  # default pool: faster than 2 threads at small batch
         scripted = torch.jit.load(str(tmp / "rollout.pt"))
         flops = flops_per_sample_step(model)
@@ -267,7 +290,8 @@ def main() -> int:
         print(f"- model: {flops / 1e6:.2f} MFLOP per sample-step (torch flop counter, step graph); measured "
               f"float32 GEMM peak {peak / 1e9:.1f} GFLOP/s (2048² matmul, {args.threads} threads)\n")
         header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step", "ORT Loop",
-                  "ORT unrolled (before)"]
+                  *(["ORT Loop, FIFO body (before)"] if args.before else []),
+                  *(["ORT unrolled"] if args.unrolled else [])]
         cpp = build_cpp(Path(__file__).resolve().parents[1] / "build" / "bench-cpp") if args.cpp else None
         cpp_threads = {"C++ ORT Loop": args.ort_threads, "C++ LibTorch loop": args.threads}
         header += list(cpp or ())

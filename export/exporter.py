@@ -64,8 +64,9 @@ def _export_onnx(module: torch.nn.Module, inputs: tuple, spec: G.GraphSpec) -> o
         warnings.simplefilter("ignore")  # the exporter's deprecation and constant-folding notes; failures raise
         torch.onnx.export(module, inputs, buffer, dynamo=False, input_names=list(spec.inputs),
                           output_names=list(spec.outputs), opset_version=OPSET,
-                          dynamic_axes={n: {spec.batch_axis[n]: "batch"} for n in (*spec.inputs, *spec.outputs)
-                                        if n != "t"})
+                          dynamic_axes={n: {spec.batch_axis[n]: "batch",
+                                            **({2: "steps"} if n.startswith("recent_") else {})}  # a layer's rollout
+                                        for n in (*spec.inputs, *spec.outputs) if n != "t"})
     proto = onnx.load_from_string(buffer.getvalue())
     present = {v.name for v in proto.graph.input}
     missing = [n for n in spec.inputs if n not in present]
@@ -84,15 +85,21 @@ def _export_onnx(module: torch.nn.Module, inputs: tuple, spec: G.GraphSpec) -> o
     return proto
 
 
-def _export_loop(name: str, model: BaseWorldModel, policy: G.PolicyActor | None, example: tuple,
-                 meta: dict) -> onnx.ModelProto:
+def export_loop(name: str, model: BaseWorldModel, policy: G.PolicyActor | None, example: tuple,
+                meta: dict, split: bool = True) -> onnx.ModelProto:
     """``rollout``/``policy_rollout`` as an ONNX ``Loop`` over their one-step body (:mod:`.onnx_loop`);
-    ``meta`` holds the graph's input and output shapes (:func:`_io_spec`)."""
-    body = G.loop_body(name, model, policy).eval()
-    proto = _export_onnx(body, (torch.tensor(0), *example), body.spec)
+    ``example``: inputs of the graph; ``meta`` holds its input and output shapes (:func:`_io_spec`, or the
+    manifest's entry); ``split``: see :class:`~.graphs.RolloutBody` (``False``: the FIFO body)."""
+    body = G.loop_body(name, model, policy, split).eval()
+    given = dict(zip(G.GRAPHS[name].spec.inputs, example, strict=True))
+    # the recent keys/values of a split body are traced at 3 steps (a dynamic axis: the loop grows them)
+    given.update({f"recent_{kv}_{i}": given[kv][i, :, :, :3] for kv in ("keys", "values")
+                  for i in range(model.config.ctx_layers)})
+    proto = _export_onnx(body, (torch.tensor(0), *(given[n] for n in body.spec.inputs[1:])), body.spec)
     outputs = [(o["name"], o["shape"]) for o in meta["outputs"]]
     scanned = [n for n in ("obs_seq", "reward_seq", "action_seq") if n in dict(outputs)]
-    return wrap_in_loop(proto, body.per_step, [(i["name"], i["shape"]) for i in meta["inputs"]], outputs, scanned)
+    return wrap_in_loop(proto, body.carried, body.per_step, [(i["name"], i["shape"]) for i in meta["inputs"]],
+                        outputs, scanned, window=model.config.context_len if body.split else None)
 
 
 #: the inputs and outputs of the loop graphs whose axis 1 is the horizon
@@ -204,7 +211,7 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         if "onnx" in formats:
             path = out / f"{name}.onnx"
             try:
-                proto = (_export_loop(name, model, policy, example, meta) if looped
+                proto = (export_loop(name, model, policy, example, meta) if looped
                          else _export_onnx(module, example, spec))
                 onnx.checker.check_model(proto, full_check=True)
                 onnx.save(proto, str(path))

@@ -34,7 +34,7 @@ from torch import nn
 
 from mrcom_core import steps
 from mrcom_core.base import BaseWorldModel, LatentState
-from mrcom_core.layers import KVCache
+from mrcom_core.layers import KVCache, RolloutCache
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,7 @@ class GraphSpec:
 
 _STATE = ("u", "d", "h")
 _NEXT = ("u_next", "d_next", "h_next")
-_KV = ("keys", "values", "keys_next", "values_next")
+_KV = ("keys", "values", "keys_next", "values_next")  # (layers, B, …); a layer's recent_keys_L … are (B, …)
 
 
 def _spec(inputs, outputs) -> GraphSpec:
@@ -199,40 +199,50 @@ def _pick(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
 
 class RolloutBody(_Graph):
-    """One iteration of the exported ``rollout``: the :class:`Step` graph on step ``t`` of the per-step inputs.
-    Exported alone, then wrapped into an ONNX ``Loop`` (:mod:`.onnx_loop`) whose body reads ``actions`` and
-    the noise from the enclosing graph; outputs: the loop-carried state, then the per-step ``reward``."""
+    """One iteration of the exported ``rollout`` (``policy`` given: ``policy_rollout``):
+    :func:`~mrcom_core.steps.imagine` on step ``t`` of the per-step inputs, as the :class:`Step` graph computes
+    it. Exported alone, then wrapped into an ONNX ``Loop`` (:mod:`.onnx_loop`) whose body reads
+    :attr:`per_step` (``actions`` or ``noise_action``, and the noise) from the enclosing graph.
 
-    spec = _spec(("t", *_STATE, "obs", "keys", "values", "actions", "noise_u", "noise_h"),
-                 (*_NEXT, "obs_next", "keys_next", "values_next", "reward"))
-    per_step = ("actions", "noise_u", "noise_h")
+    For a model with a streaming context encoder (:attr:`~mrcom_core.base.BaseWorldModel.has_rollout_cache`)
+    the loop carries a :class:`~mrcom_core.layers.RolloutCache`: the start cache ``keys``/``values`` is read
+    from the enclosing graph in place, and only the rollout's own tokens (``recent_keys_L``/``recent_values_L``
+    per layer L, ``(B, heads, t, head_dim)`` at step t) are carried, so no step copies the whole cache (the
+    FIFO body shifts it every step: two copies of it in ONNX Runtime); the loop model rebuilds the final
+    FIFO once. Otherwise the loop carries ``keys``/``values`` as the :class:`Step` graph does.
 
-    def __init__(self, model: BaseWorldModel):
-        super().__init__(model)
-        self.step = Step(model)
+    Inputs: ``t``, then :attr:`carried`, then :attr:`per_step`; outputs: the next carried state, then the
+    step's ``reward`` (and ``action``). ``split=False`` keeps the FIFO body for any model (the benchmark's
+    "before")."""
 
-    def forward(self, t, u, d, h, obs, keys, values, actions, noise_u, noise_h):
-        u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, _pick(actions, t), keys, values,
-                                                       _pick(noise_u, t), _pick(noise_h, t))
-        return u, d, h, obs, keys, values, reward
-
-
-class PolicyRolloutBody(RolloutBody):
-    """:class:`RolloutBody` with the policy choosing the action from the current raw observation."""
-
-    spec = _spec(("t", *_STATE, "obs", "keys", "values", "noise_action", "noise_u", "noise_h"),
-                 (*_NEXT, "obs_next", "keys_next", "values_next", "reward", "action"))
-    per_step = ("noise_action", "noise_u", "noise_h")
-
-    def __init__(self, model: BaseWorldModel, policy: PolicyActor):
+    def __init__(self, model: BaseWorldModel, policy: PolicyActor | None = None, split: bool = True):
         super().__init__(model)
         self.policy = policy
+        self.split = split and model.has_rollout_cache
+        layers = range(model.config.ctx_layers if self.split else 0)
+        cache = (tuple(f"recent_{kv}_{i}" for i in layers for kv in ("keys", "values")) if self.split
+                 else ("keys", "values"))
+        drive = "noise_action" if policy is not None else "actions"
+        self.carried = (*_STATE, "obs", *cache)
+        self.per_step = (*(("keys", "values") if self.split else ()), drive, "noise_u", "noise_h")
+        outputs = (*_NEXT, "obs_next", *(f"{n}_next" for n in cache), "reward", *(("action",) if policy else ()))
+        self.spec = _spec(("t", *self.carried, *self.per_step), outputs)
 
-    def forward(self, t, u, d, h, obs, keys, values, noise_action, noise_u, noise_h):
-        action = self.policy(obs, _pick(noise_action, t))
-        u, d, h, obs, reward, keys, values = self.step(u, d, h, obs, action, keys, values, _pick(noise_u, t),
-                                                       _pick(noise_h, t))
-        return u, d, h, obs, keys, values, reward, action
+    def forward(self, t, *inputs):
+        x = dict(zip(self.spec.inputs[1:], inputs, strict=True))
+        state, obs = LatentState(x["u"], x["d"], x["h"]), x["obs"]
+        n = self.m.config.ctx_layers
+        cache = (RolloutCache(KVCache(x["keys"], x["values"]),
+                              tuple(KVCache(x[f"recent_keys_{i}"], x[f"recent_values_{i}"]) for i in range(n)))
+                 if self.split else KVCache(x["keys"], x["values"]))
+        action = (self.policy(obs, _pick(x["noise_action"], t)) if self.policy is not None
+                  else _pick(x["actions"], t))
+        out = steps.imagine(self.m, state, cache, self.m.normalize(obs), action, _pick(x["noise_u"], t),
+                            _pick(x["noise_h"], t))
+        s = out.state
+        kv = [t for layer in out.cache.recent for t in layer] if self.split else list(out.cache)
+        return (s.u, s.d, s.h, self.m.denormalize(out.obs), *kv, out.reward,
+                *((action,) if self.policy is not None else ()))
 
 
 class ScriptedRollout(nn.Module):
@@ -295,9 +305,9 @@ def build_graph(name: str, model: BaseWorldModel, policy: PolicyActor | None = N
     return GRAPHS[name](model)
 
 
-def loop_body(name: str, model: BaseWorldModel, policy: PolicyActor | None = None) -> RolloutBody:
-    """The one-step body of the ``rollout`` or ``policy_rollout`` loop."""
-    return RolloutBody(model) if name == "rollout" else PolicyRolloutBody(model, policy)
+def loop_body(name: str, model: BaseWorldModel, policy: PolicyActor | None = None, split: bool = True) -> RolloutBody:
+    """The one-step body of the ``rollout`` or ``policy_rollout`` loop (``split``: see :class:`RolloutBody`)."""
+    return RolloutBody(model, None if name == "rollout" else policy, split)
 
 
 def example_inputs(name: str, model: BaseWorldModel, batch: int, horizon: int = 1, policy_act_dim: int = 0,

@@ -22,7 +22,7 @@ from torch import nn
 
 from .config import ABLATIONS, ModelConfig
 from .errors import UserInputError
-from .layers import KVCache, StreamingContextEncoder
+from .layers import KVCache, RolloutCache, StreamingContextEncoder
 
 
 class LatentState(NamedTuple):
@@ -167,11 +167,29 @@ class BaseWorldModel(nn.Module):
             return tokens.new_zeros(B, T, 0), KVCache(empty, empty)
         return self.encoder(tokens)
 
-    def context_step(self, token: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        """Add one token (B, E) to the context: ``c`` of the next step and the shifted cache."""
+    def context_step(self, token: torch.Tensor, cache: KVCache | RolloutCache) -> tuple[torch.Tensor, KVCache]:
+        """Add one token (B, E) to the context: ``c`` of the next step and the shifted cache (or, for a
+        :class:`~mrcom_core.layers.RolloutCache`, the cache with the token appended: see :meth:`rollout_cache`)."""
         if self.encoder is None:
             return token.new_zeros(token.shape[0], 0), cache
+        if isinstance(cache, RolloutCache):
+            return self.encoder.rollout_step(token, cache)
         return self.encoder.step(token, cache)
+
+    @property
+    def has_rollout_cache(self) -> bool:
+        """Whether the context encoder can step a :class:`~mrcom_core.layers.RolloutCache` (the streaming
+        transformer can; a recurrent or absent encoder has no cache worth splitting)."""
+        return hasattr(self.encoder, "rollout_step")
+
+    def rollout_cache(self, cache: KVCache) -> RolloutCache:
+        """``cache`` as a :class:`~mrcom_core.layers.RolloutCache` for a multi-step rollout (needs
+        :attr:`has_rollout_cache`): stepping it appends each new token instead of shifting the whole FIFO."""
+        return self.encoder.rollout_cache(cache)
+
+    def fifo(self, cache: RolloutCache) -> KVCache:
+        """The FIFO :class:`~mrcom_core.layers.KVCache` at the end of a rollout on a :meth:`rollout_cache`."""
+        return self.encoder.fifo(cache)
 
     def window_context(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """``c_0 … c_L`` (B, L+1, ctx) of a sampled window: context (:attr:`history_len` steps) and window read

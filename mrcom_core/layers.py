@@ -60,6 +60,18 @@ class KVCache(NamedTuple):
     values: torch.Tensor
 
 
+class RolloutCache(NamedTuple):
+    """The context cache during a rollout of several imagined steps, in two parts so that stepping never copies
+    the cache: ``start``, the :class:`KVCache` of the m tokens before the rollout (read in place, never
+    shifted), and ``recent``, one :class:`KVCache` per layer holding the rollout's own tokens so far, ``(B,
+    heads, t, head_dim)`` at step t (each grows by one slot per step; per layer, so that a step neither splits
+    nor restacks them). The m newest of start + recent are the FIFO that :meth:`StreamingContextEncoder.step`
+    would hold (:meth:`StreamingContextEncoder.fifo`)."""
+
+    start: KVCache
+    recent: tuple[KVCache, ...]
+
+
 class _Block(nn.Module):
     def __init__(self, width: int, heads: int, window: int):
         super().__init__()
@@ -113,6 +125,22 @@ class _Block(nn.Module):
         x = x + self.proj(att.reshape(-1, 1, H * hd))
         return x + self.ff(self.norm2(x)), k, v
 
+    def forward_rollout(self, x: torch.Tensor, start_k: torch.Tensor, start_v: torch.Tensor, recent_k: torch.Tensor,
+                        recent_v: torch.Tensor, ages: torch.Tensor):
+        """:meth:`forward_step` against a :class:`RolloutCache` layer: the start slots ``(B, heads, m, hd)`` and
+        the rollout's earlier tokens ``(B, heads, t, hd)``, then the new token; ``ages`` (m + t + 1,) is each
+        position's distance to the new token, ``window`` for the ones out of the window (masked). Returns the
+        output and the recent keys/values with the new token appended ``(B, heads, t + 1, hd)``."""
+        H, hd = self.heads, self.head_dim
+        q, k, v = (t.reshape(-1, H, 1, hd) for t in self.qkv(self.norm1(x)).split(H * hd, dim=-1))
+        recent_k, recent_v = torch.cat([recent_k, k], 2), torch.cat([recent_v, v], 2)
+        scores = torch.cat([q @ start_k.transpose(-1, -2), q @ recent_k.transpose(-1, -2)], -1) / math.sqrt(hd)
+        table = nn.functional.pad(self.rel_bias, (0, 1), value=float("-inf"))  # age ≥ window: masked
+        p = torch.softmax(scores + table[:, ages][None, :, None, :], dim=-1)
+        att = p[..., : self.window] @ start_v + p[..., self.window :] @ recent_v
+        x = x + self.proj(att.reshape(-1, 1, H * hd))
+        return x + self.ff(self.norm2(x)), recent_k, recent_v
+
 
 class StreamingContextEncoder(nn.Module):
     """Transformer over context tokens with causal attention limited to the last ``window`` tokens.
@@ -161,6 +189,32 @@ class StreamingContextEncoder(nn.Module):
         shifted = (torch.cat([old[:, :, :, 1:], torch.stack(new)], dim=3)
                    for old, new in ((cache.keys, keys), (cache.values, values)))
         return self.out(self.norm(x[:, 0])), KVCache(*shifted)
+
+    def rollout_step(self, token: torch.Tensor, cache: RolloutCache) -> tuple[torch.Tensor, RolloutCache]:
+        """:meth:`step` on a :class:`RolloutCache`: the start cache is read where it lies and only the new
+        token's keys/values are written (appended to ``recent``), so a rollout of H steps copies O(H²) slots
+        instead of the whole cache per step. Same readouts as :meth:`step` (a test)."""
+        m, t = self.window, cache.recent[0].keys.shape[2]
+        ages = (m + t - torch.arange(m + t + 1, device=token.device)).clamp(max=m)
+        x = self.embed(token)[:, None]
+        recent = []
+        for block, k, v, layer in zip(self.blocks, cache.start.keys.unbind(0), cache.start.values.unbind(0),
+                                      cache.recent, strict=True):
+            x, rk, rv = block.forward_rollout(x, k, v, layer.keys, layer.values, ages)
+            recent.append(KVCache(rk, rv))
+        return self.out(self.norm(x[:, 0])), RolloutCache(cache.start, tuple(recent))
+
+    @staticmethod
+    def rollout_cache(cache: KVCache) -> RolloutCache:
+        """The :class:`RolloutCache` at the start of a rollout from ``cache`` (no recent tokens yet)."""
+        return RolloutCache(cache, tuple(KVCache(k[:, :, :0], v[:, :, :0])
+                                         for k, v in zip(cache.keys, cache.values, strict=True)))
+
+    def fifo(self, cache: RolloutCache) -> KVCache:
+        """The FIFO :class:`KVCache` a rollout ends with: the m newest slots of start + recent."""
+        recent = [torch.stack([getattr(layer, f) for layer in cache.recent]) for f in KVCache._fields]
+        return KVCache(*(torch.cat([s, r], 3)[:, :, :, -self.window :]
+                         for s, r in zip(cache.start, recent, strict=True)))
 
 
 class RecurrentContextEncoder(nn.Module):

@@ -7,6 +7,7 @@ import textwrap
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import EXPORT_HORIZON as H
@@ -16,7 +17,7 @@ from conftest import rollout_inputs
 
 from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
-from mrcom_export.exporter import PARITY_TOLERANCE, export_model, parity_tolerance
+from mrcom_export.exporter import PARITY_TOLERANCE, export_loop, export_model, parity_tolerance
 from mrcom_export.manifest import ExportError, read_manifest
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
@@ -115,7 +116,8 @@ def test_one_export_rolls_out_any_horizon_in_one_loop_graph(exported):
     out, model, manifest = exported
     for name in G.LOOP_GRAPHS:
         ops = [n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node]
-        assert ops.count("Loop") == 1 and len(ops) < 10, ops  # not unrolled
+        # not unrolled: one Loop, and outside it only the once-per-rollout glue (no layer of the model)
+        assert ops.count("Loop") == 1 and not {"MatMul", "Gemm", "Softmax", "LayerNormalization"} & set(ops), ops
     assert manifest["rollout_any_horizon"] is True
     assert manifest["graphs"]["rollout"]["inputs"][6]["shape"] == ["batch", "horizon", 3]  # actions
     rt, B, std = Runtime(out), 4, model.obs_std.numpy()
@@ -141,6 +143,30 @@ def test_one_export_rolls_out_any_horizon_in_one_loop_graph(exported):
         with torch.no_grad():
             for a, b in zip(ts(*inputs), G.build_graph("rollout", model)(*inputs), strict=True):
                 torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_the_rollout_loop_carries_only_the_rollouts_own_keys_and_values(exported):
+    """The exported Loop reads the start cache in place (its per-layer split and transposes hoisted before the
+    loop) and carries per layer only the rollout's own keys/values; past the window it gives the outputs of the
+    Loop over the FIFO body (the whole cache shifted every step), final FIFO included."""
+    out, model, manifest = exported
+    split = onnx.load(str(out / "rollout.onnx"))
+    fifo = export_loop("rollout", model, None, G.example_inputs("rollout", model, 7, 3), manifest["graphs"]["rollout"],
+                       split=False)
+    loop = next(n for n in split.graph.node if n.op_type == "Loop")
+    body = loop.attribute[0].g
+    assert "keys" not in loop.input and len(loop.input) == 2 + 4 + 2 * model.config.ctx_layers
+    assert not {"keys", "values"} & {i for n in body.node for i in n.input}  # only hoisted nodes read them
+    used = {i for n in body.node for i in n.input}
+    assert all(t.name in used for t in body.initializer)  # nothing left behind by the hoisting
+    B, horizon = 7, 2 * model.config.context_len + 1
+    feed = dict(zip(G.GRAPHS["rollout"].spec.inputs, (x.numpy() for x in G.example_inputs(
+        "rollout", model, B, horizon, generator=torch.Generator().manual_seed(0))), strict=True))
+    got, want = (ort.InferenceSession(p.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, feed)
+                 for p in (split, fifo))
+    assert got[0].shape[0] == B
+    for name, a, b in zip(G.GRAPHS["rollout"].spec.outputs, got, want, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=name)
 
 
 def test_an_export_with_a_fixed_horizon_fuses_only_that_horizon(exported, tmp_path):

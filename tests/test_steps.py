@@ -112,3 +112,30 @@ def test_a_model_without_context_carries_a_placeholder_cache():
         out = steps.rollout(model, state, cache, model.normalize(batch["obs"][:, 0]), 2, batch["action"])
     assert cache.keys.shape == model.cache_shape(3) == (1, 3, 1, 1, 1)
     assert torch.equal(out.cache.keys, cache.keys)
+
+
+@pytest.mark.parametrize("model_type", [m for m in MODELS if _model(m).has_rollout_cache])
+def test_a_rollout_cache_steps_like_the_fifo_past_its_window(model_type):
+    """A RolloutCache (the start cache read in place, the rollout's own tokens carried per layer) gives the
+    FIFO cache's readouts at every step, also after more steps than the window (the start slots fall out of
+    it), and ends with the FIFO the shifted cache holds."""
+    model = _model(model_type)
+    m, B = model.config.context_len, 3
+    batch = make_batch(model.config, B, 2)
+    with torch.no_grad():
+        _, fifo = steps.prime_from_batch(model, batch)
+        split = model.rollout_cache(fifo)
+        assert all(layer.keys.shape[2] == 0 for layer in split.recent)
+        tokens = torch.randn(2 * m + 3, B, model.encoder.embed.in_features, generator=torch.Generator().manual_seed(0))
+        for t, token in enumerate(tokens):
+            c_fifo, fifo = model.context_step(token, fifo)
+            c_split, split = model.context_step(token, split)
+            torch.testing.assert_close(c_split, c_fifo, atol=1e-5, rtol=1e-5, msg=f"readout of step {t}")
+            assert split.recent[0].keys.shape == (B, model.config.ctx_heads, t + 1, fifo.keys.shape[-1])
+        for a, b in zip(model.fifo(split), fifo, strict=True):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-6)
+
+
+def test_a_model_without_a_streaming_encoder_has_no_rollout_cache():
+    assert not _model("rssm").has_rollout_cache and not _model("mamba").has_rollout_cache
+    assert not _model(ablations=("no_context",)).has_rollout_cache
