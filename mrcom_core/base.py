@@ -167,7 +167,8 @@ class BaseWorldModel(nn.Module):
             return tokens.new_zeros(B, T, 0), KVCache(empty, empty)
         return self.encoder(tokens)
 
-    def context_step(self, token: torch.Tensor, cache: KVCache | RolloutCache) -> tuple[torch.Tensor, KVCache]:
+    def context_step(self, token: torch.Tensor,
+                     cache: KVCache | RolloutCache) -> tuple[torch.Tensor, KVCache | RolloutCache]:
         """Add one token (B, E) to the context: ``c`` of the next step and the shifted cache (or, for a
         :class:`~mrcom_core.layers.RolloutCache`, the cache with the token appended: see :meth:`rollout_cache`)."""
         if self.encoder is None:
