@@ -240,7 +240,7 @@ class RolloutBody(_Graph):
         out = steps.imagine(self.m, state, cache, self.m.normalize(obs), action, _pick(x["noise_u"], t),
                             _pick(x["noise_h"], t))
         s = out.state
-        kv = [t for layer in out.cache.recent for t in layer] if self.split else list(out.cache)
+        kv = [tensor for layer in out.cache.recent for tensor in layer] if self.split else list(out.cache)
         return (s.u, s.d, s.h, self.m.denormalize(out.obs), *kv, out.reward,
                 *((action,) if self.policy is not None else ()))
 
