@@ -5,7 +5,7 @@ from conftest import make_batch, make_noise
 from mrcom_core.base import LatentState
 from mrcom_core.config import ABLATIONS, PRESETS, ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
-from mrcom_core.layers import GRUCell, StreamingContextEncoder
+from mrcom_core.layers import GRUCell, StreamingContextEncoder, split_inputs
 from mrcom_core.losses import one_step_priors
 from mrcom_core.models.mrcom import MrCoM
 from mrcom_core.registry import build_model, model_config
@@ -70,6 +70,25 @@ def test_gru_cell_matches_torch_gru_cell():
         ref.bias_hh.copy_(ours.h2h.bias)
     x, h = torch.randn(4, 5), torch.randn(4, 7)
     torch.testing.assert_close(ours(x, h), ref(x, h))
+
+
+def test_split_inputs_sums_to_the_linear_and_names_a_bad_split():
+    torch.manual_seed(0)
+    linear = torch.nn.Linear(9, 4)
+    x = [torch.randn(3, n) for n in (2, 0, 7)]
+    w = split_inputs(linear, [2, 0, 7])
+    assert [t.shape for t in w] == [(4, 2), (4, 0), (4, 7)]
+    torch.testing.assert_close(sum(xi @ wi.t() for xi, wi in zip(x, w, strict=True)) + linear.bias,
+                               linear(torch.cat(x, -1)))
+    with pytest.raises(ValueError, match="sum to 8, not the Linear's 9"):
+        split_inputs(linear, [2, 6])
+
+
+def test_gru_from_input_gates_is_the_cell():
+    torch.manual_seed(0)
+    cell = GRUCell(5, 7)
+    x, h = torch.randn(4, 5), torch.randn(4, 7)
+    torch.testing.assert_close(cell.from_input_gates(cell.x2h(x), h), cell(x, h))
 
 
 @pytest.mark.parametrize("layers,window", [(1, 4), (3, 6)])

@@ -19,11 +19,12 @@ inside: every sample takes its standard-normal noise as an input.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ABLATIONS, ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
-from ..layers import GRUCell, mlp
+from ..layers import GRUCell, mlp, split_inputs
 from ..losses import MrCoMWindow, total_loss
 
 
@@ -104,13 +105,19 @@ class MrCoM(BaseWorldModel):
         on no recurrent state, so its posterior and prior heads and their fused sample+KL run over all steps
         at once; under ``u_on_d`` they see ``d_{j-1}`` (``d_{-1}`` = 0, as in :func:`~mrcom_core.steps.prime`)
         and the posterior runs step by step with ``d`` and ``h``. Priors and KL terms always run over the whole
-        window after the loop. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
+        window after the loop. Inside the loop, the first layers of the posteriors and the GRU's input gates
+        are split by input (:func:`~mrcom_core.layers.split_inputs`): the part that reads what is known for
+        every step in advance (context, previous action, observation) is one window-wide GEMM before the
+        loop, and each step adds only the recurrent part (``d_{j-1}``, ``h_{j-1}``, ``u_j``) with one
+        ``addmm`` — the same function as :meth:`observe_step`, up to float rounding. Uses ``noise["u"]`` and
+        ``noise["h"]`` (B, L+1, ·).
         """
         c = self.config
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
         B, T1, _ = obs_n.shape
         context = self.window_context(batch)  # (B, L+1, ctx)
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
+        C, A, O = context.shape[-1], prev_action.shape[-1], obs_n.shape[-1]
 
         reverse = c.kl_direction == "prior_post"
         if not self.u_on_d:
@@ -118,6 +125,23 @@ class MrCoM(BaseWorldModel):
             q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
             u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
                                          reverse=reverse)
+        # The known parts of the sequential heads' first layers, for every step at once (unbind: one backward
+        # node per tensor, where indexing [:, j] would add one per step).
+        h_first, h_rest = self.h_post[0], self.h_post[1:]
+        hc, hh, ho = split_inputs(h_first, [C, c.h_dim, O])
+        h_known = F.linear(torch.cat([context, obs_n], -1), torch.cat([hc, ho], 1), h_first.bias).unbind(1)
+        if self.u_on_d:
+            u_first, u_rest = self.u_post[0], self.u_post[1:]
+            uc, ua, ud, uo = split_inputs(u_first, [C, A, self.sizes.d, O])
+            u_known = F.linear(torch.cat([context, prev_action, obs_n], -1), torch.cat([uc, ua, uo], 1),
+                               u_first.bias).unbind(1)
+        if self.gru is not None:
+            gu, ga = split_inputs(self.gru.x2h, [c.u_dim, A])
+            g_known = F.linear(prev_action, ga, self.gru.x2h.bias) if self.u_on_d else \
+                self.gru.x2h(torch.cat([u, prev_action], -1))
+            g_known = g_known.unbind(1)
+        noise_u, noise_h = noise["u"].unbind(1), noise["h"].unbind(1)
+        u_steps = None if self.u_on_d else u.unbind(1)
         # Only the posteriors, their samples and the GRU are sequential; the priors and KL terms feed nothing
         # inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels). The
         # fused kernel's sample there equals the loop's (same posterior and noise); only its KL is kept.
@@ -125,17 +149,18 @@ class MrCoM(BaseWorldModel):
         us, ds, hs, d_prev, h_prev, q_steps, hq_steps = [], [], [], [], [], [], []
         for j in range(T1):
             if self.u_on_d:
-                qj = Gaussian.split(self.u_post(self.u_inputs(context[:, j], prev_action[:, j], state.d,
-                                                              obs_n[:, j])))
-                uj = gaussian_sample(qj.mean, qj.std_raw, noise["u"][:, j], min_std=c.min_std)
+                qj = Gaussian.split(u_rest(torch.addmm(u_known[j], state.d, ud.t())))
+                uj = gaussian_sample(qj.mean, qj.std_raw, noise_u[j], min_std=c.min_std)
                 q_steps.append(qj)
                 us.append(uj)
                 d_prev.append(state.d)
+                gates = None if self.gru is None else torch.addmm(g_known[j], uj, gu.t())
             else:
-                uj = u[:, j]
-            d = self.deterministic(state.d, uj, prev_action[:, j])
-            hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
-            h = gaussian_sample(hq.mean, hq.std_raw, noise["h"][:, j], min_std=c.min_std)
+                uj = u_steps[j]
+                gates = None if self.gru is None else g_known[j]
+            d = state.d if self.gru is None else self.gru.from_input_gates(gates, state.d)
+            hq = Gaussian.split(h_rest(torch.addmm(h_known[j], state.h, hh.t())))
+            h = gaussian_sample(hq.mean, hq.std_raw, noise_h[j], min_std=c.min_std)
             h_prev.append(state.h)
             hq_steps.append(hq)
             ds.append(d)
