@@ -92,9 +92,9 @@ def export_loop(name: str, model: BaseWorldModel, policy: G.PolicyActor | None, 
     manifest's entry); ``split``: see :class:`~.graphs.RolloutBody` (``False``: the FIFO body)."""
     body = G.loop_body(name, model, policy, split).eval()
     given = dict(zip(G.GRAPHS[name].spec.inputs, example, strict=True))
-    # the recent keys/values of a split body are traced at 3 steps (a dynamic axis: the loop grows them)
-    given.update({f"recent_{kv}_{i}": given[kv][i, :, :, :3] for kv in ("keys", "values")
-                  for i in range(model.config.ctx_layers)})
+    if body.split:  # its recent keys/values are traced at 3 steps (a dynamic axis: the loop grows them)
+        given.update({f"recent_{kv}_{i}": given[kv][i, :, :, :3] for kv in ("keys", "values")
+                      for i in range(given[kv].shape[0])})
     proto = _export_onnx(body, (torch.tensor(0), *(given[n] for n in body.spec.inputs[1:])), body.spec)
     outputs = [(o["name"], o["shape"]) for o in meta["outputs"]]
     scanned = [n for n in ("obs_seq", "reward_seq", "action_seq") if n in dict(outputs)]

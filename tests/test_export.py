@@ -313,11 +313,21 @@ def test_export_and_rollout_cli_bad_input_exit_2(exported, tmp_path, args, messa
     assert len(lines) == 1 and message in lines[0], r.stderr
 
 
+def test_mrcom_without_context_exports_its_rollout_loop_with_a_multi_layer_config(tmp_path):
+    """The ``no_context`` ablation has no encoder (a one-slot placeholder cache) whatever ``ctx_layers`` says: its
+    rollout Loop exports (it failed at `small`, where ctx_layers = 2) and matches eager."""
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", ["no_context"], overrides={"ctx_layers": 2}, obs_dim=10, act_dim=3,
+                                     num_scenarios=2)).eval()
+    manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
+    assert max(manifest["parity"]["rollout"].values()) <= manifest["parity_tolerance"]["rollout"]
+
+
 @pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm", "mamba"])
 def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
-    torch.manual_seed(0)
-    model = build_model(model_config("tiny", overrides={"model_type": model_type}, obs_dim=10, act_dim=3,
-                                     num_scenarios=2)).eval()
+    torch.manual_seed(0)  # two encoder layers, as at `small`: the placeholder cache of a model without a streaming
+    model = build_model(model_config("tiny", overrides={"model_type": model_type, "ctx_layers": 2},  # encoder has 1
+                                     obs_dim=10, act_dim=3, num_scenarios=2)).eval()
     manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
     assert set(manifest["graphs"]) == set(G.RUNTIME_GRAPHS)  # blocks=False: only what the runtime runs
