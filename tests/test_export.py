@@ -325,8 +325,9 @@ def test_mrcom_without_context_exports_its_rollout_loop_with_a_multi_layer_confi
 
 @pytest.mark.parametrize("model_type", ["rssm_ctx", "rssm", "cadm", "mamba"])
 def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
-    torch.manual_seed(0)  # two encoder layers, as at `small`: the placeholder cache of a model without a streaming
-    model = build_model(model_config("tiny", overrides={"model_type": model_type, "ctx_layers": 2},  # encoder has 1
+    torch.manual_seed(0)
+    # two encoder layers, as at `small`, while a model without a streaming encoder keeps a one-slot placeholder cache
+    model = build_model(model_config("tiny", overrides={"model_type": model_type, "ctx_layers": 2},
                                      obs_dim=10, act_dim=3, num_scenarios=2)).eval()
     manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
