@@ -5,7 +5,8 @@ Atomic publication: everything the project writes for later reading goes through
 beside its final place, flushed to disk, then made current by one ``os.replace`` (files) or one rename
 (folders; an existing folder is swapped out with ``renameat2(RENAME_EXCHANGE)`` where Linux has it). A crash
 at any point leaves either the old version or the new one, never a mix; leftovers are recognisable by their
-``.tmp-`` prefix and removed by :func:`remove_stale_temporaries`.
+``.tmp-`` prefix and removed by :func:`remove_stale_temporaries`. :func:`writing` names the file in an
+``OSError`` a failed write raises without one (a full disk, a file-size limit).
 
 Reading back: :func:`read_json` and :func:`read_versioned_json` turn a missing, unreadable or foreign JSON
 file into one :class:`~.errors.UserInputError` line; :func:`inside` checks that a file name read from such a
@@ -52,6 +53,19 @@ def atomic_path(path: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+@contextmanager
+def writing(path: Path | str) -> Iterator[None]:
+    """Name ``path`` in an ``OSError`` raised inside the block that carries no file name (a ``write``, ``flush``,
+    ``close`` or ``fsync`` that fails for a full disk or a file-size limit names none); other errors pass as
+    they are."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None or e.errno is None:
+            raise
+        raise OSError(e.errno, e.strerror, str(path)) from e
 
 
 def write_json_atomic(path: Path | str, data) -> None:

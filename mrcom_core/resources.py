@@ -47,10 +47,11 @@ def format_bytes(n: float) -> str:
     return f"{n:.1f} PiB"
 
 
-def require_memory(nbytes: float, what: str, fix: str, available: int | None = None) -> None:
-    """Raise :class:`UserInputError` when ``nbytes`` (a lower bound of what ``what`` needs) exceeds the
-    available memory; ``fix`` names the field or flag to change."""
+def require_memory(nbytes: float, what: str, fix: str, available: int | None = None,
+                   error: type[UserInputError] = UserInputError) -> None:
+    """Raise ``error`` when ``nbytes`` (a lower bound of what ``what`` needs) exceeds the available memory;
+    ``fix`` names the field or flag to change."""
     available = available_memory() if available is None else available
     if available is not None and nbytes > available:
-        raise UserInputError(f"{what} needs at least {format_bytes(nbytes)}, more than the "
+        raise error(f"{what} needs at least {format_bytes(nbytes)}, more than the "
                              f"{format_bytes(available)} of memory available; {fix}")

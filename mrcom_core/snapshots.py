@@ -12,6 +12,9 @@ pointed to. :func:`open_latest` follows the pointer and checks every link of the
 loaded: the pointer names a folder inside the root, ``state.json`` has the digest the pointer recorded and
 the expected format, and every data file matches its digest. Anything else is one
 :class:`~.errors.UserInputError` line.
+
+A write that fails (a full disk, a file-size limit) is an ``OSError`` naming the file, raised
+after the temporary folder is removed (:func:`~.files.writing`).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from .files import (
     sha256,
     verify_checksums,
     write_json_atomic,
+    writing,
 )
 
 LATEST = "latest.json"
@@ -43,15 +47,19 @@ def publish(root: Path | str, step: int, write: Callable[[Path], None], state: d
     """Write checkpoint ``step`` under ``root`` and point ``latest.json`` at it; keep the newest ``keep``.
 
     ``write(folder)`` writes the data files; ``state`` (JSON-able) goes into ``state.json`` with the format,
-    version, step and the data files' digests.
+    version, step and the data files' digests. A failed write leaves the previous checkpoint whole and pointed
+    to; its ``OSError`` names the file (or the checkpoint folder, when it failed flushing the folder).
     """
     root = Path(root)
     name = f"step_{step:08d}"
-    with atomic_dir(root / name) as tmp:
+    with writing(root / name), atomic_dir(root / name) as tmp:
         write(tmp)
         files = file_checksums(tmp, (p.name for p in tmp.iterdir() if p.is_file()))
-        write_json_atomic(tmp / STATE, {"format": fmt, "version": version, "step": step, "files": files, **state})
-    write_json_atomic(root / LATEST, {"step": step, "dir": name, "state_sha256": sha256(root / name / STATE)})
+        with writing(tmp / STATE):
+            write_json_atomic(tmp / STATE, {"format": fmt, "version": version, "step": step, "files": files,
+                                            **state})
+    with writing(root / LATEST):
+        write_json_atomic(root / LATEST, {"step": step, "dir": name, "state_sha256": sha256(root / name / STATE)})
     for old in sorted(p for p in root.glob("step_*") if p.is_dir())[: -max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return root / name
