@@ -3,15 +3,77 @@
 One row per log event (empty cells for absent fields). On resume, rows newer than the restored step are
 dropped, so the log matches the restored run (the kept rows are written to a new file that replaces the old
 one, so a crash at that moment loses nothing), and TensorBoard events after it are purged.
+
+Both files are written in the calling thread and flushed with every row, so a write that fails (a full disk,
+a file-size limit) is an ``OSError`` naming the file, raised where the row is logged.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
+import os
+import socket
+import time
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_path
+from mrcom_core.files import atomic_path, writing
+
+_files = itertools.count()  # tells apart the event files one process opens in the same second
+
+
+class EventFile:
+    """A TensorBoard event file (``DIR/events.out.tfevents.*``) of scalars, written synchronously.
+
+    TensorBoard's own writer writes from a background thread, where a failed write is printed as a traceback
+    and raised only at a later call; this one raises it (:func:`~mrcom_core.files.writing`) from
+    :meth:`scalars`. ``purge_step``: events of earlier files at this step and later are hidden (a resumed
+    run), as ``SummaryWriter(purge_step=…)`` does.
+    """
+
+    def __init__(self, folder: Path | str, purge_step: int | None = None):
+        from tensorboard.compat.proto.event_pb2 import Event, SessionLog
+        from tensorboard.compat.proto.summary_pb2 import Summary
+        from tensorboard.summary.writer.record_writer import RecordWriter
+
+        self._event, self._summary = Event, Summary
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / (f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}."
+                              f"{next(_files)}")
+        self.file = open(self.path, "ab")
+        self._records = RecordWriter(self.file)
+        first = [Event(wall_time=time.time(), file_version="brain.Event:2")]
+        if purge_step:
+            first.append(Event(wall_time=time.time(), step=purge_step,
+                               session_log=SessionLog(status=SessionLog.START)))
+        try:
+            self._write(first)
+        except BaseException:
+            self.close()
+            raise
+
+    def _write(self, events) -> None:
+        with writing(self.path):
+            for event in events:
+                self._records.write(event.SerializeToString())
+            self.file.flush()
+
+    def scalars(self, step: int, values: dict[str, float]) -> None:
+        """Append one event holding ``values`` (tag → value) at ``step``."""
+        if values:
+            summary = self._summary(value=[self._summary.Value(tag=tag, simple_value=float(value))
+                                           for tag, value in values.items()])
+            self._write([self._event(wall_time=time.time(), step=int(step), summary=summary)])
+
+    def close(self) -> None:
+        """Close the file; every event was flushed when written, so a failure here only repeats one that
+        :meth:`scalars` already raised, and is not raised again."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
 
 
 class MetricsLog:
@@ -22,18 +84,20 @@ class MetricsLog:
     """
 
     def __init__(self, run_dir: Path | str, fields: list[str], step: int = 0):
-        from torch.utils.tensorboard import SummaryWriter
-
         run_dir = Path(run_dir)
         self.fields, self.path = list(fields), run_dir / "metrics.csv"
         rows = self._rows_up_to(step) if step and self.path.exists() else []
-        with atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+        with writing(self.path), atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
             kept = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
             kept.writeheader()
             kept.writerows(rows)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
-        self.tb = SummaryWriter(str(run_dir / "tb"), purge_step=step or None)
+        try:
+            self.tb = EventFile(run_dir / "tb", purge_step=step or None)
+        except BaseException:
+            self.file.close()
+            raise
 
     def _rows_up_to(self, step: int) -> list[dict]:
         """The log's rows up to ``step``. A last row cut short by a crash is dropped; a file that is not this
@@ -59,11 +123,15 @@ class MetricsLog:
 
     def write(self, step: int, row: dict[str, float], scalars: dict[str, float] | None = None) -> None:
         """Append ``row`` at ``step`` to the CSV and ``scalars`` (TensorBoard tag → value) to TensorBoard."""
-        self.writer.writerow({self.fields[0]: step, **row})
-        self.file.flush()
-        for tag, value in (scalars or {}).items():
-            self.tb.add_scalar(tag, value, step)
+        with writing(self.path):
+            self.writer.writerow({self.fields[0]: step, **row})
+            self.file.flush()
+        self.tb.scalars(step, scalars or {})
 
     def close(self) -> None:
-        self.file.close()
+        """Close both files; as :meth:`EventFile.close`, a failure only repeats one :meth:`write` raised."""
+        try:
+            self.file.close()
+        except OSError:
+            pass
         self.tb.close()

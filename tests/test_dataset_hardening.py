@@ -1,15 +1,20 @@
 """Damaged datasets and misused `mrcom collect`: one `mrcom: error:` line (exit 2), never a traceback, and
 nothing on disk changed or silently deleted."""
 
+import errno
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import mrcom_train.datasets.collect as collect_mod
+import mrcom_train.datasets.dataset as dataset_mod
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import LOCK_NAME, has_content
 from mrcom_core.locks import FolderLocked, folder_lock
@@ -283,3 +288,141 @@ def test_a_collect_failing_after_an_episode_keeps_it_and_says_resume(tmp_path, m
     monkeypatch.undo()
     collect(CollectConfig(**SHAPE), out, resume=True, **QUIET)
     assert len(Dataset(out)) == 2
+
+
+# ------------------------------------------------------------------------------ a full disk, a size limit
+LONG = dict(domains=("cheetah",), scenarios_per_domain=2, episodes_per_scenario=2, episode_length=100)
+CLI_LONG = ["--domains", "cheetah", "-n", "2", "-k", "2", "--episode-length", "100", "--no-progress"]
+
+
+def _mrcom_under_file_size_limit(limit: int, *args: str, cwd) -> subprocess.CompletedProcess:
+    """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
+    ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], preexec_fn=limit_file_size, cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
+
+
+def _collect_first(out: Path, n: int, monkeypatch) -> None:
+    """Collect LONG into ``out`` but stop after its first ``n`` episodes (kept for --resume)."""
+    real_write, calls = collect_mod.write_episode, []
+
+    def stop_after_n(*args, **kwargs):
+        calls.append(args)
+        if len(calls) > n:
+            raise UserInputError("stopped")
+        return real_write(*args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(collect_mod, "write_episode", stop_after_n)
+        with pytest.raises(UserInputError, match="stopped"):
+            collect(CollectConfig(**LONG), out, **QUIET)
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_file_size_limit_mid_collect_is_one_line_and_keeps_finished_episodes(tmp_path, monkeypatch, capsys,
+                                                                              resume):
+    out = tmp_path / "data"
+    # obs.npy is an episode's largest file: the limit lets the manifest (< 5 kB) and the other files through
+    obs_bytes = 128 + (LONG["episode_length"] + 1) * OBS_DIM * 4
+    if resume:
+        _collect_first(out, 1, monkeypatch)
+        assert _obs(out).stat().st_size == obs_bytes
+    before = _snapshot(out) if resume else {}
+    done = _mrcom_under_file_size_limit(obs_bytes - 1, "collect", *CLI_LONG, "--out", str(out),
+                                        *(["--resume"] if resume else []), cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("mrcom: error: ") and "obs.npy: File too large" in lines[0], lines
+    if not resume:  # nothing was finished: nothing is left
+        assert not out.exists()
+        return
+    after = _snapshot(out)  # the finished episode is untouched; no half-written one is left
+    assert {k: v for k, v in after.items() if k.startswith("episodes/s0000/e00000")} == \
+        {k: v for k, v in before.items() if k.startswith("episodes/s0000/e00000")}
+    assert not [k for k in after if ".tmp-" in k], after.keys()
+    collect(CollectConfig(**LONG), out, resume=True, **QUIET)  # with room again, --resume finishes it
+    capsys.readouterr()
+    main(["info", str(out)])
+    assert "4 episodes, 400 steps" in capsys.readouterr().out
+
+
+def test_a_full_disk_mid_episode_is_one_line_naming_the_file(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "a"
+    opened = []
+
+    class FullDisk:  # the file system's answer once the disk is full: ENOSPC, naming no file
+        def __init__(self, f):
+            self.f = f
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+        def write(self, data):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def open_fills_up(path, *args, **kwargs):  # the first episode's three files fit, then the disk is full
+        opened.append(path)
+        f = open(path, *args, **kwargs)
+        return f if len(opened) <= 3 else FullDisk(f)
+
+    monkeypatch.setattr(dataset_mod, "open", open_fills_up, raising=False)
+    line = _exits_2(["collect", *CLI_SHAPE, "--out", str(out)], capsys)
+    assert f"{opened[3]}: No space left on device" in line and opened[3].name == "obs.npy"
+    assert not opened[3].parent.exists()  # the half-written episode folder is gone
+    monkeypatch.undo()
+    assert sorted(p.name for p in (out / "episodes" / "s0000").iterdir()) == ["e00000"]
+    collect(CollectConfig(**SHAPE), out, resume=True, **QUIET)
+    assert len(Dataset(out)) == 2
+
+
+# ------------------------------------------------------------------------------------- symbolic links
+def _link_episode(root: Path, target: Path) -> Path:
+    """Replace episode e00000 of scenario 0 with a symbolic link to a copy of it at ``target``."""
+    folder = root / "episodes" / "s0000" / "e00000"
+    shutil.copytree(folder, target)
+    shutil.rmtree(folder)
+    folder.symlink_to(target, target_is_directory=True)
+    return folder
+
+
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_a_symlinked_episode_folder_is_refused(data, tmp_path, capsys, where):
+    target = (tmp_path if where == "outside" else data) / "copies" / "e00000"
+    link = _link_episode(data, target)
+    with pytest.raises(UserInputError, match=f"^{link} is a symbolic link") as error:
+        Dataset(data)
+    assert "\n" not in str(error.value)
+    line = _exits_2(["info", str(data)], capsys)
+    assert f"{link} is a symbolic link" in line
+    before = _snapshot(data)  # a resumed collection stops there too, and touches nothing
+    assert f"{link} is a symbolic link" in _exits_2(["collect", *CLI_SHAPE, "--out", str(data), "--resume"], capsys)
+    assert _snapshot(data) == before and link.is_symlink() and (target / "obs.npy").is_file()
+
+
+def test_a_symlinked_scenario_folder_or_episodes_folder_is_refused(data, tmp_path, capsys):
+    scenario = data / "episodes" / "s0000"
+    shutil.move(scenario, tmp_path / "s0000")
+    scenario.symlink_to(tmp_path / "s0000", target_is_directory=True)
+    assert f"{scenario} is a symbolic link" in _exits_2(["info", str(data)], capsys)
+    scenario.unlink()
+    shutil.move(tmp_path / "s0000", scenario)
+    shutil.move(data / "episodes", tmp_path / "episodes")
+    (data / "episodes").symlink_to(tmp_path / "episodes", target_is_directory=True)
+    with pytest.raises(UserInputError, match=f"^{data / 'episodes'} is a symbolic link"):
+        Dataset(data)
+
+
+def test_a_symlinked_episode_file_is_refused_as_a_link(data, tmp_path):
+    obs = _obs(data)
+    shutil.move(obs, tmp_path / "obs.npy")
+    obs.symlink_to(tmp_path / "obs.npy")
+    with pytest.raises(UserInputError, match=f"^{obs} is a symbolic link"):
+        Dataset(data)
+    with pytest.raises(UserInputError, match=f"^{obs} is a symbolic link"):
+        read_episode(data, 0, 0)

@@ -3,6 +3,10 @@
 (:func:`check_episode_files`: float32, the recorded shape, the exact size; nothing is unpickled) and the
 manifest's fields (:func:`episode_records`, :func:`scenario_record`, :func:`manifest_stats`).
 
+A dataset holds its folders and files themselves: a symbolic link under ``episodes/`` (``episodes`` itself, a
+scenario or episode folder, an episode file) is refused wherever the folder is walked (:func:`episode_folders`),
+and a linked episode folder or file also where an episode is read (:func:`check_episode_files`).
+
 Every problem is a :class:`~mrcom_core.errors.UserInputError` naming the file or field, in one line. The
 writer and reader that use these checks are in :mod:`.dataset`.
 """
@@ -48,33 +52,46 @@ def _stray(path: Path) -> UserInputError:
                           f"folders of {', '.join(FILES)}); move it out of the dataset folder")
 
 
+def no_symlink(path: Path) -> Path:
+    """``path``, unless it is a symbolic link (to anything, or dangling): then a :class:`UserInputError`
+    naming it."""
+    if path.is_symlink():
+        raise UserInputError(f"{path} is a symbolic link; a dataset must hold its episode folders and files "
+                             f"themselves: replace the link with a copy of what it points to, or move it out of the "
+                             f"dataset folder")
+    return path
+
+
 def episode_folders(root: Path | str) -> list[tuple[int, int]]:
     """The ``(scenario, episode)`` pairs of the episode folders under ``root/episodes``, sorted.
 
-    Anything else there (a stray file or folder, an episode folder holding other files) is a
-    :class:`UserInputError` naming it; ``.tmp-`` leftovers of a killed writer are skipped (the writer removes
-    them)."""
+    Anything else there (a stray file or folder, an episode folder holding other files, a symbolic link at
+    any level, ``episodes`` itself included) is a :class:`UserInputError` naming it; ``.tmp-`` leftovers of a
+    killed writer are skipped (the writer removes them)."""
     base = Path(root) / EPISODES
-    if not base.exists():
+    if not base.exists() and not base.is_symlink():
         return []
-    if not base.is_dir():
+    if not no_symlink(base).is_dir():
         raise _stray(base)
     found = []
     for scenario_dir in sorted(base.iterdir()):
         if scenario_dir.name.startswith(TMP_PREFIX):
             continue
         sid = folder_index(scenario_dir.name, "s", 4)
-        if sid is None or not scenario_dir.is_dir():
+        if sid is None or not no_symlink(scenario_dir).is_dir():
             raise _stray(scenario_dir)
         for ep_dir in sorted(scenario_dir.iterdir()):
             if ep_dir.name.startswith(TMP_PREFIX):
                 continue
             ep = folder_index(ep_dir.name, "e", 5)
-            if ep is None or not ep_dir.is_dir():
+            if ep is None or not no_symlink(ep_dir).is_dir():
                 raise _stray(ep_dir)
-            extra = sorted(p.name for p in ep_dir.iterdir() if p.name not in FILES)
+            entries = sorted(ep_dir.iterdir())
+            extra = [p for p in entries if p.name not in FILES]
             if extra:
-                raise _stray(ep_dir / extra[0])
+                raise _stray(extra[0])
+            for file in entries:
+                no_symlink(file)
             found.append((sid, ep))
     return found
 
@@ -117,9 +134,10 @@ def check_episode_files(folder: Path | str, length: int | None = None, obs_dim: 
                         act_dim: int | None = None, redo: str = REDO) -> int:
     """Check an episode folder's three array files by their headers: float32, obs ``(T+1, obs_dim)``,
     action ``(T, act_dim)``, reward ``(T,)`` with ``T = length`` where given; returns ``T``. A mismatch is a
-    :class:`UserInputError` naming the file (``redo``: how to get an intact one)."""
-    folder = Path(folder)
-    shapes = {name: _npy_shape(folder / f"{name}.npy", redo) for name in FIELDS}
+    :class:`UserInputError` naming the file (``redo``: how to get an intact one), and so is a folder or file
+    that is a symbolic link."""
+    folder = no_symlink(Path(folder))
+    shapes = {name: _npy_shape(no_symlink(folder / f"{name}.npy"), redo) for name in FIELDS}
     ndims = {"obs": 2, "action": 2, "reward": 1}
     for name, shape in shapes.items():
         if len(shape) != ndims[name]:

@@ -13,15 +13,18 @@ Layout::
 
 Arrays are opened memory-mapped, so a dataset larger than memory trains fine. The manifest is only ever
 written by one process (the writer's), atomically; the episode folders on disk are the source of truth
-when a collection resumes. A dataset is usable once its manifest says ``complete`` (:meth:`finalize`).
+when a collection resumes. A dataset is usable once its manifest says ``complete`` (:meth:`finalize`). A
+write that fails (a full disk, a file-size limit) is an ``OSError`` with its errno naming the file, and
+leaves no half-written episode.
 
 Integrity (format version 2): each episode record of the manifest carries the SHA-256 of its three files
 (``files``). :class:`Dataset` checks the manifest's fields, that ``episodes/`` holds nothing but episode
-folders the manifest lists, and every file's ``.npy`` header (float32, the recorded shape, the exact size)
-and checksum before anything reads the data (the checks are in :mod:`.checks`); :func:`read_episode` never
-unpickles. A damaged, truncated or replaced file is a :class:`~mrcom_core.errors.UserInputError` naming it, in
-one line. A resumed collection compares the files on disk with the checksums its manifest recorded and stops
-at a changed one instead of building on it.
+folders the manifest lists (real folders and files: a symbolic link anywhere there is refused), and every
+file's ``.npy`` header (float32, the recorded shape, the exact size) and checksum before anything reads the
+data (the checks are in :mod:`.checks`); :func:`read_episode` never unpickles. A damaged, truncated or
+replaced file is a :class:`~mrcom_core.errors.UserInputError` naming it, in one line. A resumed collection
+compares the files on disk with the checksums its manifest recorded and stops at a changed one instead of
+building on it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from mrcom_core.files import (
     require_fields,
     verify_checksums,
     write_json_atomic,
+    writing,
 )
 
 from .. import __version__
@@ -69,15 +73,30 @@ MANIFEST = "manifest.json"
 
 def write_episode(root: Path | str, scenario: int, episode: int, obs: np.ndarray, action: np.ndarray,
                   reward: np.ndarray) -> None:
-    """Write one episode's arrays atomically (any process may call this; only the writer owns the manifest)."""
+    """Write one episode's arrays atomically (any process may call this; only the writer owns the manifest).
+
+    A write that fails (a full disk, a file-size limit) is an ``OSError`` with its errno naming the file (or
+    the episode folder), raised after the half-written folder is removed."""
     obs, action, reward = (np.ascontiguousarray(x, dtype=np.float32) for x in (obs, action, reward))
     if not (obs.ndim == 2 and action.ndim == 2 and reward.ndim == 1
             and obs.shape[0] == action.shape[0] + 1 == reward.shape[0] + 1):
         raise ValueError(f"episode arrays must be obs (T+1, D), action (T, A), reward (T,); got "
                          f"{obs.shape}, {action.shape}, {reward.shape}")
-    with atomic_dir(episode_dir(root, scenario, episode)) as tmp:
+    folder = episode_dir(root, scenario, episode)
+    with writing(folder), atomic_dir(folder) as tmp:
         for name, value in zip(FIELDS, (obs, action, reward), strict=True):
-            np.save(tmp / f"{name}.npy", value)
+            _save_npy(tmp / f"{name}.npy", value)
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    """Write a C-contiguous array as ``np.save`` does, byte for byte, through Python's file object: a short
+    write (a full disk, a file-size limit) is then an ``OSError`` with its errno, naming ``path``.
+    ``np.save`` writes through C stdio instead, which reports one with no errno or, for a small file, not
+    at all (a truncated file would be published as a finished episode)."""
+    fmt = np.lib.format
+    with writing(path), open(path, "wb") as f:
+        fmt.write_array_header_1_0(f, fmt.header_data_from_array_1_0(array))
+        f.write(array.data)
 
 
 def read_episode(root: Path | str, scenario: int, episode: int, mmap: bool = False, *, length: int | None = None,
@@ -134,10 +153,10 @@ class DatasetWriter:
         self.episodes_per_scenario = episodes_per_scenario
         self.root.mkdir(parents=True, exist_ok=True)
         base = self.root / EPISODES
-        if base.is_dir():
+        if base.is_dir() and not base.is_symlink():  # a symbolic link is refused by scan(), nothing removed
             remove_stale_temporaries(base)
             for folder in base.iterdir():
-                if folder_index(folder.name, "s", 4) is not None and folder.is_dir():
+                if folder_index(folder.name, "s", 4) is not None and folder.is_dir() and not folder.is_symlink():
                     remove_stale_temporaries(folder)
         self.records: dict[tuple[int, int], dict] = {}
         self.scan()
@@ -197,14 +216,16 @@ class DatasetWriter:
     def save(self, complete: bool = False, stats: dict | None = None) -> None:
         """Write the manifest for the episodes recorded so far."""
         space, episodes = self.space, sorted(self.records.values(), key=lambda e: (e["scenario"], e["episode"]))
-        write_json_atomic(self.root / MANIFEST, {
-            "format": FORMAT, "version": VERSION, "mrcom_version": __version__, "complete": complete,
-            "obs_dim": space.obs_dim, "act_dim": space.act_dim, **self.meta,
-            "scenarios": [{"id": i, "spec": s.to_dict(), "obs_mask": space.obs_mask(s).astype(int).tolist(),
-                           "action_mask": space.action_mask(s).astype(int).tolist()} for i, s in enumerate(self.specs)],
-            "episodes": episodes, "num_episodes": len(episodes), "num_steps": int(sum(e["length"] for e in episodes)),
-            "stats": stats,
-        })
+        with writing(self.root / MANIFEST):
+            write_json_atomic(self.root / MANIFEST, {
+                "format": FORMAT, "version": VERSION, "mrcom_version": __version__, "complete": complete,
+                "obs_dim": space.obs_dim, "act_dim": space.act_dim, **self.meta,
+                "scenarios": [{"id": i, "spec": s.to_dict(), "obs_mask": space.obs_mask(s).astype(int).tolist(),
+                               "action_mask": space.action_mask(s).astype(int).tolist()}
+                              for i, s in enumerate(self.specs)],
+                "episodes": episodes, "num_episodes": len(episodes),
+                "num_steps": int(sum(e["length"] for e in episodes)), "stats": stats,
+            })
 
     def finalize(self) -> None:
         """Compute the observation statistics over every episode and mark the dataset complete."""
@@ -272,8 +293,8 @@ class Dataset:
             self.verify()
 
     def verify(self) -> None:
-        """Check the data on disk against the manifest: no stray or unlisted entry under ``episodes/``, and
-        every episode file's header (float32, the recorded shape) and checksum."""
+        """Check the data on disk against the manifest: no stray or unlisted entry and no symbolic link under
+        ``episodes/``, and every episode file's header (float32, the recorded shape) and checksum."""
         listed = {(e.scenario, e.index) for e in self.episodes}
         for sid, ep in episode_folders(self.root):
             if (sid, ep) not in listed:

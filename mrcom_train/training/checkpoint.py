@@ -17,16 +17,21 @@ The regular checkpoints are what ``--resume`` continues from; the best one is wh
 records ``best_step``/``best_error`` so a resumed run keeps tracking the best.
 
 A checkpoint folder is written under a temporary name and renamed into place; ``latest.json`` is then
-swapped with ``os.replace``. A crash at any point leaves the previous checkpoint intact and pointed to.
+swapped with ``os.replace``. A crash at any point leaves the previous checkpoint intact and pointed to, and so
+does a write that fails (a full disk, a file-size limit): it is an ``OSError`` with the errno and the file's
+name, never safetensors' own error type.
 Loading (``--resume``, ``mrcom export``) checks the pointer, every digest and every tensor name and shape
 first: a damaged checkpoint is one error line, never a silent load.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mrcom_core import snapshots
@@ -60,6 +65,20 @@ def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     return {"state": state, "param_groups": meta["param_groups"]}
 
 
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
+    """``save_file`` whose failure to write (a full disk, a file-size limit, a read-only folder) is an
+    ``OSError`` with its errno and ``path``: safetensors reports it as its own error type, with the OS error
+    only in its message (``… No space left on device (os error 28)``)."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as e:
+        found = re.search(r"\(os error (\d+)\)", str(e))
+        if found is None:
+            raise
+        code = int(found.group(1))
+        raise OSError(code, os.strerror(code), str(path)) from e
+
+
 def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, state: dict, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest.json`` at it; keep the newest ``keep``."""
@@ -67,9 +86,9 @@ def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, opti
 
     def write(folder: Path) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-        save_file(weights, str(folder / "model.safetensors"))
-        save_file(opt_tensors, str(folder / "optimizer.safetensors"))
-        save_file({"torch_generator": generator.get_state()}, str(folder / "rng.safetensors"))
+        _save_tensors(weights, folder / "model.safetensors")
+        _save_tensors(opt_tensors, folder / "optimizer.safetensors")
+        _save_tensors({"torch_generator": generator.get_state()}, folder / "rng.safetensors")
 
     return snapshots.publish(Path(run_dir) / "checkpoints", step, write, {"optimizer": opt_meta, **state}, FORMAT,
                              CHECKPOINT_VERSION, keep)
@@ -79,8 +98,8 @@ def save_best(run_dir: Path | str, step: int, model: torch.nn.Module, state: dic
     """Publish the weights of ``step`` as the run's best checkpoint (``checkpoints/best/``, keep 1), with
     ``state`` (configs, data) and its held-out open-loop error as ``best_error``."""
     def write(folder: Path) -> None:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-                  str(folder / "model.safetensors"))
+        _save_tensors({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
+                      folder / "model.safetensors")
 
     return snapshots.publish(Path(run_dir) / "checkpoints" / BEST, step, write,
                              {**state, "best_step": step, "best_error": error}, FORMAT, CHECKPOINT_VERSION, keep=1)
