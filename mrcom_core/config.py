@@ -63,7 +63,9 @@ class ModelConfig:
     ``overshoot_horizon`` > 0 adds a loss that is not in the paper: each window's first posterior state
     imagines that many steps open loop (mean latents, predictions fed back into the context, as in
     imagination) and the decoded observations are regressed on the real ones, weight
-    ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``).
+    ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``). A window of L steps holds at most L of them
+    (``H = min(overshoot_horizon, L)``), so ``mrcom train`` refuses a horizon above ``train.window_len`` when
+    either is set by the user (a preset's own pair stands: ``tiny`` imagines its 8-step windows).
 
     ``u_on_d`` (MrCoM only; off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition
     u's prior and posterior on the previous deterministic state, ``p(u_t | c_t, a_{t-1}, d_{t-1})`` and

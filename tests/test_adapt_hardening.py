@@ -4,6 +4,7 @@ Model-free runs with 50-step episodes keep every test to a few seconds: checkpoi
 200, the final one at 300.
 """
 
+import dataclasses
 import json
 import os
 import pickle
@@ -21,7 +22,7 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.files import LOCK_NAME, sha256
 from mrcom_core.locks import FolderLocked, folder_lock
 from mrcom_train.rl.adapt import AdaptConfig, Adapter
-from mrcom_train.rl.sac import SAC, load_actor
+from mrcom_train.rl.sac import SAC, SACConfig, load_actor, parameter_counts
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 QUIET = dict(progress=False, log=lambda s: None)
@@ -206,8 +207,134 @@ def test_leftovers_of_a_killed_writer_are_removed_on_resume(copy):
 def test_an_old_layout_run_is_refused(tmp_path):
     (tmp_path / "run" / "checkpoint").mkdir(parents=True)
     (tmp_path / "run" / "checkpoint" / "state.json").write_text("{}")
+    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(TINY)))  # an adapt run's config
     with pytest.raises(UserInputError, match="older layout"):
         Adapter(TINY, tmp_path / "run", resume=True, **QUIET)
+
+
+# ------------------------------------------------------------------------------ cause: edited, re-signed fields
+def _edit(run: Path, state: dict | None = None, rename: str | None = None, agent_steps: int | None = None,
+          arrays=None) -> Path:
+    """Edit the latest checkpoint of ``run`` and record every digest again (allowed: a user can): ``state``
+    fields into state.json (its step into latest.json too), the folder renamed, agent.pt's env_steps, the
+    arrays of buffers.npz changed by ``arrays(dict)``. Returns the checkpoint folder."""
+    folder = _latest(run)
+    pointer = folder.parent / "latest.json"
+    if rename:
+        folder = folder.rename(folder.parent / rename)
+    saved = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps({**saved, **(state or {})}))
+    if agent_steps is not None:
+        agent = torch.load(folder / "agent.pt", weights_only=True)
+        torch.save({**agent, "env_steps": agent_steps}, folder / "agent.pt")
+    if arrays is not None:
+        with np.load(folder / "buffers.npz") as f:
+            data = dict(f)
+        arrays(data)
+        np.savez(folder / "buffers.npz", **data)
+    step = json.loads((folder / "state.json").read_text())["step"]
+    pointer.write_text(json.dumps({**json.loads(pointer.read_text()), "dir": folder.name, "step": step}))
+    _resign(folder)
+    return folder
+
+
+def _pad_real(data: dict) -> None:
+    for key in ("obs", "action", "reward", "next_obs", "terminated"):
+        value = data[f"real_{key}"]
+        data[f"real_{key}"] = np.concatenate([value, np.zeros((100, *value.shape[1:]), value.dtype)])
+
+
+def _extra_episode(data: dict) -> None:
+    data.update({f"ep4_{k}": data[f"ep0_{k}"] for k in ("obs", "action", "reward")})
+
+
+def _cut_episode(data: dict) -> None:
+    data["ep0_obs"] = data["ep0_obs"][:-1]
+
+
+def _set(key: str, value):
+    return lambda data: data.__setitem__(key, np.array(value, np.int64))
+
+
+S200 = "step_00000200"
+
+
+@pytest.mark.parametrize("edit,message", [
+    (dict(state={"env_steps": 1000}), r"state.json: env_steps 1000 disagrees with the checkpoint's step 200"),
+    (dict(state={"env_steps": 10**12}), r"state.json: env_steps 1000000000000 disagrees with the checkpoint's step"),
+    (dict(state={"env_steps": 100}), r"state.json: env_steps 100 disagrees with the checkpoint's step 200"),
+    (dict(state={"env_steps": -5}), r"state.json: env_steps -5 disagrees with the checkpoint's step 200"),
+    (dict(state={"imagined": -3}), r"state.json: imagined -3 is not 0"),
+    (dict(state={"imagined": 7}), r"state.json: imagined 7 is not 0"),  # a model-free run imagines nothing
+    (dict(state={"episodes": 5}), r"state.json: episodes 5 disagrees with env_steps 200"),
+    (dict(state={"episodes": 2}), r"state.json: episodes 2 disagrees with env_steps 200"),
+    (dict(state={"episodes": -1}), r"state.json: episodes -1 disagrees with env_steps 200"),
+    (dict(state={"step": 100, "env_steps": 100}), rf"state.json: step 100 is not the step of its folder {S200}"),
+    (dict(state={"step": 10**12, "env_steps": 10**12}), rf"state.json: step 1000000000000 is not the step of its "
+                                                        rf"folder {S200}"),
+    (dict(state={"step": 175, "env_steps": 175}, rename="step_00000175"),
+     r"state.json: env_steps 175 is not a multiple of the episode length 50"),
+    (dict(state={"step": 300, "env_steps": 300, "episodes": 6}, rename="step_00000300"),
+     r"state.json: env_steps 300 is not between 1 and 299"),
+    (dict(state={"step": 150, "env_steps": 150, "episodes": 3}, rename="step_00000150"),
+     r"agent.pt: env_steps 200 disagrees with .*state.json's env_steps 150"),
+    (dict(state={"step": 150, "env_steps": 150, "episodes": 3}, rename="step_00000150", agent_steps=150),
+     r"state.json: episodes 3 disagrees with .*buffers.npz, which holds 4 real episodes"),
+    (dict(arrays=_extra_episode), r"state.json: episodes 4 disagrees with .*buffers.npz, which holds 5 real"),
+    (dict(arrays=_cut_episode), r"buffers.npz: ep0_obs is float32 of shape \(50, 17\), expected float32 of shape "
+                                r"\(51, 17\)"),
+    (dict(arrays=_set("real_ptr_size", [250, 250])),
+     r"state.json: env_steps 200 disagrees with .*buffers.npz, whose real replay buffer holds 250 transitions"),
+    (dict(arrays=_set("real_ptr_size", [-1, 200])), r"buffers.npz: real_ptr_size \(-1, 200\) is no position"),
+    (dict(arrays=_set("real_ptr_size", [200, 301])), r"buffers.npz: real_ptr_size \(200, 301\) is no position"),
+    (dict(arrays=_pad_real), r"buffers.npz: the real replay buffer has 400 slots, not the run's env_steps 300"),
+    (dict(arrays=_set("model_ptr_size", [0, 1])), r"buffers.npz: the model replay buffer \(1 of 1 slots\) is not"),
+], ids=["steps-above", "steps-huge", "steps-below", "steps-negative", "imagined-negative", "imagined-model-free",
+        "episodes-more", "episodes-fewer", "episodes-negative", "step-lowered", "step-huge", "step-mid-episode",
+        "step-final", "agent-steps", "buffer-episodes", "extra-episode", "cut-episode", "real-size", "real-ptr",
+        "real-overfull", "real-capacity", "model-size"])
+def test_edited_and_re_signed_checkpoint_fields_are_one_line(copy, edit, message):
+    folder = _edit(copy, **edit)
+    for _ in range(2):  # nothing was taken apart: the same message again
+        with pytest.raises(UserInputError, match=message) as e:
+            Adapter(TINY, copy, resume=True, **QUIET)
+        assert "\n" not in str(e.value) and "restore the run folder from a backup" in str(e.value)
+    assert folder.is_dir() and (folder / "agent.pt").is_file()  # the checkpoint is kept for the user to repair
+
+
+def test_a_re_signed_state_json_with_consistent_fields_still_resumes(straight, copy):
+    _edit(copy, state={"episodes": 4})  # rewritten as it was, every digest recorded again
+    resumed = Adapter(TINY, copy, resume=True, **QUIET)
+    assert resumed.step == 200 and resumed.run() == straight[1]
+
+
+@pytest.mark.parametrize("edit,message", [
+    ({"env_steps": 299}, r"state.json: env_steps 299 disagrees with the checkpoint's step 300"),
+    ({"imagined": 5}, r"state.json: imagined 5 is not 0"),
+    ({"result": "env_steps"}, r"state.json: the result's env_steps 299 disagrees with env_steps 300"),
+    ({"result": "imagined"}, r"state.json: the result's imagined 299 disagrees with imagined 0"),
+])
+def test_an_edited_final_checkpoint_is_one_line(straight, tmp_path, edit, message):
+    run = Path(shutil.copytree(straight[0], tmp_path / "run"))
+    state = json.loads((_latest(run) / "state.json").read_text())
+    if "result" in edit:
+        edit = {"result": {**state["result"], edit["result"]: 299}}
+    _edit(run, state=edit)
+    with pytest.raises(UserInputError, match=message) as e:
+        Adapter(TINY, run, resume=True, **QUIET)
+    assert "\n" not in str(e.value)
+
+
+def test_an_edited_step_is_one_line_on_the_command_line(copy):
+    _edit(copy, state={"env_steps": 1000})  # this one finished "after 1000 env steps" with a KeyError traceback
+    sets = [a for k in ("learning_starts", "eval_every", "eval_episodes", "sac_hidden", "batch_size",
+                        "checkpoint_every", "rollout_batch", "retain_rounds", "updates_per_step")
+            for a in ("--set", f"{k}={getattr(TINY, k)}")]
+    r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", "adapt", "--model-free", "--out", str(copy),
+                        "--resume", "--no-progress", "--domain", "cheetah", "--env-steps", "300", "--episode-length",
+                        "50", "--seed", "3", *sets], capture_output=True, text=True, env=ENV, timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "state.json: env_steps 1000 disagrees" in lines[0], r.stderr
 
 
 # ------------------------------------------------------------------------------ cause: finished runs
@@ -269,9 +396,42 @@ def test_replay_buffers_larger_than_memory_are_refused_up_front(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize("field,value", [("sac_hidden", 10**9), ("batch_size", 10**12)])
+def test_networks_and_batches_larger_than_memory_are_refused_before_any_env_step(tmp_path, monkeypatch, field,
+                                                                                 value):
+    import mrcom_train.rl.adapt as adapt
+
+    def no_env(*args, **kwargs):
+        raise AssertionError("an env was built before the memory check")
+
+    monkeypatch.setattr(adapt, "ScenarioEnv", no_env)
+    with pytest.raises(UserInputError, match=rf"at {field}={value}, .* needs at least .* of memory available; "
+                                             rf"lower {field}$") as e:
+        Adapter(AdaptConfig(**{**TINY.__dict__, field: value}), tmp_path / "run", **QUIET)
+    assert "\n" not in str(e.value)
+    assert not (tmp_path / "run").exists()
+
+
+def test_the_memory_estimate_counts_the_real_networks_and_passes_ordinary_configs():
+    for hidden, layers in ((32, 2), (7, 1), (5, 3)):
+        agent = SAC(17, 6, SACConfig(hidden_dim=hidden, hidden_layers=layers))
+        assert parameter_counts(17, 6, hidden, layers) == tuple(
+            sum(p.numel() for p in net.parameters()) for net in (agent.actor, agent.critic))
+    for config in (AdaptConfig(), AdaptConfig(use_model=False), AdaptConfig(domain="walker"), TINY):
+        nbytes, what, fix = config.memory_request(24, 6)  # the unified spaces: the largest dims there are
+        assert nbytes < 256 * 2**20 and what.startswith(f"adapting for {config.env_steps} env steps"), what
+    parts = {fix: nbytes for nbytes, _, fix in AdaptConfig().memory_parts(24, 6)}
+    assert set(parts) == {"env_steps (--env-steps), rollout_batch or retain_rounds", "sac_hidden", "batch_size",
+                          "rollout_batch"}
+    bigger = {fix: nbytes for nbytes, _, fix in AdaptConfig(sac_hidden=512, batch_size=512).memory_parts(24, 6)}
+    assert bigger["sac_hidden"] > 3.5 * parts["sac_hidden"] and bigger["batch_size"] > 2 * parts["batch_size"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--seed", "-1"], "seed must be an integer >= 0, got -1"),
     (["--env-steps", "10000000000000"], "lower env_steps (--env-steps)"),
+    (["--set", "sac_hidden=1000000000"], "the SAC networks at sac_hidden=1000000000"),
+    (["--set", "batch_size=1000000000000"], "a SAC update at batch_size=1000000000000"),
 ])
 def test_adapt_cli_refuses_bad_numbers_in_one_line(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", "adapt", "--model-free", "--out",

@@ -9,8 +9,9 @@ see below), and once the run is finished ``result.json`` and ``agent.pt`` (the f
 Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz`` and
 ``state.json`` with every random state and the SHA-256 of each file), made current by an atomic
 ``checkpoints/latest.json`` pointer (:mod:`mrcom_core.snapshots`), so a crash or Ctrl-C while one is written
-leaves the previous one whole and pointed to, and ``--resume`` checks every file before loading it. The
-final checkpoint holds the agent and the result.
+leaves the previous one whole and pointed to, and ``--resume`` checks every file before loading it, then
+their fields against each other and the run's config (:func:`restore`). The final checkpoint holds the agent
+and the result.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ def open_checkpoints(run_dir: Path) -> tuple[Path, dict] | None:
     if latest is None and (run_dir / "checkpoint" / "state.json").is_file():
         raise UserInputError(f"{run_dir} holds a checkpoint in an older layout (checkpoint/); this mrcom "
                              f"cannot resume it: start the run again in a new folder")
+    if latest is not None and latest[0].name != f"step_{latest[1]['step']:08d}":
+        # Checked before the clean-up below, which would take the folder of a lowered step for a stray one.
+        raise UserInputError(f"{latest[0] / snapshots.STATE}: step {latest[1]['step']} is not the step of its folder "
+                             f"{latest[0].name} ({REDO})")
     # Folders the pointer never reached (a crash between their rename and the pointer's swap).
     current = latest[1]["step"] if latest is not None else -1
     for folder in root.glob("step_*") if root.is_dir() else ():
@@ -114,16 +119,31 @@ def publish_result(run_dir: Path, folder: Path, result: dict) -> None:
 
 def restore(adapter, folder: Path, state: dict) -> None:
     """Load the verified checkpoint ``folder`` (its ``state.json`` already read as ``state``) into ``adapter``;
-    anything unreadable is one :class:`UserInputError` line."""
+    anything unreadable is one :class:`UserInputError` line.
+
+    The files' digests only show that they were not changed after the checkpoint was written (a user can
+    recompute them), so their fields are checked against each other and the run's config before the run
+    continues (:func:`check_counts`, :func:`check_episodes`, :func:`check_buffers`): ``state.json``'s
+    ``env_steps`` against its step, the config's ``env_steps``, ``agent.pt``'s ``env_steps``, the episodes and
+    the real replay buffer; ``imagined`` against what the run can have imagined; each buffer's capacity,
+    position and size. A disagreement is one line naming the file and the field."""
     where = folder / "state.json"
-    require_fields(state, {"env_steps": int, "imagined": int, "complete": bool}, str(where))
-    load_agent(adapter.agent, folder / "agent.pt")
+    require_fields(state, {"step": int, "env_steps": int, "imagined": int, "complete": bool}, str(where))
+    check_counts(adapter.cfg, state, where)
+    agent_steps = load_agent(adapter.agent, folder / "agent.pt")
+    if not isinstance(agent_steps, int) or isinstance(agent_steps, bool) or agent_steps != state["env_steps"]:
+        raise UserInputError(f"{folder / 'agent.pt'}: env_steps {agent_steps!r} disagrees with {where}'s env_steps "
+                             f"{state['env_steps']} ({REDO})")
     if state["complete"]:
         result = state.get("result")
         if not isinstance(result, dict):
             raise UserInputError(f"{where}: the final checkpoint holds no result ({REDO})")
         require_fields(result, {"normalized_return": (int, float), "env_steps": int, "imagined": int},
                        f"{where} (result)")
+        for name in ("env_steps", "imagined"):
+            if result[name] != state[name]:
+                raise UserInputError(f"{where}: the result's {name} {result[name]} disagrees with {name} "
+                                     f"{state[name]} ({REDO})")
         publish_result(adapter.run_dir, folder, result)
         adapter.step, adapter.imagined, adapter.finished = state["env_steps"], state["imagined"], result
         return
@@ -133,13 +153,21 @@ def restore(adapter, folder: Path, state: dict) -> None:
         with np.load(path, allow_pickle=False) as arrays:
             real = {k[5:]: arrays[k] for k in arrays.files if k.startswith("real_")}
             model = {k[6:]: arrays[k] for k in arrays.files if k.startswith("model_")}
+            saved = {k.partition("_")[0] for k in arrays.files if k.startswith("ep")}
+            if saved != {f"ep{i}" for i in range(state["episodes"])}:
+                raise UserInputError(f"{where}: episodes {state['episodes']} disagrees with {path}, which holds "
+                                     f"{len(saved)} real episodes ({REDO})")
             episodes = [{k: arrays[f"ep{i}_{k}"] for k in ("obs", "action", "reward")}
                         for i in range(state["episodes"])]
         adapter.real.load_state_dict(real)
         adapter.model.load_state_dict(model)
+    except UserInputError:
+        raise
     except Exception as e:  # a zip, npy or shape error: whatever it is, the file is not what we wrote
         why = "it holds pickled data, which is never loaded" if "pickle" in str(e) else _first_line(e)
         raise UserInputError(f"cannot read {path}: not replay buffers of this run ({why}; {REDO})") from None
+    check_episodes(adapter, episodes, path)
+    check_buffers(adapter, state, where, path)
     try:
         adapter.env.set_random_state(state["env"])
         adapter.rng.bit_generator.state = state["rng"]
@@ -151,9 +179,98 @@ def restore(adapter, folder: Path, state: dict) -> None:
     adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
 
 
-def load_agent(agent: SAC, path: Path) -> None:
-    """Load the SAC ``agent`` from ``agent.pt`` at ``path`` (``weights_only=True``); anything unreadable is one
-    :class:`UserInputError` line."""
+def most_imagined(config, step: int) -> int:
+    """The most imagined transitions a run of ``config`` (an :class:`~mrcom_train.rl.adapt_config.AdaptConfig`)
+    has made by env step ``step``: a round of ``rollout_batch`` rollouts of at most ``horizon(step)`` steps at
+    every multiple of ``model_rollout_every`` from ``learning_starts`` (and from step 1) on; 0 without the
+    model."""
+    if not config.use_model:
+        return 0
+    every = config.model_rollout_every
+    rounds = max(0, step // every - (max(1, config.learning_starts) - 1) // every)
+    return rounds * config.rollout_batch * config.horizon(step)
+
+
+def check_counts(config, state: dict, where: Path) -> None:
+    """``state.json``'s counts (``where``; ``state`` read from it) against its step and the run's ``config``:
+    ``env_steps`` is the step, the config's ``env_steps`` in the final checkpoint and between 1 and it
+    otherwise; ``imagined`` is within :func:`most_imagined`; ``episodes`` (not in the final checkpoint) is the
+    number of whole episodes in ``env_steps`` (checkpoints are taken at episode ends)."""
+    steps, imagined = state["env_steps"], state["imagined"]
+
+    def bad(message: str) -> UserInputError:
+        return UserInputError(f"{where}: {message} ({REDO})")
+
+    if steps != state["step"]:
+        raise bad(f"env_steps {steps} disagrees with the checkpoint's step {state['step']}")
+    if state["complete"] and steps != config.env_steps:
+        raise bad(f"env_steps {steps} is not the run's env_steps {config.env_steps}, where its final checkpoint "
+                  f"is taken")
+    if not state["complete"] and not 0 < steps < config.env_steps:
+        raise bad(f"env_steps {steps} is not between 1 and {config.env_steps - 1}, where this run takes "
+                  f"checkpoints")
+    most = most_imagined(config, steps)
+    if not 0 <= imagined <= most:
+        raise bad(f"imagined {imagined} is not " + (f"between 0 and {most}" if most else "0")
+                  + f", the imagined transitions this run can make in {steps} env steps")
+    if state["complete"]:
+        return
+    length, episodes = config.episode_length, state.get("episodes")
+    if steps % length:
+        raise bad(f"env_steps {steps} is not a multiple of the episode length {length} (checkpoints are taken at "
+                  f"episode ends)")
+    if isinstance(episodes, int) and not isinstance(episodes, bool) and episodes != steps // length:
+        raise bad(f"episodes {episodes} disagrees with env_steps {steps}, which are {steps // length} episodes of "
+                  f"{length} steps")
+
+
+def check_episodes(adapter, episodes: list[dict[str, np.ndarray]], path: Path) -> None:
+    """Each real episode of ``buffers.npz`` (``path``) has ``episode_length`` steps in the adapter's spaces:
+    ``obs`` (T+1, obs dims), ``action`` (T, action dims), ``reward`` (T,), all float32."""
+    T, space = adapter.cfg.episode_length, adapter.space
+    shapes = {"obs": (T + 1, space.obs_dim), "action": (T, space.act_dim), "reward": (T,)}
+    for i, episode in enumerate(episodes):
+        for key, shape in shapes.items():
+            array = episode[key]
+            if array.shape != shape or array.dtype != np.float32:
+                raise UserInputError(f"{path}: ep{i}_{key} is {array.dtype} of shape {array.shape}, expected float32 "
+                                     f"of shape {shape} ({REDO})")
+
+
+def check_buffers(adapter, state: dict, where: Path, path: Path) -> None:
+    """The replay buffers loaded from ``buffers.npz`` (``path``) against ``state.json`` (``where``) and the run's
+    config: the real buffer has ``env_steps`` (the config's) slots and holds ``env_steps`` (the state's)
+    transitions; the model buffer is ``retain_rounds × rollout_batch × h`` slots for a horizon ``h`` the run has
+    reached (1 slot, empty, without the model) and holds at most ``imagined``; each position is where its
+    transitions end."""
+    config, steps = adapter.cfg, state["env_steps"]
+    for name, buffer in (("real", adapter.real), ("model", adapter.model)):
+        capacity, (ptr, size) = buffer.capacity, (int(x) for x in buffer.state_dict()["ptr_size"])
+        if not (0 <= size <= capacity and 0 <= ptr < capacity and (ptr == size or size == capacity)):
+            raise UserInputError(f"{path}: {name}_ptr_size ({ptr}, {size}) is no position and size in a buffer of "
+                                 f"{capacity} transitions ({REDO})")
+    capacity, size = adapter.real.capacity, len(adapter.real)
+    if capacity != config.env_steps:
+        raise UserInputError(f"{path}: the real replay buffer has {capacity} slots, not the run's env_steps "
+                             f"{config.env_steps} ({REDO})")
+    if size != steps:
+        raise UserInputError(f"{where}: env_steps {steps} disagrees with {path}, whose real replay buffer holds "
+                             f"{size} transitions ({REDO})")
+    capacity, size = adapter.model.capacity, len(adapter.model)
+    if not config.use_model:
+        fits = capacity == 1 and size == 0
+    else:
+        rounds = config.retain_rounds * config.rollout_batch
+        fits = (capacity % rounds == 0 and config.horizon_start <= capacity // rounds <= config.horizon(steps)
+                and size <= state["imagined"])
+    if not fits:
+        raise UserInputError(f"{path}: the model replay buffer ({size} of {capacity} slots) is not one this run has "
+                             f"after {steps} env steps and {state['imagined']} imagined transitions ({REDO})")
+
+
+def load_agent(agent: SAC, path: Path):
+    """Load the SAC ``agent`` from ``agent.pt`` at ``path`` (``weights_only=True``) and return the ``env_steps``
+    saved with it (None when it has none); anything unreadable is one :class:`UserInputError` line."""
     try:
         with warnings.catch_warnings():  # e.g. about a foreign pickle protocol: the error below says it all
             warnings.simplefilter("ignore")
@@ -166,6 +283,7 @@ def load_agent(agent: SAC, path: Path) -> None:
         raise
     except Exception as e:  # missing entries, wrong shapes
         raise UserInputError(f"{path} holds no SAC agent this run can load ({_first_line(e)}; {REDO})") from None
+    return saved.get("env_steps")
 
 
 def _first_line(e: BaseException) -> str:

@@ -1,6 +1,6 @@
 """What one ``mrcom adapt`` run is (paper §3.4): :class:`AdaptConfig`, checked on construction, with the target
-scenario it draws, MBPO's horizon schedule and the memory its replay buffers take, and the normalized return
-every evaluation reports. The algorithm itself is in :mod:`mrcom_train.rl.adapt`.
+scenario it draws, MBPO's horizon schedule and the memory its buffers, networks and batches take, and the
+normalized return every evaluation reports. The algorithm itself is in :mod:`mrcom_train.rl.adapt`.
 
 Normalized return = 100 × episode return / episode length (dm_control rewards are in [0, 1] per step).
 """
@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 from mrcom_core.config import check_int, check_number
 from mrcom_core.errors import UserInputError
+from mrcom_core.resources import format_bytes
 
 from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, sample_scenarios
+from .sac import SACConfig, parameter_counts
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
@@ -116,6 +118,43 @@ class AdaptConfig:
         model buffer at the final horizon, each ``(obs, action, reward, next_obs, terminated)`` in float32."""
         transitions = self.env_steps + (self.model_buffer_size(self.env_steps) if self.use_model else 0)
         return transitions * (2 * obs_dim + act_dim + 2) * 4
+
+    def memory_parts(self, obs_dim: int, act_dim: int) -> list[tuple[int, str, str]]:
+        """Lower bounds of the memory the run's parts take at their largest (float32), each as ``(bytes, part,
+        the fields that size it)``:
+
+        * the replay buffers (:meth:`buffer_bytes`) and the real episodes kept for prompts (each real step's
+          observation, action and reward once more);
+        * the SAC networks at width ``sac_hidden`` (:func:`~mrcom_train.rl.sac.parameter_counts`): the actor and
+          the twin critic with their gradients and Adam's two moments, and the target critic;
+        * one SAC update: its batch of ``batch_size`` transitions and the hidden activations its backward pass
+          keeps (the actor's and both critics', one per hidden layer);
+        * with the model, one round of ``rollout_batch`` imagined rollouts: a step's transitions and the policy's
+          hidden activations (the world model's own memory depends on the export and is not counted).
+        """
+        od, ad, hidden, layers = obs_dim, act_dim, self.sac_hidden, SACConfig.hidden_layers
+        transition = 2 * od + ad + 2  # floats of one (obs, action, reward, next_obs, terminated)
+        actor, critic = parameter_counts(od, ad, hidden, layers)
+        parts = [
+            (self.buffer_bytes(od, ad) + 4 * self.env_steps * (od + ad + 1), "the replay buffers",
+             "env_steps (--env-steps)" + (", rollout_batch or retain_rounds" if self.use_model else "")),
+            (4 * (4 * actor + 5 * critic), f"the SAC networks at sac_hidden={hidden}", "sac_hidden"),
+            (4 * self.batch_size * (transition + 3 * layers * hidden), f"a SAC update at batch_size={self.batch_size}",
+             "batch_size"),
+        ]
+        if self.use_model:
+            parts.append((4 * self.rollout_batch * (transition + hidden),
+                          f"a round of imagined rollouts at rollout_batch={self.rollout_batch}", "rollout_batch"))
+        return parts
+
+    def memory_request(self, obs_dim: int, act_dim: int) -> tuple[int, str, str]:
+        """The arguments of the up-front :func:`~mrcom_core.resources.require_memory` check: the sum of
+        :meth:`memory_parts`, described by its largest part, whose fields are the fix."""
+        parts = self.memory_parts(obs_dim, act_dim)
+        largest, part, fields = max(parts, key=lambda p: p[0])
+        return (sum(p[0] for p in parts),
+                f"adapting for {self.env_steps} env steps (largest part: {part}, {format_bytes(largest)})",
+                f"lower {fields}")
 
 
 def normalized_return(episode_return: float, episode_length: int) -> float:

@@ -12,6 +12,7 @@ the critic learns to stop bootstrapping at episode cut-offs.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 from dataclasses import dataclass, fields
@@ -91,6 +92,15 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Se
         d = hidden_dim
     layers.append(nn.Linear(d, out_dim))
     return nn.Sequential(*layers)
+
+
+def parameter_counts(obs_dim: int, act_dim: int, hidden_dim: int, hidden_layers: int) -> tuple[int, int]:
+    """Parameters of an :class:`Actor` and of a :class:`TwinQ` (both Q networks) of these sizes, counted without
+    building them (so an up-front memory check can size networks too large to allocate)."""
+    def count(in_dim: int, out_dim: int) -> int:  # one ``mlp``
+        dims = [in_dim, *[hidden_dim] * hidden_layers, out_dim]
+        return sum(a * b + b for a, b in itertools.pairwise(dims))
+    return count(obs_dim, 2 * act_dim), 2 * count(obs_dim + act_dim, 1)
 
 
 class Actor(nn.Module):

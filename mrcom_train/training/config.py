@@ -128,6 +128,9 @@ def _ablation_names(value, source: str) -> tuple[str, ...]:
 
 
 def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -> tuple[ModelConfig, TrainConfig, str]:
+    """The model and training configs of a run on ``dataset``: ``request`` over the preset (a new run) or over
+    the checkpoint's ``saved`` configs (a resumed one; its model cannot change), checked together
+    (:func:`check_overshoot`). Returns ``(model config, train config, preset name)``."""
     dims = dict(obs_dim=dataset.obs_dim, act_dim=dataset.act_dim, num_scenarios=len(dataset.scenarios))
     if saved is None or request.preset is not None or request.ablations or request.model:
         preset = request.preset or (saved["preset"] if saved else "small")
@@ -138,6 +141,7 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
     base = TrainConfig(**{**TRAIN_PRESETS[preset]}) if saved is None else \
         apply_overrides(TrainConfig(), saved["train_config"], "train")
     tcfg = apply_overrides(base, request.train, "train")
+    check_overshoot(mcfg, tcfg, request)
     if saved is not None:
         old = saved["model_config"]
         for name, value in mcfg.to_dict().items():
@@ -145,3 +149,16 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
                 raise UserInputError(f"cannot resume: the checkpoint's model was trained with model.{name}="
                                      f"{old.get(name)!r}, this run asks for {value!r}")
     return mcfg, tcfg, preset
+
+
+def check_overshoot(mcfg: ModelConfig, tcfg: TrainConfig, request: RunRequest) -> None:
+    """Refuse a ``model.overshoot_horizon`` longer than the training window ``train.window_len``: the
+    overshooting loss imagines ``min(overshoot_horizon, window_len)`` steps (the window's L actions), so the
+    rest would be dropped silently. Checked when ``request`` sets either; a preset's own pair is the preset's
+    choice (``tiny``'s 8-step windows imagine 8 of MrCoM's default 15 steps), and a resumed run keeps what it
+    was trained with."""
+    horizon, window = mcfg.overshoot_horizon, tcfg.window_len
+    if ("overshoot_horizon" in request.model or "window_len" in request.train) and horizon > window:
+        raise UserInputError(f"model.overshoot_horizon={horizon} is longer than the training window "
+                             f"(train.window_len={window}), and the overshooting loss imagines at most the window's "
+                             f"steps; lower model.overshoot_horizon or raise train.window_len")
