@@ -183,7 +183,7 @@ def test_resume_refuses_a_different_config(tmp_path):
     (["collect", "--obs-fn", "blur", "--out", "{tmp}/a"], "unknown observation function 'blur'"),
     (["collect", "--out", "{tmp}/full"], "is not empty; pass --resume"),
     (["collect", "--out", "{tmp}/empty", "--resume", "-n", "1"], None),
-    (["collect", "--out", "{tmp}/full", "--resume"], "manifest.json is missing"),
+    (["collect", "--out", "{tmp}/full", "--resume"], "--resume only continues a dataset"),
     (["info", "{tmp}/nowhere"], "manifest.json is missing"),
     (["info", "{tmp}/old"], "format version 0"),
     (["collect", "-n", "many", "--out", "{tmp}/a"], "'many' is not a valid integer"),

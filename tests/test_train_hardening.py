@@ -1,10 +1,14 @@
 """``mrcom train`` and its checkpoints under hostile input: escaping pointers, damaged files, a second process,
-sizes that cannot fit, ill-typed TOML, Ctrl-C, a full disk, and what a failed run leaves behind."""
+sizes that cannot fit, ill-typed TOML, Ctrl-C, a full disk or a file-size limit, and what a failed run leaves
+behind."""
 
 import errno
 import json
 import os
+import resource
 import shutil
+import subprocess
+import sys
 
 import pytest
 
@@ -183,6 +187,75 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(run, data, tmp_pa
     assert not list((copy / "checkpoints").glob(".tmp-*"))
 
 
+def _mrcom_under_file_size_limit(limit: int, *args: str, cwd) -> subprocess.CompletedProcess:
+    """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
+    ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC."""
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], preexec_fn=limit_file_size, cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
+
+
+def test_a_file_size_limit_mid_checkpoint_is_one_line_and_keeps_the_last_checkpoint(run, data, tmp_path):
+    copy = _copy(run, tmp_path)
+    last = latest_checkpoint(copy)
+    model, optimizer = ((last / name).stat().st_size for name in ("model.safetensors", "optimizer.safetensors"))
+    assert model < optimizer  # every other file of the run is smaller than the weights
+    done = _mrcom_under_file_size_limit((model + optimizer) // 2, "train", "--data", str(data), "--out", str(copy),
+                                        "--steps", "4", "--resume", "--no-progress", cwd=tmp_path)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert lines[0].startswith("mrcom: error: ") and "optimizer.safetensors: File too large" in lines[0], lines
+    assert latest_checkpoint(copy).name == "step_00000002"  # still pointed to, every digest verified
+    assert not list((copy / "checkpoints").rglob(".tmp-*"))
+
+
+def test_safetensors_own_full_disk_error_is_one_line_naming_the_file(run, data, tmp_path, capsys, monkeypatch):
+    from safetensors import SafetensorError
+
+    import mrcom_train.training.checkpoint as checkpoint
+
+    copy = _copy(run, tmp_path)
+
+    def full(tensors, filename, *args, **kwargs):  # what safetensors raises when the disk fills up
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(checkpoint, "save_file", full)
+    status, lines = _cli(capsys, "train", "--data", str(data), "--out", str(copy), "--steps", "3", "--resume",
+                         "--no-progress")
+    assert status == 2 and len(lines) == 1, lines
+    assert lines[0].startswith("mrcom: error: ") and "model.safetensors: No space left on device" in lines[0]
+    assert latest_checkpoint(copy).name == "step_00000002"
+    assert not list((copy / "checkpoints").rglob(".tmp-*"))
+
+    def bug(tensors, filename, *args, **kwargs):  # not an OS error: a bug, whose traceback must show
+        raise SafetensorError("You are trying to save a non contiguous tensor")
+
+    monkeypatch.setattr(checkpoint, "save_file", bug)
+    with pytest.raises(SafetensorError, match="non contiguous"):
+        checkpoint._save_tensors({}, tmp_path / "x.safetensors")
+
+
+def test_a_file_size_limit_on_the_tensorboard_log_is_raised_where_the_row_is_logged(tmp_path):
+    script = (
+        "import errno, resource, sys\n"
+        "from mrcom_train.metrics_log import MetricsLog\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (4000, 4000))\n"
+        "log = MetricsLog(sys.argv[1], ['step', 'loss'])\n"
+        "try:\n"
+        "    for step in range(100):  # many scalars per row: the event file crosses the limit first\n"
+        "        log.write(step, {'loss': 1.0}, {f'train/term{i}': 1.0 for i in range(30)})\n"
+        "except OSError as e:\n"
+        "    print(errno.errorcode[e.errno], e.filename)\n"
+        "log.close()\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no traceback from a background thread
+    code, name = done.stdout.split()
+    assert code == "EFBIG" and name.startswith(str(tmp_path / "tb" / "events.out.tfevents.")), done.stdout
+
+
 def test_a_second_reproduce_on_the_same_folder_is_refused(tmp_path):
     from mrcom_train.experiments.reproduce import run_reproduction
 
@@ -203,3 +276,37 @@ def test_a_damaged_metrics_log_is_one_line_and_a_cut_one_resumes(run, data, tmp_
     code, lines = _cli(capsys, "train", "--data", str(data), "--out", str(copy), "--steps", "4", "--resume",
                        "--no-progress")
     assert code == 2 and len(lines) == 1 and "metrics.csv" in lines[0], lines
+
+
+@pytest.mark.parametrize("preset,config,sets,window", [
+    (None, None, ["model.overshoot_horizon=1000"], 16),
+    ("tiny", None, ["model.overshoot_horizon=9"], 8),
+    ("base", None, ["model.model_type=rssm_ctx", "model.overshoot_horizon=33"], 32),
+    (None, "mrcom-literal.toml", ["model.overshoot_horizon=12", "train.window_len=10"], 10),
+    ("tiny", None, ["model.overshoot_horizon=8"], None),  # the whole window: accepted
+    ("tiny", None, [], None),  # the preset's own pair: tiny imagines its 8-step windows of MrCoM's default 15
+    ("small", None, ["train.window_len=4"], 4),  # a window asked for below the default horizon (15)
+    ("small", None, [], None),
+    ("base", None, [], None),
+    (None, "mrcom-literal.toml", [], None),
+])
+def test_an_overshoot_horizon_longer_than_the_window_is_one_line(data, tmp_path, capsys, preset, config, sets,
+                                                                 window):
+    from pathlib import Path
+
+    from mrcom_train.datasets.dataset import Dataset
+    from mrcom_train.training.config import resolve_configs
+
+    config = config and str(Path(__file__).parents[1] / "configs" / config)
+    if window is None:  # the presets and the project's configs resolve
+        model, train, _ = resolve_configs(RunRequest.from_sources(preset, (), config, tuple(f"{s}" for s in sets),
+                                                                  {}), Dataset(data), None)
+        assert model.overshoot_horizon in (0, 8, 15)
+        return
+    args = [*(["--preset", preset] if preset else []), *(["--config", config] if config else []),
+            *[a for s in sets for a in ("--set", s)]]
+    code, lines = _cli(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1",
+                       "--no-progress", *args)
+    assert code == 2 and len(lines) == 1, lines
+    assert "model.overshoot_horizon=" in lines[0] and f"train.window_len={window}" in lines[0], lines
+    assert not (tmp_path / "run").exists()

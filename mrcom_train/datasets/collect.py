@@ -23,9 +23,9 @@ before its first episode is finished leaves no folder behind.
 
 from __future__ import annotations
 
+import io
 import multiprocessing as mp
 import queue as queue_lib
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import LOCK_NAME, TMP_PREFIX, atomic_path, has_content
-from mrcom_core.locks import folder_lock
+from mrcom_core.files import TMP_PREFIX, atomic_path, writing
+from mrcom_core.outputs import DATASET, claimed, undo_fresh
 
 from ..scenarios import ScenarioEnv, ScenarioSpec, UnifiedSpace
 from ..workers import WorkerPool
@@ -102,6 +102,19 @@ def _sac_state_path(root: str | Path, scenario: int) -> Path:
     return Path(root) / "sac" / f"s{scenario:04d}.pt"
 
 
+def _save_sac_state(path: Path, state: dict) -> None:
+    """Write a SAC unit's state atomically. It is serialized in memory and written by Python, so a failed
+    write (a full disk, a file-size limit) is an ``OSError`` with its errno naming ``path``: ``torch.save`` to
+    a file reports one as a ``RuntimeError`` without it."""
+    import torch
+
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with writing(path), atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
+
+
 def _sac_warm_start(root: str | Path, unit: Unit) -> dict:
     """The final agent of the scenario ``unit`` warm-starts from (its whole replay must be collected)."""
     import torch
@@ -151,8 +164,6 @@ def _run_sac_unit(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
 
 
 def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> None:
-    import torch
-
     from ..rl.sac import SAC, ReplayBuffer, SACConfig
 
     cfg = unit.config
@@ -198,10 +209,8 @@ def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
     for ep in range(start, K):
         obs, act, rew = _run_episode(env, spec, ep, choose, on_step)
         write_episode(unit.root, unit.scenario, ep, obs, act, rew)
-        state_path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(state_path) as tmp:
-            torch.save({"agent": agent.state_dict(), "rng": rng.bit_generator.state,
-                        "episodes_done": ep + 1, "env_steps": env_steps}, tmp)
+        _save_sac_state(state_path, {"agent": agent.state_dict(), "rng": rng.bit_generator.state,
+                                     "episodes_done": ep + 1, "env_steps": env_steps})
         report(unit.scenario, ep, len(rew), float(rew.sum()))
 
 
@@ -242,20 +251,11 @@ def _run_pool(chains: list[tuple[Unit, ...]], workers: int, policy: str, report)
 
 # ---------------------------------------------------------------------------------------------- driver
 def _finished_episodes(out: Path) -> int:
-    """How many finished episode folders ``out`` holds (leftovers of unfinished ones not counted)."""
+    """How many finished episode folders ``out`` holds (leftovers of unfinished ones and symbolic links, which
+    a dataset refuses, not counted)."""
     return sum(1 for p in (out / EPISODES).glob("s*/e*")
-               if not p.name.startswith(TMP_PREFIX) and not p.parent.name.startswith(TMP_PREFIX))
-
-
-def _discard(out: Path, created: bool) -> None:
-    """Undo a collection that finished no episode: remove ``out`` if this call created it, else empty it
-    (keeping the lock file, which is held)."""
-    if created:
-        shutil.rmtree(out, ignore_errors=True)
-        return
-    for path in out.iterdir():
-        if path.name != LOCK_NAME:
-            shutil.rmtree(path, ignore_errors=True) if path.is_dir() and not path.is_symlink() else path.unlink()
+               if not p.name.startswith(TMP_PREFIX) and not p.parent.name.startswith(TMP_PREFIX)
+               and not p.is_symlink() and not p.parent.is_symlink())
 
 
 def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
@@ -264,7 +264,8 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
 
     ``resume=True`` continues a killed or finished collection in ``out`` (same config, any worker count);
     the episodes already there are checked first (:meth:`DatasetWriter.scan`) and a damaged one stops the
-    collection, untouched. The folder is locked for the whole call (:func:`mrcom_core.locks.folder_lock`).
+    collection, untouched; a non-empty ``out`` that is not a dataset is refused (:func:`mrcom_core.outputs.claimed`,
+    which also locks the folder for the whole call).
     A collection that fails before finishing its first episode leaves ``out`` as it found it (removed if
     this call created it); one that fails later keeps its finished episodes for ``--resume``.
     """
@@ -275,17 +276,13 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
     space = UnifiedSpace.of(specs)
     check_memory(config, specs, space)
     created = not out.exists()
-    with folder_lock(out, "mrcom collect"):
-        fresh = not has_content(out)
-        if not fresh and not resume:
-            raise UserInputError(f"output folder {out} is not empty; pass --resume to continue the collection "
-                                 f"there, or choose another folder")
+    with claimed(out, DATASET, "mrcom collect", given=resume) as fresh:  # --resume continues only a dataset
         try:
             _collect_locked(config, out, specs, space, fresh, progress, log)
         except BaseException as e:
             if not fresh or _finished_episodes(out):
                 raise
-            _discard(out, created)
+            undo_fresh(out, created)
             if isinstance(e, KeyboardInterrupt):
                 raise Interrupted(f"no episode had finished, so {out} was {'removed' if created else 'emptied'}; "
                                   f"run the same command again") from None

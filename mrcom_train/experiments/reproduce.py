@@ -21,8 +21,10 @@ from pathlib import Path
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import read_json, write_json_atomic
 from mrcom_core.locks import folder_lock
+from mrcom_core.outputs import a, folder_kind
 from mrcom_core.registry import MODELS, model_class
 from mrcom_export.exporter import export_model
+from mrcom_export.manifest import ExportError, read_manifest
 
 from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
@@ -111,6 +113,15 @@ def _done(path: Path) -> bool:
     return path.is_file()
 
 
+def _exported(export: Path) -> bool:
+    """Whether ``export`` holds an export this mrcom reads (one of an older format version is exported again)."""
+    try:
+        read_manifest(export, verify=False)
+    except ExportError:
+        return False
+    return True
+
+
 def _measured(err_file: Path) -> bool:
     """Whether ``err_file`` holds the open-loop errors in the current layout (older layouts are measured again)."""
     if not err_file.is_file():
@@ -139,8 +150,18 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
             raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
     b = BUDGETS[budget_name]
     out = Path(out)
+    _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
+        _not_another_kind(out)
         return _reproduce(table, b, budget_name, seeds, out, chosen, model_methods(ablations), workers, what, log)
+
+
+def _not_another_kind(out: Path) -> None:
+    """Refuse an ``out`` that another command made (a dataset, run or export): reproduce writes its own tree
+    (SPLIT/data, models, exports, cells) and summaries into it."""
+    kind = folder_kind(out)
+    if kind is not None:
+        raise UserInputError(f"output folder {out} is {a(kind)}, not a reproduction; choose another folder")
 
 
 def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict, workers: int,
@@ -170,7 +191,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                       workers, log)
         for method in methods:
             run, export = root / "models" / method, root / "exports" / method
-            if not _done(export / "manifest.json"):
+            if not _exported(export):
                 log(f"[{split}] exporting {method}")
                 model, state = load_model(run)
                 export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,

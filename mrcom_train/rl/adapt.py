@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import has_content, write_json_atomic
-from mrcom_core.locks import folder_lock
+from mrcom_core.files import write_json_atomic
+from mrcom_core.outputs import ADAPT_RUN, claimed
 from mrcom_core.resources import require_memory
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
@@ -83,9 +83,7 @@ class Adapter:
         config = self.cfg
         self.spec = config.target()
         od, ad = self.spec.obs_dim, self.spec.act_dim
-        require_memory(config.buffer_bytes(od, ad), f"adapting for {config.env_steps} env steps (replay buffers)",
-                       "lower env_steps (--env-steps)"
-                       + (", rollout_batch or retain_rounds" if config.use_model else ""))
+        require_memory(*config.memory_request(od, ad))  # buffers, SAC networks, an update, imagined rollouts
         self.imagined_env = None
         if config.use_model:
             if export_dir is None:
@@ -101,9 +99,8 @@ class Adapter:
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserInputError(f"run folder {self.run_dir} is a file, not a folder")
         # From here on the folder is ours: nothing in it is read before the lock is held.
-        self._stack.enter_context(folder_lock(self.run_dir, "mrcom adapt"))
-        if has_content(self.run_dir) and not resume:
-            raise UserInputError(f"run folder {self.run_dir} is not empty; pass --resume to continue it")
+        self._stack.enter_context(claimed(self.run_dir, ADAPT_RUN, "mrcom adapt", given=resume, label="run folder",
+                                          inputs={"export": export_dir if config.use_model else None}))
         latest = checkpoint.open_checkpoints(self.run_dir) if resume else None
         if latest is not None:
             checkpoint.check_config(self.run_dir, self.cfg)

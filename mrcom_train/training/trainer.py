@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import threading
 import time
 from contextlib import ExitStack
@@ -22,9 +21,9 @@ import torch
 
 from mrcom_core.config import ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import has_content, write_json_atomic
-from mrcom_core.locks import folder_lock
+from mrcom_core.files import write_json_atomic, writing
 from mrcom_core.losses import loss_overshoot
+from mrcom_core.outputs import TRAINING_RUN, claim_output, claimed, undo_fresh
 from mrcom_core.registry import build_model, history_steps
 from mrcom_core.resources import require_memory
 from mrcom_core.steps import open_loop_predictions
@@ -92,14 +91,18 @@ class Trainer:
         self.run_dir, self.log, self.progress = Path(run_dir), log, progress
         self.rank = int(os.environ.get("RANK", 0))
         self.world = int(os.environ.get("WORLD_SIZE", 1))
-        self._fresh = not has_content(self.run_dir)  # a failed run that saved nothing removes its folder
+        self._created = not self.run_dir.exists()  # a failed run that saved nothing leaves the folder as it was
+        self._fresh = False  # whether the run folder was empty (set once it is locked)
         self._lock = ExitStack()  # the run folder's lock (rank 0), held until run() ends or close()
         self._locked = False
         self.last_good = None
         try:
+            claim = dict(inputs={"dataset": data}, given=resume, label="run folder")
             if self.rank == 0:
-                self._lock.enter_context(folder_lock(self.run_dir, "mrcom train"))
+                self._fresh = self._lock.enter_context(claimed(self.run_dir, TRAINING_RUN, "mrcom train", **claim))
                 self._locked = True
+            else:
+                self._fresh = claim_output(self.run_dir, TRAINING_RUN, **claim)
             self._setup(data, request or RunRequest(), resume)
         except BaseException:
             self._fail()
@@ -111,19 +114,16 @@ class Trainer:
         self._locked = False
 
     def _fail(self) -> None:
-        """After a failure: a run folder this trainer created and that holds no checkpoint is removed (so the
-        same command can simply be run again); the lock is released."""
-        if self._locked and self._fresh and self.last_good is None and self.rank == 0:
-            shutil.rmtree(self.run_dir, ignore_errors=True)
+        """After a failure: a run folder that was missing or empty and holds no checkpoint is removed or emptied
+        again (so the same command can simply be run again); the lock is released."""
+        if self._locked and (self._created or self._fresh) and self.last_good is None and self.rank == 0:
+            undo_fresh(self.run_dir, self._created)
         self.close()
 
     def _setup(self, data: str | Path, request: RunRequest, resume: bool) -> None:
         log = self.log
         self.dataset = Dataset(data)
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-        if not self._fresh and not resume:
-            raise UserInputError(f"run folder {self.run_dir} is not empty; pass --resume to continue it, or "
-                                 f"choose another --out")
         if self.rank == 0:
             clean_checkpoints(self.run_dir)  # temporary checkpoint folders of a killed run
         ckpt = latest_checkpoint(self.run_dir) if self.run_dir.exists() else None
@@ -323,8 +323,12 @@ class Trainer:
         from tqdm import tqdm
 
         c, main = self.config, self.rank == 0
-        if main:
+        if main:  # config.json first: it is what marks the folder as a training run (mrcom_core.outputs)
             self.run_dir.mkdir(parents=True, exist_ok=True)
+            with writing(self.run_dir / "config.json"):  # a full disk names the file
+                write_json_atomic(self.run_dir / "config.json", {
+                    "preset": self.preset, "model": self.model_config.to_dict(), "train": dataclasses.asdict(c),
+                    "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
         logger = MetricsLog(self.run_dir, [*LOG_FIELDS, *(f"{KEY}_{d}" for d in dict.fromkeys(self.domains))],
                             self.step) if main else None
         bar = tqdm(total=c.steps, initial=self.step, unit="upd", disable=not (self.progress and main),
@@ -339,9 +343,6 @@ class Trainer:
     def _loop(self, logger: MetricsLog | None, bar) -> dict[str, float]:
         c, main = self.config, self.rank == 0
         if main:
-            write_json_atomic(self.run_dir / "config.json", {
-                "preset": self.preset, "model": self.model_config.to_dict(), "train": dataclasses.asdict(c),
-                "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
             params = sum(p.numel() for p in self.model.parameters())
             self.log(f"training {self.preset} {self.model_config.model_type} ({params / 1e6:.2f}M parameters) on "
                      f"{self.dataset.root} "
