@@ -10,15 +10,18 @@ and ``mrcom export`` of the ``small`` model takes seconds, not minutes.
 
 Publication is all or nothing: the export holds the folder's lock (a sibling ``.NAME.mrcom.lock``, so a
 second ``mrcom export`` into the same folder stops with a message naming the first), refuses a non-empty
-folder unless ``force``, and writes everything into a temporary sibling folder that is verified
-(:func:`~.manifest.read_manifest` with checksums) and only then swapped in one step
-(:func:`mrcom_core.files.atomic_dir`). A failure or a kill mid-export leaves the previous export untouched.
+folder unless ``force`` and it is a previous export holding nothing its manifest does not list (and never the
+source run, its dataset or the policy, nor a folder holding them: :mod:`mrcom_core.outputs`), and writes
+everything into a temporary sibling folder that is verified (:func:`~.manifest.read_manifest` with
+checksums) and only then swapped in one step (:func:`mrcom_core.files.atomic_dir`). A failure or a kill
+mid-export leaves the previous export untouched.
 """
 
 from __future__ import annotations
 
 import contextlib
 import io
+import json
 import logging
 import platform
 import re
@@ -33,11 +36,12 @@ import onnx
 import torch
 
 from mrcom_core.base import BaseWorldModel
-from mrcom_core.files import TMP_PREFIX, atomic_dir, file_checksums, has_content, write_json_atomic
-from mrcom_core.locks import folder_lock
+from mrcom_core.files import TMP_PREFIX, atomic_dir, file_checksums, write_json_atomic
+from mrcom_core.outputs import EXPORT, claimed
+from mrcom_core.resources import require_memory
 
 from . import graphs as G
-from .manifest import FORMAT, MANIFEST, VERSION, ExportError, read_manifest
+from .manifest import FORMAT, MANIFEST, SELF_DIGEST, VERSION, ExportError, manifest_digest, read_manifest
 from .onnx_loop import wrap_in_loop
 
 FORMATS = ("onnx", "torchscript")
@@ -156,17 +160,39 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
         raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
     if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
         raise ExportError(f"rollout horizon must be an integer >= 1, got {horizon!r}")
+    check_parity_memory(model, int(horizon), policy)
     out = Path(out_dir)
-    with folder_lock(out, "mrcom export", beside=True):
-        if out.exists() and not out.is_dir():
-            raise ExportError(f"export folder {out} is a file, not a folder")
-        if has_content(out) and not force:
-            raise ExportError(f"export folder {out} is not empty; pass --force to replace it")
+    source = source or {}
+    inputs = {"training run": source.get("run"), "dataset of the training run": source.get("data"),
+              "policy": source.get("policy")}
+    with claimed(out, EXPORT, "mrcom export", beside=True, inputs=inputs, flag="--force", given=force, replaces=True,
+                 allowed=_export_entries(out), label="export folder", error=ExportError):
         _remove_stale_exports(out)
         with atomic_dir(out) as tmp:
             manifest = _write_export(model, tmp, tuple(formats), int(horizon), policy, blocks, source, log)
             read_manifest(tmp, verify=True)  # what gets swapped in is exactly what a reader will accept
     return manifest
+
+
+def check_parity_memory(model: BaseWorldModel, horizon: int, policy: G.PolicyActor | None = None) -> None:
+    """Refuse (one :class:`ExportError` line naming ``--horizon``) a horizon whose parity checks cannot fit in
+    memory: at the largest parity batch the rollout graphs' per-step inputs (actions, latent noise) and outputs
+    (observations, rewards) are held by the eager reference and by each format's result."""
+    c, s = model.config, model.sizes
+    per_step = c.act_dim + s.u + s.h + c.obs_dim + 1 + (2 * policy.act_dim if policy is not None else 0)
+    require_memory(4 * 3 * max(PARITY_BATCHES) * horizon * per_step, f"the parity checks of a {horizon}-step rollout",
+                   "lower --horizon (the rollout graphs take any horizon at run time; --horizon is only the checks' "
+                   "and the runtime's default)", error=ExportError)
+
+
+def _export_entries(folder: Path) -> set[str]:
+    """The names an export folder may hold: its manifest and every file the manifest lists."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_bytes())
+        files = manifest.get("files") if isinstance(manifest, dict) else None
+    except (OSError, ValueError):
+        files = None
+    return {MANIFEST, *(name for name in files if isinstance(name, str))} if isinstance(files, dict) else {MANIFEST}
 
 
 def _remove_stale_exports(out: Path) -> None:
@@ -275,5 +301,6 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
     }
     files = sorted(p.name for p in out.iterdir() if p.suffix in (".onnx", ".pt") and p.stem in graphs_meta)
     manifest["files"] = file_checksums(out, files)
+    manifest[SELF_DIGEST] = manifest_digest(manifest)
     write_json_atomic(out / MANIFEST, manifest)
     return manifest

@@ -23,6 +23,7 @@ policy returns) and caller-supplied ``noise`` (known keys, exact shapes, finite 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from numbers import Integral
 from pathlib import Path
@@ -30,7 +31,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from .manifest import ExportError, read_manifest
+from mrcom_core.resources import require_memory
+
+from .manifest import ExportError, check_graph_io, graph_floats, read_manifest
 
 _STATE = ("u", "d", "h")
 _CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # outputs bound in CUDA memory
@@ -41,6 +44,19 @@ def _count(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
         raise ExportError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+def real_array(name: str, value, shape: tuple | str) -> np.ndarray:
+    """``value`` as a float32 array, refused unless it holds real numbers (bool, int or float: complex parts,
+    strings and objects are never silently dropped or parsed); ``shape`` is what the message asks for."""
+    try:
+        array = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nesting
+        array = None
+    if array is None or array.dtype.kind not in "biuf":
+        what = f"an array of {array.dtype}" if array is not None else type(value).__name__
+        raise ExportError(f"{name} must be a real float array of shape {shape}, got {what}")
+    return array.astype(np.float32, copy=False)
 
 
 def _provider_name(provider) -> str:
@@ -86,6 +102,8 @@ class Runtime:
 
     def __init__(self, export_dir: str | Path, *, providers: list[str] | None = None, seed: int | None = 0,
                  verify: bool = True, threads: int | None = None):
+        if not isinstance(export_dir, str | os.PathLike):
+            raise ExportError(f"export_dir must be a path (str or os.PathLike), got {type(export_dir).__name__}")
         self.root = Path(export_dir)
         explicit = bool(providers)
         requested = check_providers(providers) if explicit else default_providers()  # before any session
@@ -103,7 +121,7 @@ class Runtime:
             self._options.intra_op_num_threads = threads
         self.obs_dim, self.act_dim, self.context_len = m["obs_dim"], m["act_dim"], m["context_len"]
         #: steps of history a prompt should carry: m, or more for a model whose context is recurrent (MAMBA)
-        self.history_len: int = m.get("history_len", self.context_len)
+        self.history_len: int = m["history_len"]
         self.latent = m["latent"]
         self.horizon = m["rollout_horizon"]
         #: whether the fused rollout graphs take any horizon (an ONNX Loop); older exports fused only ``horizon``
@@ -137,8 +155,24 @@ class Runtime:
             except Exception as e:  # onnxruntime's own exception types (InvalidProtobuf, Fail, …)
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0]
                 raise ExportError(f"{path} is not a loadable ONNX graph: {first}") from None
+            check_graph_io(self.manifest, name, path, [(t.name, t.shape, t.type) for t in sess.get_inputs()],
+                           [(t.name, t.shape, t.type) for t in sess.get_outputs()])
             self._sessions[name] = sess
         return self._sessions[name]
+
+    def memory_needed(self, batch: int, horizon: int = 0, prompt_steps: int = 0) -> int:
+        """A lower bound of the bytes ``batch`` rollouts need: the tensors in and out of one ``rollout`` call of
+        ``horizon`` steps (as the manifest gives their shapes) and, with ``prompt_steps`` (T), the prompts of a
+        :meth:`reset` and the ``prime`` call's tensors. Sizes are float32."""
+        prompts = batch * ((prompt_steps + 1) * self.obs_dim + prompt_steps * (self.act_dim + 1)) if prompt_steps else 0
+        return 4 * (prompts + (graph_floats(self.manifest, "rollout", batch, horizon) if horizon else 0)
+                    + (graph_floats(self.manifest, "prime", batch) if prompt_steps else 0))
+
+    def _require_memory(self, batch: int, horizon: int = 0, prompt_steps: int = 0) -> None:
+        what = (f"{batch} rollouts" + (f" of {horizon} steps" if horizon else "")
+                + (f" from prompts of {prompt_steps} steps" if prompt_steps else ""))
+        fix = "lower batch" + (" or horizon" if horizon else "") + (" or the prompts' length" if prompt_steps else "")
+        require_memory(self.memory_needed(batch, horizon, prompt_steps), what, fix, error=ExportError)
 
     def _run(self, name: str, values: dict[str, ort.OrtValue], arrays: dict[str, np.ndarray]) -> dict:
         sess = self.session(name)
@@ -168,10 +202,7 @@ class Runtime:
             raise ExportError("call reset(prompt_obs, prompt_act, prompt_rew) before stepping the runtime")
 
     def _check(self, name: str, array, shape: tuple) -> np.ndarray:
-        try:
-            array = np.asarray(array, dtype=np.float32)
-        except (TypeError, ValueError):
-            raise ExportError(f"{name} must be a float array of shape {shape}, got {type(array).__name__}") from None
+        array = real_array(name, array, shape)
         if array.shape != shape:
             raise ExportError(f"{name} must have shape {shape}, got {array.shape}")
         if not np.isfinite(array).all():
@@ -205,8 +236,11 @@ class Runtime:
         """
         if batch is not None:
             batch = _count("batch", batch)
-        obs, act = np.asarray(prompt_obs, dtype=np.float32), np.asarray(prompt_act, dtype=np.float32)
-        rew = None if prompt_rew is None else np.asarray(prompt_rew, dtype=np.float32)
+        obs = real_array("prompt_obs", prompt_obs, "(B, T+1, obs_dim)")
+        act = real_array("prompt_act", prompt_act, "(B, T, act_dim)")
+        rew = None if prompt_rew is None else real_array("prompt_rew", prompt_rew, "(B, T)")
+        if obs.ndim in (2, 3):  # before a prompt is repeated B times
+            self._require_memory(obs.shape[0] if obs.ndim == 3 else batch or 1, prompt_steps=max(obs.shape[-2] - 1, 1))
         if obs.ndim == 2:
             b = 1 if batch is None else batch
             obs, act = np.repeat(obs[None], b, 0), np.repeat(act[None], b, 0)
@@ -299,6 +333,7 @@ class Runtime:
             given_actions = isinstance(policy_or_actions, np.ndarray) and policy_or_actions.ndim >= 2
             horizon = policy_or_actions.shape[1] if given_actions else self.horizon
         horizon = _count("horizon", horizon)
+        self._require_memory(B, horizon)
         can_fuse = (self.any_horizon or horizon == self.horizon) and not callable(policy_or_actions)
         if fused and not can_fuse:
             need = "actions or the exported policy" if self.any_horizon else (

@@ -16,15 +16,19 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from .manifest import ExportError
-from .runtime import Runtime
+from .runtime import Runtime, real_array
 
 Prompts = tuple[np.ndarray, np.ndarray, np.ndarray]
 
 
 def _as_prompts(prompts) -> Prompts:
-    out = tuple(np.asarray(p, dtype=np.float32) for p in prompts)
-    if len(out) != 3 or out[0].ndim != 3 or len({len(p) for p in out}) != 1:
-        raise ExportError("prompts must be (obs (N, T+1, D), actions (N, T, A), rewards (N, T)) with equal N")
+    usage = "prompts must be (obs (N, T+1, D), actions (N, T, A), rewards (N, T)) with equal N"
+    if not isinstance(prompts, tuple | list) or len(prompts) != 3:
+        raise ExportError(usage)
+    names = (("prompt obs", "(N, T+1, D)"), ("prompt actions", "(N, T, A)"), ("prompt rewards", "(N, T)"))
+    out = tuple(real_array(name, p, shape) for (name, shape), p in zip(names, prompts, strict=True))
+    if out[0].ndim != 3 or len({len(p) for p in out}) != 1:
+        raise ExportError(usage)
     return out
 
 
@@ -93,7 +97,7 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         if self._needs_reset:  # NEXT_STEP autoreset: this step only resets
             obs, info = self.reset()
             return obs, np.zeros(B, np.float32), np.zeros(B, bool), np.zeros(B, bool), info
-        obs, reward, _ = self.runtime.step(np.asarray(actions, dtype=np.float32).reshape(B, -1))
+        obs, reward, _ = self.runtime.step(real_array("actions", actions, f"({B}, act_dim)").reshape(B, -1))
         self._t += 1
         truncated = np.full(B, self._t >= self.horizon)
         self._needs_reset = bool(truncated[0])

@@ -9,6 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mrcom_core.errors import UserInputError
+from mrcom_core.resources import require_memory
 from mrcom_export.manifest import ExportError
 from mrcom_export.runtime import Runtime
 
@@ -50,6 +51,14 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
     if (ds.obs_dim, ds.act_dim) != (rt.obs_dim, rt.act_dim):
         raise ExportError(f"dataset {data} has obs/action dims {ds.obs_dim}/{ds.act_dim}, the export "
                           f"{rt.obs_dim}/{rt.act_dim}")
+    steps = rt.history_len + horizon  # the sampled windows, then what the runtime holds (prompts, one rollout)
+    sampled = 4 * batch * steps * (2 * ds.obs_dim + ds.act_dim + 2)
+    require_memory(sampled + rt.memory_needed(batch, horizon, rt.history_len),
+                   f"{batch} rollouts of {horizon} steps from prompts of {rt.history_len} steps (the export's "
+                   f"history_len)", "lower --batch or --horizon")
+    if all(e.length < max(horizon, rt.history_len) for e in ds.episodes):
+        raise UserInputError(f"no episode of {data} is long enough for prompts of the export's history_len="
+                             f"{rt.history_len} steps and --horizon {horizon}")
     prompt, real = prompts_from_dataset(ds, rt.history_len, horizon, batch, seed)
     lat = rt.latent
 

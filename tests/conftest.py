@@ -60,6 +60,17 @@ def export_model_for_tests(**overrides):
     return build_model(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
 
 
+def write_manifest(folder, manifest: dict) -> None:
+    """Write an edited export manifest with its ``manifest_sha256`` recomputed, as anyone may (the edit is then
+    not tampering but a manifest whose fields must still agree with the graphs)."""
+    import json
+    from pathlib import Path
+
+    from mrcom_export.manifest import SELF_DIGEST, manifest_digest
+
+    (Path(folder) / "manifest.json").write_text(json.dumps({**manifest, SELF_DIGEST: manifest_digest(manifest)}))
+
+
 def prompt_for(model, B=4, T=None, seed=0):
     import numpy as np
 

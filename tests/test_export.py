@@ -13,7 +13,7 @@ import torch
 from conftest import EXPORT_HORIZON as H
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
-from conftest import rollout_inputs
+from conftest import rollout_inputs, write_manifest
 
 from mrcom_core.registry import build_model, model_config
 from mrcom_export import graphs as G
@@ -174,7 +174,7 @@ def test_an_export_with_a_fixed_horizon_fuses_only_that_horizon(exported, tmp_pa
     out, model, manifest = exported
     copy = tmp_path / "old"
     shutil.copytree(out, copy)
-    (copy / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "rollout_any_horizon"}))
+    write_manifest(copy, {k: v for k, v in manifest.items() if k != "rollout_any_horizon"})
     rt = Runtime(copy)
     assert not rt.any_horizon
     rt.reset(*_prompt(model, 2))

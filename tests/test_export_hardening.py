@@ -16,6 +16,7 @@ import pytest
 from conftest import EXPORT_HORIZON as H
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
+from conftest import write_manifest
 
 from mrcom_core.files import sha256
 from mrcom_core.locks import FolderLocked, folder_lock
@@ -37,7 +38,7 @@ def _copy(exported, tmp_path) -> tuple[Path, dict]:
 
 
 def _write(copy: Path, manifest: dict) -> None:
-    (copy / "manifest.json").write_text(json.dumps(manifest))
+    write_manifest(copy, manifest)  # with its own digest recomputed: the checks below must not rely on it
 
 
 def _snapshot(root: Path) -> dict[str, bytes]:
@@ -252,3 +253,141 @@ def test_rollout_cli_bad_runtime_input_exit_2(exported, args, message):
     assert r.returncode == 2, r.stderr
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], r.stderr
+
+
+# ------------------------------------------------------------------------- manifest fields against the graphs
+@pytest.mark.parametrize("field,value", [("context_len", 9), ("history_len", 10**12), ("obs_dim", 11)])
+def test_a_manifest_edited_without_its_digest_is_tampering(exported, tmp_path, field, value):
+    copy, manifest = _copy(exported, tmp_path)
+    (copy / "manifest.json").write_text(json.dumps({**manifest, field: value}))  # manifest_sha256 left as it was
+    _refused(lambda: Runtime(copy), "its fields changed after the export was written")
+    _refused(lambda: read_manifest(copy), "manifest_sha256 does not match")
+
+
+@pytest.mark.parametrize("edit,message", [
+    (lambda m: {**m, "context_len": m["context_len"] - 1},
+     r"graph '(prime|context_full)' input 'obs' .* field 'context_len'"),
+    (lambda m: {**m, "latent": {**m["latent"], "u": m["latent"]["u"] + 1}}, r"'u' .* field 'latent\.u'"),
+    (lambda m: {**m, "act_dim": 4}, r"'action' has shape \['batch', 8, 3\], .* field 'act_dim'"),
+    (lambda m: {**m, "kv_shape": [1, "batch", 2, 8, 9]}, r"'keys' .* field 'kv_shape'"),
+    (lambda m: {**m, "kv_shape": [1, 2, 8, 8]}, r"field 'kv_shape' is \[1, 2, 8, 8\]"),
+    (lambda m: {**m, "history_len": 2}, r"field 'history_len' is 2, expected >= context_len=8"),
+    (lambda m: {k: v for k, v in m.items() if k != "history_len"}, "field 'history_len' is missing"),
+])
+@pytest.mark.parametrize("verify", [True, False])
+def test_manifest_fields_that_disagree_with_the_graphs_are_one_line(exported, tmp_path, edit, message, verify):
+    copy, manifest = _copy(exported, tmp_path)
+    _write(copy, edit(manifest))  # its own digest recomputed, as anyone may
+    _refused(lambda: Runtime(copy, verify=verify), message)
+
+
+def test_graphs_swapped_between_names_are_refused_when_opened(exported, tmp_path):
+    copy, manifest = _copy(exported, tmp_path)
+    graphs = manifest["graphs"]
+    graphs["step"]["onnx"], graphs["observe"]["onnx"] = graphs["observe"]["onnx"], graphs["step"]["onnx"]
+    _write(copy, manifest)
+    rt = Runtime(copy)
+    _refused(lambda: rt.reset(*_prompt(exported[1], 2)), r"observe\.onnx\b.*does not match manifest graph 'step'|"
+                                                         r"step\.onnx does not match manifest graph 'observe'")
+
+
+def test_another_model_s_graphs_under_this_manifest_are_refused(exported, tmp_path):
+    copy, manifest = _copy(exported, tmp_path)
+    other = tmp_path / "other"
+    export_model(_model(u_dim=6), other, **QUIET)  # same obs/action dims, another latent size
+    for name in ("prime", "step"):
+        shutil.copy(other / f"{name}.onnx", copy / f"{name}.onnx")
+        manifest["files"][f"{name}.onnx"] = sha256(copy / f"{name}.onnx")
+    _write(copy, manifest)
+    _refused(lambda: Runtime(copy), r"prime\.onnx does not match manifest graph 'prime': .*'noise_u'.* \['batch', 6\]"
+                                    r".*manifest says float32 \['batch', 4\]")
+
+
+# ------------------------------------------------------------------------- runtime API: types and sizes
+@pytest.mark.parametrize("path", [123, None, 1.5, b"x"])
+def test_the_runtime_refuses_an_export_dir_that_is_not_a_path(path):
+    _refused(lambda: Runtime(path), "export_dir must be a path")
+
+
+def test_complex_or_non_numeric_inputs_are_refused_not_truncated(exported):
+    from mrcom_export.vector_env import ImaginedVectorEnv
+
+    out, model, _ = exported
+    obs, act, rew = _prompt(model, 2)
+    rt = Runtime(out)
+    _refused(lambda: rt.reset(obs.astype(np.complex64), act, rew), "prompt_obs must be a real float array .*complex")
+    _refused(lambda: rt.reset(obs, [["a"] * 3] * 2, rew), "prompt_act must be a real float array")
+    rt.reset(obs, act, rew)
+    complex_actions = np.zeros((2, 3), np.complex128) + 1j
+    _refused(lambda: rt.step(complex_actions), "actions must be a real float array .*complex128")
+    _refused(lambda: rt.rollout(np.zeros((2, H, 3), np.complex64)), "actions must be a real float array")
+    _refused(lambda: rt.rollout(lambda o: complex_actions, 2), "returned at step 0 must be a real float array")
+    env = ImaginedVectorEnv(Runtime(out), 2, prompts=(obs, act, rew), horizon=H)
+    env.reset(seed=0)
+    _refused(lambda: env.step(complex_actions), "actions must be a real float array")
+    assert rt.step(np.ones((2, 3), bool))[0].shape == (2, 10)  # booleans and integers are real numbers
+
+
+def test_batches_and_horizons_that_cannot_fit_are_refused_before_allocating(exported):
+    out, model, _ = exported
+    obs, act, rew = _prompt(model, 1)
+    rt = Runtime(out)
+    _refused(lambda: rt.reset(obs[0], act[0], rew[0], batch=10**12), r"1000000000000 rollouts from prompts of \d+ "
+                                                                     r"steps needs at least .* lower batch")
+    rt.reset(obs[0], act[0], rew[0], batch=2)
+    _refused(lambda: rt.rollout(lambda o: np.zeros((2, 3)), 10**12), "of 1000000000000 steps needs at least .* "
+                                                                      "lower batch or horizon")
+    assert rt.memory_needed(2, 5) < rt.memory_needed(2, 50) < rt.memory_needed(20, 50)
+
+
+def test_an_export_horizon_whose_parity_checks_cannot_fit_is_refused(tmp_path):
+    _refused(lambda: export_model(_model(), tmp_path / "exp", **{**QUIET, "horizon": 10**9}),
+             r"parity checks of a 1000000000-step rollout needs at least .* lower --horizon")
+    assert not (tmp_path / "exp").exists()
+
+
+# ------------------------------------------------------------------------- the same through the CLI
+@pytest.fixture(scope="module")
+def cli_export(tmp_path_factory):
+    """A tiny dataset (episodes of 30 steps), a 1-update training run and its ONNX export, via the CLI."""
+    from mrcom_train.cli import main
+
+    root = tmp_path_factory.mktemp("cli")
+    main(["collect", "--domains", "cheetah", "-n", "1", "-k", "2", "--episode-length", "30", "--out",
+          str(root / "data"), "--no-progress"])
+    main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny", "--steps", "1",
+          "--no-progress"])
+    main(["export", str(root / "run"), "--out", str(root / "export"), "--horizon", "2", "--no-blocks"])
+    return root
+
+
+def _cli_refused(capsys, args, *match) -> None:
+    from mrcom_train.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and lines[0].startswith("mrcom: error: "), err
+    for text in match:
+        assert text in lines[0], lines[0]
+
+
+def test_cli_sizes_that_cannot_fit_are_one_line(cli_export, capsys):
+    export, run = cli_export / "export", cli_export / "run"
+    _cli_refused(capsys, ["rollout", str(export), "--batch", "1000000000"], "1000000000 rollouts of 15 steps",
+                 "lower --batch or --horizon")
+    _cli_refused(capsys, ["rollout", str(export), "--horizon", "1000000000000"], "lower --batch or --horizon")
+    _cli_refused(capsys, ["export", str(run), "--out", str(cli_export / "new"), "--horizon", "1000000000"],
+                 "lower --horizon")
+    assert not (cli_export / "new").exists()
+
+
+@pytest.mark.parametrize("history,message", [(10**12, "prompts of 1000000000000 steps (the export's history_len)"),
+                                             (500, "for prompts of the export's history_len=500 steps")])
+def test_a_history_len_the_data_cannot_serve_names_history_len(cli_export, tmp_path, capsys, history, message):
+    copy = tmp_path / "export"
+    shutil.copytree(cli_export / "export", copy)
+    write_manifest(copy, {**json.loads((copy / "manifest.json").read_text()), "history_len": history})
+    _cli_refused(capsys, ["rollout", str(copy), "--batch", "2"], message)
