@@ -2,14 +2,15 @@
 rollouts from the exported world model through the torch-free runtime, wrapped as a Gymnasium vector env
 (:class:`~mrcom_export.vector_env.ImaginedVectorEnv`, the same one standard RL code can train in).
 
-MBPO (Janner et al. 2019) with a frozen world model: each env step the agent acts in the real target
-scenario, then takes ``updates_per_step`` (G) SAC updates. Every ``model_rollout_every`` steps a round of
-``rollout_batch`` imagined rollouts starts from real states the agent reached, their context FIFO primed
-with the ``m`` real steps before each start state (paper eq. 4: the target scenario's own recent
-trajectory), and runs ``h`` steps with the current policy, ``h`` growing linearly from ``horizon_start``
-to ``horizon_end`` (MBPO's per-domain schedule). The runtime rolls the whole round out as one batch;
-imagined samples/s are logged. The model buffer keeps only the latest ``retain_rounds`` rounds (it is
-resized with the horizon, as MBPO's is), so imagined data comes from the current policy and is not reused
+MBPO (Janner et al. 2019) with a frozen world model (or, ``imagination="oracle"``, the target's own simulator
+branched from the stored real states: :mod:`~mrcom_train.rl.oracle`, the ceiling of every model arm): each env
+step the agent acts in the real target scenario, then takes ``updates_per_step`` (G) SAC updates. Every
+``model_rollout_every`` steps a round of ``rollout_batch`` imagined rollouts starts from real states the agent
+reached, their context FIFO primed with the ``m`` real steps before each start state (paper eq. 4: the target
+scenario's own recent trajectory), and runs ``h`` steps with the current policy, ``h`` growing linearly from
+``horizon_start`` to ``horizon_end`` (MBPO's per-domain schedule). The runtime rolls the whole round out as
+one batch; imagined samples/s are logged. The model buffer keeps only the latest ``retain_rounds`` rounds (it
+is resized with the horizon, as MBPO's is), so imagined data comes from the current policy and is not reused
 for long. Each SAC update draws ``real_ratio`` of its batch from real transitions and the rest from imagined
 ones, once the model buffer holds a full round. ``use_model=False`` gives model-free SAC with the same
 env-step budget and the same G (an equal-compute arm) or ``updates_per_step=1`` (the classic arm).
@@ -17,7 +18,7 @@ env-step budget and the same G (an equal-compute arm) or ``updates_per_step=1`` 
 Evaluation: normalized return = 100 × mean episode return / episode length (dm_control rewards are in
 [0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy. With
 the model, every evaluation also measures the model's one-step error on the target's real transitions
-(:meth:`Adapter.model_error`: ``reward_mae``, ``reward_real_mean``, ``obs_nmse``, in ``metrics.csv`` and the
+(:mod:`~mrcom_train.rl.diagnostics`: ``reward_mae``, ``reward_real_mean``, ``obs_nmse``, in ``metrics.csv`` and the
 result), to tell a wrong reward from wrong dynamics; ``imagined_reward="true"`` scores imagined transitions with
 the target's own reward function instead of the model's (:func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`).
 
@@ -46,17 +47,16 @@ from mrcom_export.vector_env import ImaginedVectorEnv
 
 from ..metrics_log import MetricsLog
 from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
-from ..training.evaluation import open_loop_error
 from . import adapt_checkpoint as checkpoint
+from . import diagnostics
 from .adapt_config import AdaptConfig, normalized_return
+from .diagnostics import DIAGNOSTICS
+from .oracle import OracleRollouts
 from .sac import SAC, ReplayBuffer, SACConfig
 from .scoring import evaluate_policy, floor_scores
 
 __all__ = ["AdaptConfig", "Adapter", "normalized_return", "summarize"]
 
-DIAGNOSTICS = ("reward_mae", "reward_real_mean", "obs_nmse")  # Adapter.model_error's keys
-DIAGNOSTIC_STARTS = 256  # real transitions it measures at each evaluation (drawn with replacement)
-_DIAGNOSTIC_STREAM = 0x6D6F64656C  # its random stream: default_rng([seed, env step, this])
 
 
 class Adapter:
@@ -85,11 +85,16 @@ class Adapter:
         od, ad = self.spec.obs_dim, self.spec.act_dim
         require_memory(*config.memory_request(od, ad))  # buffers, SAC networks, an update, imagined rollouts
         self.imagined_env = None
-        if config.use_model:
+        self.history = 0  # real steps before a start state that prime the model (the runtime's history_len)
+        if config.oracle:
+            space = UnifiedSpace(od, ad)
+            self.imagined_env = OracleRollouts(self.spec, space, seed=config.seed + 1)
+        elif config.use_model:
             if export_dir is None:
                 raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
             runtime = Runtime(export_dir, seed=config.seed, threads=threads)
             self.imagined_env = ImaginedVectorEnv(runtime, config.rollout_batch, seed=config.seed)
+            self.history = runtime.history_len
             space = UnifiedSpace(runtime.obs_dim, runtime.act_dim)
             if space.obs_dim < od or space.act_dim < ad:
                 raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "
@@ -145,10 +150,10 @@ class Adapter:
 
     def _starts(self, rng: np.random.Generator, n: int, after: int = 0) -> list[tuple[dict, int]]:
         """``n`` start states ``(episode, t)`` drawn with ``rng`` from :attr:`episodes`, uniform over every
-        ``t ≥ m`` (so the ``m`` real steps before it can prime the model; m = the runtime's ``history_len``)
+        ``t ≥ m`` (so the ``m`` real steps before it can prime the model; m = :attr:`history`, 0 for the oracle)
         that has ``after`` real steps after it: an episode by its number of valid starts, then a start within
         it. Empty when there is none."""
-        m = self.imagined_env.runtime.history_len
+        m = self.history
         counts = np.array([max(0, len(ep["reward"]) - m + 1 - after) for ep in self.episodes])
         if counts.sum() == 0:
             return []
@@ -159,14 +164,21 @@ class Adapter:
     def _prompts(self, picks: list[tuple[dict, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``m`` real steps up to each start state (m = the runtime's ``history_len``): (obs (B, m+1, D),
         actions (B, m, A), rewards (B, m))."""
-        m = self.imagined_env.runtime.history_len
+        m = self.history
         return tuple(np.stack([ep[key][t - m : t + k] for ep, t in picks])
                      for key, k in (("obs", 1), ("action", 0), ("reward", 0)))
+
+    def _start(self, picks: list[tuple[dict, int]]) -> dict:
+        """What the imagined env starts from at ``picks``: the prompts of the model, or the oracle's physics
+        states and real observations there."""
+        if self.cfg.oracle:
+            return {key: np.stack([ep[key][t] for ep, t in picks]) for key in ("state", "obs")}
+        return {"prompts": self._prompts(picks)}
 
     @contextlib.contextmanager
     def _with_live(self, episode: dict[str, list]):
         """:attr:`episodes` with the current (unfinished) episode appended, for the block's duration."""
-        self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
+        self.episodes.append(_frozen(episode))
         try:
             yield
         finally:
@@ -189,7 +201,7 @@ class Adapter:
         if not picks:
             return 0
         env.horizon = horizon
-        current, _ = env.reset(options={"prompts": self._prompts(picks)})
+        current, _ = env.reset(options=self._start(picks))
         od, ad = self.spec.obs_dim, self.spec.act_dim
         added, truncated = 0, False
         while not truncated:
@@ -209,42 +221,9 @@ class Adapter:
         return self.imagined / self.imagine_seconds if self.imagine_seconds else 0.0
 
     def model_error(self) -> dict[str, float]:
-        """The model's one-step error on the target's real transitions (all NaN without a model, or before any
-        real transition has ``m`` real steps before it; m = the runtime's ``history_len``).
-        :data:`DIAGNOSTIC_STARTS` start states are drawn from :attr:`episodes` (the loop adds the live episode)
-        as :meth:`imagine` draws them, among those with a real next step; the model, primed with the m real
-        steps before each, takes the real action taken there, one step with sampled latents. Returns
-        ``reward_mae``: mean |r̂ − r| of the reward imagined transitions get (:meth:`_imagined_reward`; with
-        ``imagined_reward="true"`` the true reward of the predicted observation, so the error the dynamics
-        cause in it); ``reward_real_mean``: mean |r|, for scale; ``obs_nmse``: squared error of the next
-        observation over the scenario's dims, each normalised by the export's observation statistics
-        (``(o − obs_mean) / obs_std``: the open-loop error of ``mrcom rollout`` at horizon 1,
-        :func:`~mrcom_train.training.evaluation.open_loop_error`). Draws from its own stream, seeded by the
-        seed and env step, so the agent's and imagination's draws are untouched and a resumed run measures
-        the same."""
-        nan = dict.fromkeys(DIAGNOSTICS, math.nan)
-        if self.imagined_env is None:
-            return nan
-        rng = np.random.default_rng([self.cfg.seed, self.step, _DIAGNOSTIC_STREAM])
-        picks = self._starts(rng, DIAGNOSTIC_STARTS, after=1)
-        if not picks:
-            return nan
-        runtime, B, od = self.imagined_env.runtime, len(picks), self.spec.obs_dim
-        lat = runtime.latent
-        posterior_steps = runtime.history_len - runtime.context_len + 1  # 1 unless the context is recurrent
-        runtime.reset(*self._prompts(picks), noise={k: rng.standard_normal((B, posterior_steps, lat[k]), np.float32)
-                                                     for k in ("u", "h")})
-        action = np.stack([ep["action"][t] for ep, t in picks])
-        pred, reward, _ = runtime.step(action, noise={k: rng.standard_normal((B, lat[k]), np.float32)
-                                                      for k in ("u", "h")})
-        reward = self._imagined_reward(reward, pred)
-        real_next = np.stack([ep["obs"][t + 1] for ep, t in picks])
-        real_reward = np.array([ep["reward"][t] for ep, t in picks], np.float64)
-        mean, std = (np.asarray(runtime.manifest[k], np.float32)[:od] for k in ("obs_mean", "obs_std"))
-        nmse = open_loop_error(((pred[:, :od] - mean) / std)[:, None], ((real_next[:, :od] - mean) / std)[:, None],
-                               np.ones((B, od)))
-        return {"reward_mae": float(np.mean(np.abs(reward - real_reward))),
-                "reward_real_mean": float(np.mean(np.abs(real_reward))), "obs_nmse": float(np.mean(nmse))}
+        """The model's one-step error on the target's real transitions
+        (:func:`~mrcom_train.rl.diagnostics.model_error`: ``reward_mae``, ``reward_real_mean``, ``obs_nmse``)."""
+        return diagnostics.model_error(self)
 
     def _batch(self) -> dict[str, np.ndarray]:
         B = self.cfg.batch_size
@@ -276,7 +255,9 @@ class Adapter:
 
         c = self.cfg
         write_json_atomic(self.run_dir / "config.json", {**dataclasses.asdict(c), "target": self.spec.to_dict()})
-        self.log(f"adapting SAC{' + MrCoM rollouts' if c.use_model else ' (model-free)'} to "
+        arm = " + oracle rollouts (the true simulator)" if c.oracle else " + model rollouts" if c.use_model else \
+            " (model-free)"
+        self.log(f"adapting SAC{arm} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
         diagnostics = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
@@ -294,7 +275,7 @@ class Adapter:
                 obs, _ = self.env.reset(seed=c.seed)
             else:
                 obs, _ = self.env.reset()  # the checkpoint was taken just before this reset
-            episode = {"obs": [obs], "action": [], "reward": []}
+            episode = self._new_episode(obs)
             while self.step < c.env_steps:
                 action = (self._act(obs) if self.step >= c.learning_starts
                           else self._pad(self.rng.uniform(-1, 1, self.spec.act_dim)))
@@ -304,14 +285,16 @@ class Adapter:
                 episode["obs"].append(nxt)
                 episode["action"].append(action)
                 episode["reward"].append(reward)
+                if c.oracle:
+                    episode["state"].append(self.env.physics_state())
                 obs = nxt
                 self.step += 1
                 boundary = None
                 if truncated:
-                    self.episodes.append({k: np.asarray(v, np.float32) for k, v in episode.items()})
+                    self.episodes.append(_frozen(episode))
                     boundary = self.env.random_state()  # what the next reset starts from
                     obs, _ = self.env.reset()
-                    episode = {"obs": [obs], "action": [], "reward": []}
+                    episode = self._new_episode(obs)
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
                     with self._with_live(episode):  # the current episode's states count as start states too
                         self.imagine(c.horizon(self.step))
@@ -353,6 +336,11 @@ class Adapter:
         self.finished = result
         return result
 
+    def _new_episode(self, obs: np.ndarray) -> dict[str, list]:
+        """A real episode's record from its first observation (and, for the oracle, its physics state)."""
+        return {"obs": [obs], "action": [], "reward": [], **({"state": [self.env.physics_state()]}
+                                                              if self.cfg.oracle else {})}
+
     def _pad(self, raw: np.ndarray) -> np.ndarray:
         out = np.zeros(self.space.act_dim, np.float32)
         out[: len(raw)] = raw
@@ -363,6 +351,11 @@ class Adapter:
         boundary (``env_state``: the real env's random state for its next reset) everything a resume needs;
         ``result`` marks the final one (agent and result only). Returns the folder."""
         return checkpoint.save(self, env_state, result)
+
+
+def _frozen(episode: dict[str, list]) -> dict[str, np.ndarray]:
+    """A real episode's lists as arrays: float32, the physics states float64 (a branch continues exactly)."""
+    return {k: np.asarray(v, np.float64 if k == "state" else np.float32) for k, v in episode.items()}
 
 
 def summarize(results: list[float]) -> str:

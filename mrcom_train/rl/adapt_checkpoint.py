@@ -87,9 +87,11 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
         arrays.update({f"model_{k}": v for k, v in adapter.model.state_dict().items()})
         for i, ep in enumerate(adapter.episodes):
             arrays.update({f"ep{i}_{k}": v for k, v in ep.items()})
-        runtime = adapter.imagined_env.runtime if adapter.imagined_env else None
+        imagination = adapter.imagined_env
+        runtime_rng = (imagination.random_state() if adapter.cfg.oracle else
+                       imagination.runtime.rng.bit_generator.state if imagination is not None else None)
         state.update(episodes=len(adapter.episodes), env=env_state, rng=adapter.rng.bit_generator.state,
-                     runtime_rng=runtime.rng.bit_generator.state if runtime else None)
+                     runtime_rng=runtime_rng)
 
     def write(folder: Path) -> None:
         torch.save({"agent": adapter.agent.state_dict(), "env_steps": adapter.step}, folder / "agent.pt")
@@ -157,7 +159,7 @@ def restore(adapter, folder: Path, state: dict) -> None:
             if saved != {f"ep{i}" for i in range(state["episodes"])}:
                 raise UserInputError(f"{where}: episodes {state['episodes']} disagrees with {path}, which holds "
                                      f"{len(saved)} real episodes ({REDO})")
-            episodes = [{k: arrays[f"ep{i}_{k}"] for k in ("obs", "action", "reward")}
+            episodes = [{k: arrays[f"ep{i}_{k}"] for k in episode_keys(adapter.cfg)}
                         for i in range(state["episodes"])]
         adapter.real.load_state_dict(real)
         adapter.model.load_state_dict(model)
@@ -172,7 +174,10 @@ def restore(adapter, folder: Path, state: dict) -> None:
         adapter.env.set_random_state(state["env"])
         adapter.rng.bit_generator.state = state["rng"]
         if adapter.imagined_env is not None:
-            adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
+            if adapter.cfg.oracle:
+                adapter.imagined_env.set_random_state(state["runtime_rng"])
+            else:
+                adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise UserInputError(f"{where}: the random states are damaged ({_first_line(e)}; {REDO})") from None
     adapter.episodes = episodes
@@ -224,17 +229,26 @@ def check_counts(config, state: dict, where: Path) -> None:
                   f"{length} steps")
 
 
+def episode_keys(config) -> tuple[str, ...]:
+    """The arrays of a stored real episode: observations, actions, rewards, and for the oracle arm the physics
+    states (:meth:`~mrcom_train.scenarios.ScenarioEnv.physics_state`)."""
+    return ("obs", "action", "reward", "state") if config.oracle else ("obs", "action", "reward")
+
+
 def check_episodes(adapter, episodes: list[dict[str, np.ndarray]], path: Path) -> None:
     """Each real episode of ``buffers.npz`` (``path``) has ``episode_length`` steps in the adapter's spaces:
-    ``obs`` (T+1, obs dims), ``action`` (T, action dims), ``reward`` (T,), all float32."""
+    ``obs`` (T+1, obs dims), ``action`` (T, action dims), ``reward`` (T,), all float32, and for the oracle
+    ``state`` (T+1, the simulator's state size) in float64."""
     T, space = adapter.cfg.episode_length, adapter.space
     shapes = {"obs": (T + 1, space.obs_dim), "action": (T, space.act_dim), "reward": (T,)}
+    if adapter.cfg.oracle:
+        shapes["state"] = (T + 1, adapter.env.physics_state().size)
     for i, episode in enumerate(episodes):
         for key, shape in shapes.items():
-            array = episode[key]
-            if array.shape != shape or array.dtype != np.float32:
-                raise UserInputError(f"{path}: ep{i}_{key} is {array.dtype} of shape {array.shape}, expected float32 "
-                                     f"of shape {shape} ({REDO})")
+            array, dtype = episode[key], np.float64 if key == "state" else np.float32
+            if array.shape != shape or array.dtype != dtype:
+                raise UserInputError(f"{path}: ep{i}_{key} is {array.dtype} of shape {array.shape}, expected "
+                                     f"{np.dtype(dtype).name} of shape {shape} ({REDO})")
 
 
 def check_buffers(adapter, state: dict, where: Path, path: Path) -> None:

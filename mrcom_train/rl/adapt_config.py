@@ -22,6 +22,7 @@ MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomStat
 # and HalfCheetah 1), as (start, end) per domain; the schedule runs over the adaptation's env steps.
 HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
 IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
+IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,10 @@ class AdaptConfig:
     :func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`: the model's dynamics with the true reward, a
     diagnostic arm; only for a walker or cheetah target with a target speed and ``obs_fn="none"``, checked
     here).
+
+    ``imagination``: what the imagined rollouts come from: ``"model"`` (the exported world model) or
+    ``"oracle"`` (the target's own simulator branched from the stored real states,
+    :mod:`~mrcom_train.rl.oracle`: the ceiling of every model arm, and the check that the loop itself works).
     """
 
     split: str = "t1-a5b20"
@@ -63,9 +68,10 @@ class AdaptConfig:
     eval_episodes: int = 3
     checkpoint_every: int = 5000
     imagined_reward: str = "model"
+    imagination: str = "model"
 
     def __post_init__(self):
-        for name in ("split", "range", "domain", "imagined_reward"):
+        for name in ("split", "range", "domain", "imagined_reward", "imagination"):
             if not isinstance(getattr(self, name), str):
                 raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
         get_split(self.split).range(self.range)
@@ -95,6 +101,13 @@ class AdaptConfig:
                                  f"got {self.imagined_reward!r}")
         if self.imagined_reward == "true":
             check_obs_reward(self.target(), "imagined_reward")
+        if self.imagination not in IMAGINATIONS:
+            raise UserInputError(f"imagination must be one of {', '.join(IMAGINATIONS)}, got {self.imagination!r}")
+
+    @property
+    def oracle(self) -> bool:
+        """Whether the imagined rollouts come from the true simulator (the oracle-model arm)."""
+        return self.use_model and self.imagination == "oracle"
 
     def target(self) -> ScenarioSpec:
         """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import gymnasium as gym
+import mujoco
 import numpy as np
 
 from mrcom_core.errors import UserInputError
@@ -19,6 +20,8 @@ from mrcom_core.errors import UserInputError
 from .domains import build_dm_env
 from .obs_functions import make_obs_function
 from .spec import ScenarioSpec
+
+_INTEGRATION = int(mujoco.mjtState.mjSTATE_INTEGRATION)  # everything mj_step reads: a branch continues exactly
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,7 @@ class ScenarioEnv(gym.Env):
         self.action_space = gym.spaces.Box(-1.0, 1.0, (self.space.act_dim,), np.float32)
         self._steps = 0
         self._needs_reset = True
+        self._n_sub_steps = int(round(self._env.control_timestep() / self._env.physics.timestep()))
 
     def _true_dim(self) -> int:
         obs = self._env.task.get_observation(self._env.physics)
@@ -130,6 +134,26 @@ class ScenarioEnv(gym.Env):
         name, keys, pos, has_gauss, gauss = state["task"]
         self._env.task.random.set_state((name, np.asarray(keys, np.uint32), pos, has_gauss, gauss))
         self._rng.bit_generator.state = state["obs_rng"]
+
+    def physics_state(self) -> np.ndarray:
+        """The simulator's whole integration state at the current observation (MuJoCo's
+        ``mjSTATE_INTEGRATION``: time, positions, velocities, actuator activations, controls, warm start …),
+        float64: :meth:`branch` continues from it exactly as the episode did."""
+        return self._env.physics.get_state(_INTEGRATION)
+
+    def branch(self, state: np.ndarray, action: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        """Take ``action`` from the physics ``state`` (:meth:`physics_state`, of this scenario) and return the
+        observation (through the scenario's observation function, padded), the reward and the new state: the
+        true dynamics, reward and observation of the target, branched from a stored step (the oracle-model
+        arm of adaptation). The episode's clock is not touched; a later :meth:`reset` starts afresh."""
+        physics, task = self._env.physics, self._env.task
+        with physics.reset_context():  # derived quantities (positions, sensors) recomputed for the new state
+            physics.set_state(np.asarray(state, np.float64), _INTEGRATION)
+        task.before_step(np.asarray(action)[: self._act_dim], physics)
+        physics.step(self._n_sub_steps)
+        task.after_step(physics)
+        obs, _ = self._observe(task.get_observation(physics))
+        return obs, float(task.get_reward(physics)), physics.get_state(_INTEGRATION)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
