@@ -242,14 +242,16 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
 @click.option("--workers", "-w", type=int, default=1, show_default=True,
               help="Worker processes for collection, world-model training and adaptation cells (one core "
                    "each).")
+@click.option("--arms", default="", help="Comma-separated subset of the arms: world models by name (`mrcom "
+                                         "models`), sac, sac-g, oracle [default: all].")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def reproduce(table, budget, seeds, splits, ablations, what, workers, out):
+def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
     from .experiments.reproduce import run_reproduction
 
     chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
     run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, what=what,
-                     log=click.echo)
+                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), log=click.echo)
     errors = f"{out}/errors{table}.md (+ per-split errors.csv, error_vs_horizon.png)"
     click.echo(f"done: {errors}" if what == "error" else
                f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png) and {errors}")

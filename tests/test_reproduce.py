@@ -23,12 +23,12 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkey
     for rng in cells.values():
         assert set(rng) == {"hopper", "walker", "cheetah"}
         for methods in rng.values():
-            assert set(methods) == {"mrcom", "cadm", "mamba", "sac", "sac-g"}
+            assert set(methods) == {"mrcom", "cadm", "mamba", "sac", "sac-g", "oracle"}
             assert all(0 <= v[0] <= 100 for v in methods.values())
     split = tmp_path / "t1-a5b20"
     table = (tmp_path / "table1.md").read_text()
     assert table.count("| Hopper |") == 4
-    header = "| Ours | CaDM | MAMBA | SAC (G=1) | SAC (same G) | _zero-action_ | _random_ |"
+    header = "| Ours | CaDM | MAMBA | SAC (G=1) | SAC (same G) | Oracle model | _zero-action_ | _random_ |"
     assert header in table
     for kind in ("latents at their means", "latents sampled"):
         assert f"15-step open-loop prediction error, {kind}" in table
@@ -37,12 +37,12 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkey
         rows = list(csv.DictReader(f))
     from mrcom_core.files import read_json
 
-    methods = {"mrcom", "cadm", "mamba", "sac", "sac-g", "floor:zero", "floor:random"}
-    assert len(rows) == 2 * 3 * 7 and {r["method"] for r in rows} == methods
+    methods = {"mrcom", "cadm", "mamba", "sac", "sac-g", "oracle", "floor:zero", "floor:random"}
+    assert len(rows) == 2 * 3 * 8 and {r["method"] for r in rows} == methods
     # the two model-free arms: G = 1, and the model-based arms' G (equal compute)
     g = {m: read_json(split / "adapt" / "in" / "walker" / m / "s0" / "config.json", "config")["updates_per_step"]
-         for m in ("sac", "sac-g", "mrcom")}
-    assert g["sac"] == 1 and g["sac-g"] == g["mrcom"] == 2
+         for m in ("sac", "sac-g", "mrcom", "oracle")}
+    assert g["sac"] == 1 and g["sac-g"] == g["mrcom"] == g["oracle"] == 2
     # the floors are those of each cell's own target scenario, as the adaptation run measured them
     cell = read_json(split / "adapt" / "in" / "walker" / "sac" / "s0" / "result.json", "result")
     zero = next(r for r in rows if r["range"] == "in" and r["domain"] == "walker" and r["method"] == "floor:zero")
@@ -132,7 +132,20 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     assert text.index("## t1-a5b20") < text.index("## t1-a10b50")  # the paper's order
 
 
+def test_arms_without_a_world_model_need_no_data_training_or_export(tmp_path):
+    results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), arms=("oracle", "sac-g"),
+                               log=lambda s: None)
+    split = tmp_path / "t1-a5b20"
+    assert {p.name for p in split.iterdir()} >= {"adapt", "table.md"}
+    assert not (split / "data").exists() and not (split / "models").exists() and not (split / "exports").exists()
+    assert all(set(per) == {"oracle", "sac-g"} for rng in results["t1-a5b20"].values() for per in rng.values())
+    table = (tmp_path / "table1.md").read_text()
+    assert "| SAC (same G) | Oracle model | _zero-action_ | _random_ |" in table and "open-loop" not in table
+
+
 @pytest.mark.parametrize("args,message", [
+    (["--table", "1", "--arms", "oracle,dreamer"], "--arms: unknown arm 'dreamer'"),
+    (["--table", "1", "--arms", "sac", "--what", "error"], "--arms names none"),
     (["--table", "1", "--what", "returns"], "Invalid value for '--what'"),
     (["--table", "7"], "unknown table 7"),
     (["--table", "1", "--budget", "huge"], "unknown budget 'huge'"),

@@ -44,6 +44,8 @@ TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
 SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
 MODEL_FREE = (SAC, SAC_G)
+ORACLE = "oracle"  # the model-based loop with the target's own simulator imagining (mrcom_train.rl.oracle)
+REFERENCE = (*MODEL_FREE, ORACLE)  # the arms without a world model of their own (no data, training or export)
 WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 
 
@@ -66,6 +68,8 @@ def label(method: str) -> str:
         return "SAC (same G)"
     if method == LITERAL:
         return "Ours (eq. 6 literal)"
+    if method == ORACLE:
+        return "Oracle model"
     return MODELS[method].label if method in MODELS else method
 
 
@@ -132,10 +136,12 @@ def _measured(err_file: Path) -> bool:
 
 
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
-                     ablations: bool = False, workers: int = 1, what: str = "all",
+                     ablations: bool = False, workers: int = 1, what: str = "all", arms: tuple[str, ...] = (),
                      log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}`` (empty with
-    ``what="error"``, which stops after the prediction errors: no adaptation)."""
+    ``what="error"``, which stops after the prediction errors: no adaptation). ``arms``: only these methods
+    (world models by registry name, ablations with ``ablations``, and :data:`REFERENCE`'s ``sac``, ``sac-g``,
+    ``oracle``; default all); with no world model among them nothing is collected, trained or exported."""
     if what not in WHAT:
         raise UserInputError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     if table not in TABLE_SPLITS:
@@ -148,12 +154,21 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
     for s in chosen:
         if s not in TABLE_SPLITS[table]:
             raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
+    methods = model_methods(ablations)
+    unknown = [a for a in arms if a not in (*methods, *REFERENCE)]
+    if unknown:
+        raise UserInputError(f"--arms: unknown arm {unknown[0]!r}; choose from {', '.join([*methods, *REFERENCE])}")
+    if arms:
+        methods = {m: v for m, v in methods.items() if m in arms}
+    reference = tuple(a for a in REFERENCE if not arms or a in arms)
+    if what == "error" and not methods:
+        raise UserInputError("--what error measures world models, and --arms names none")
     b = BUDGETS[budget_name]
     out = Path(out)
     _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
         _not_another_kind(out)
-        return _reproduce(table, b, budget_name, seeds, out, chosen, model_methods(ablations), workers, what, log)
+        return _reproduce(table, b, budget_name, seeds, out, chosen, methods, reference, workers, what, log)
 
 
 def _not_another_kind(out: Path) -> None:
@@ -164,52 +179,17 @@ def _not_another_kind(out: Path) -> None:
         raise UserInputError(f"output folder {out} is {a(kind)}, not a reproduction; choose another folder")
 
 
-def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict, workers: int,
-               what: str, log: Callable[[str], None]) -> dict:
+def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict,
+               reference: tuple[str, ...], workers: int, what: str, log: Callable[[str], None]) -> dict:
     results: dict = {}
-    quiet = dict(progress=False, log=lambda s: None)
     for split in chosen:
         root = out / split
-        data = root / "data"
-        if not is_complete(data):
-            log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
-            collect(CollectConfig(split=split, domains=b.domains, scenarios_per_domain=b.scenarios_per_domain,
-                                  episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
-                                  policy=b.behaviour, workers=workers, seed=0, **b.collect), data, resume=True,
-                    **quiet)
-        evals = {}
-        for rng_name in ("in", "ood"):
-            path = root / f"eval-{rng_name}"
-            if not is_complete(path):
-                collect(CollectConfig(split=split, range=rng_name, domains=b.domains,
-                                      scenarios_per_domain=b.eval_scenarios,
-                                      episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
-                                      seed=1, workers=workers), path, resume=True, **quiet)
-            evals[rng_name] = path
-        errors: dict = {}
-        _train_models(root, split, [m for m in methods if not _trained(root / "models" / m, b)], methods, b,
-                      workers, log)
-        for method in methods:
-            run, export = root / "models" / method, root / "exports" / method
-            if not _exported(export):
-                log(f"[{split}] exporting {method}")
-                model, state = load_model(run)
-                export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,
-                             source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
-                             log=lambda s: None)
-            err_file = root / "errors" / f"{method}.json"
-            if not _measured(err_file):
-                per = {kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0,
-                                               mean_latents=kind == "mean") for r in evals}
-                       for kind in ("mean", "sampled")}
-                err_file.parent.mkdir(parents=True, exist_ok=True)
-                write_json_atomic(err_file, per)
-            errors[method] = read_json(err_file, "prediction-error file")
-        write_error_tables(root, split, errors, list(methods), label)
+        errors = _world_models(root, split, b, methods, workers, log) if methods else {}
         if what == "error":
             continue
+        arms = [*methods, *reference]
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in b.domains for method in [*methods, *MODEL_FREE]]  # seed-major: early cells cover all
+                 for domain in b.domains for method in arms]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
         floors: dict = {}
@@ -223,13 +203,56 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 config = _cell_config(split, rng_name, domain, SAC, seed, b)
                 per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
         per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
-        write_outputs(root, split, results[split], per_floor, errors, curves, [*methods, *MODEL_FREE], label,
-                      MODEL_FREE)
+        write_outputs(root, split, results[split], per_floor, errors, curves, arms, label, REFERENCE)
     # the summaries cover every split of the table found under ``out``, so runs of one split at a time add up
     write_error_summary(out, table, budget_name, _present(out, table, "errors.md"))
     if what == "all":
         write_summary(out, table, budget_name, results, _present(out, table, "table.md"), asdict(BUDGETS[budget_name]))
     return results
+
+
+def _world_models(root: Path, split: str, b: Budget, methods: dict, workers: int,
+                  log: Callable[[str], None]) -> dict:
+    """The world models' part of a split: collect its training and evaluation data, train, export and measure
+    every method's model (each step skipped when done); returns ``{method: prediction errors}``."""
+    quiet = dict(progress=False, log=lambda s: None)
+    data = root / "data"
+    if not is_complete(data):
+        log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
+        collect(CollectConfig(split=split, domains=b.domains, scenarios_per_domain=b.scenarios_per_domain,
+                              episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
+                              policy=b.behaviour, workers=workers, seed=0, **b.collect), data, resume=True,
+                **quiet)
+    evals = {}
+    for rng_name in ("in", "ood"):
+        path = root / f"eval-{rng_name}"
+        if not is_complete(path):
+            collect(CollectConfig(split=split, range=rng_name, domains=b.domains,
+                                  scenarios_per_domain=b.eval_scenarios,
+                                  episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
+                                  seed=1, workers=workers), path, resume=True, **quiet)
+        evals[rng_name] = path
+    errors: dict = {}
+    _train_models(root, split, [m for m in methods if not _trained(root / "models" / m, b)], methods, b,
+                  workers, log)
+    for method in methods:
+        run, export = root / "models" / method, root / "exports" / method
+        if not _exported(export):
+            log(f"[{split}] exporting {method}")
+            model, state = load_model(run)
+            export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,
+                         source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
+                         log=lambda s: None)
+        err_file = root / "errors" / f"{method}.json"
+        if not _measured(err_file):
+            per = {kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0,
+                                           mean_latents=kind == "mean") for r in evals}
+                   for kind in ("mean", "sampled")}
+            err_file.parent.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(err_file, per)
+        errors[method] = read_json(err_file, "prediction-error file")
+    write_error_tables(root, split, errors, list(methods), label)
+    return errors
 
 
 def _present(out: Path, table: int, name: str) -> tuple[str, ...]:
@@ -278,7 +301,8 @@ def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int,
                        episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
                        checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
                        **{**b.adapt, "use_model": method not in MODEL_FREE,
-                          **({"updates_per_step": 1} if method == SAC else {})})
+                          **({"updates_per_step": 1} if method == SAC else {}),
+                          **({"imagination": "oracle"} if method == ORACLE else {})})
 
 
 def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
@@ -286,7 +310,7 @@ def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, s
     """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
     its final normalized return."""
     config = _cell_config(split, rng_name, domain, method, seed, b)
-    export = None if method in MODEL_FREE else root / "exports" / method
+    export = None if method in REFERENCE else root / "exports" / method
     return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
                    log=lambda s: None, threads=threads).run()["normalized_return"]
 

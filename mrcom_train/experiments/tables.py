@@ -26,7 +26,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     """Write ``root/table.md``, ``table.csv`` and the plots of one split. ``scores[range][domain][method]`` and
     ``floors[(range, domain)][floor]`` are per-seed lists; ``errors[method][kind][range]`` the open-loop
     errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arms
-    without a world model."""
+    without a world model (no prediction errors: with only those, no error tables or chart)."""
     s = get_split(split)
     domains = [d for d in DOMAINS if d in scores["in"]]  # a budget may leave a domain out
     lines = []
@@ -55,7 +55,7 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
                  "outputs zero and one that draws uniform random actions. A cell above both has learned "
                  "something.\n")
     model_methods = [m for m in methods if m not in model_free]
-    for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")):
+    for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")) if model_methods else ():
         lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
                      "rollouts; normalized MSE over real dims; lower is better)\n")
         lines.append("| | " + " | ".join(f"{label(m)} in / OOD" for m in model_methods) + " |")
@@ -146,6 +146,8 @@ def _plots(root: Path, domains: list[str], curves: dict, floors: dict, errors: d
         fig.tight_layout()
         fig.savefig(root / f"curves_{rng_name}.png", dpi=100)
         plt.close(fig)
+    if not model_methods:  # only arms without a world model: no prediction errors
+        return
     fig, ax = plt.subplots(figsize=(1.6 * len(model_methods) + 2, 3.2))
     x = np.arange(len(model_methods))
     for i, rng_name in enumerate(("in", "ood")):
