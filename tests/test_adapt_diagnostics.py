@@ -162,3 +162,78 @@ def test_a_run_logged_before_the_diagnostics_resumes(unified_export, tmp_path):
     assert np.isfinite(float(after[2]["reward_mae"]))
     with pytest.raises(UserInputError, match="ran with imagined_reward='model', now 'true'"):
         Adapter(AdaptConfig(**{**TINY, "imagined_reward": "true"}), run, unified_export, resume=True, **QUIET)
+
+
+# ------------------------------------------------------------------------------ a real ratio that follows the model
+def test_the_adaptive_ratio_falls_from_its_ceiling_to_its_floor_with_the_error():
+    from mrcom_train.rl.adapt_config import adaptive_real_ratio
+    from mrcom_train.rl.diagnostics import relative_error
+
+    ratios = [adaptive_real_ratio(e, 0.05, 0.5) for e in (5.0, 1.0, 0.5, 0.1, 0.0)]
+    assert ratios[0] == ratios[1] == 0.5 and ratios[-1] == 0.05 and ratios == sorted(ratios, reverse=True)
+    assert ratios[2] == pytest.approx(0.275)
+    assert relative_error({"reward_mae": 0.2, "reward_real_mean": 0.1, "obs_nmse": 0.3}) == pytest.approx(2.0)
+    assert relative_error({"reward_mae": 0.0, "reward_real_mean": 0.0, "obs_nmse": 0.3}) == pytest.approx(0.3)
+    assert np.isnan(relative_error(dict.fromkeys(DIAGNOSTICS, np.nan)))
+
+
+ADAPTIVE = dict(TINY, split="t1-a10b50", imagination="oracle", real_ratio_mode="model_error", real_ratio=0.1,
+                real_ratio_max=0.6, env_steps=250)
+
+
+def test_the_real_ratio_follows_a_synthetic_model_error(tmp_path, monkeypatch):
+    from mrcom_train.rl import diagnostics
+
+    errors = iter([2.0, 0.5, 0.0, 0.0])  # the recent error each imagination round reports
+    real = diagnostics.model_error
+    monkeypatch.setattr(diagnostics, "model_error", lambda adapter, last=None: (
+        real(adapter) if last is None else {"reward_mae": next(errors), "reward_real_mean": 1.0, "obs_nmse": 0.0}))
+    adapter = Adapter(AdaptConfig(**ADAPTIVE), tmp_path / "run", **QUIET)
+    assert adapter.real_ratio == 0.6  # the ceiling until the first measurement
+    sizes = []
+    sample = adapter.real.sample
+    adapter.real.sample = lambda n, rng: sizes.append(n) or sample(n, rng)
+    adapter.run()
+    with open(tmp_path / "run" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r["real_ratio"]]
+    assert [int(r["env_steps"]) for r in rows] == [100, 150, 200, 250]
+    assert [float(r["real_ratio"]) for r in rows] == pytest.approx([0.6, 0.35, 0.1, 0.1])
+    assert [float(r["recent_error"]) for r in rows] == pytest.approx([2.0, 0.5, 0.0, 0.0])
+    assert set(sizes) == {19, 11, 3}  # updates start with the first round: 60%, then 35%, then 10% of 32 real
+
+
+def test_the_oracle_s_recent_error_is_zero_so_its_ratio_falls_to_the_floor_and_resumes(tmp_path, monkeypatch):
+    config = AdaptConfig(**ADAPTIVE)
+    straight = Adapter(config, tmp_path / "straight", **QUIET)
+    result = straight.run()
+    assert straight.real_ratio == 0.1
+    with open(tmp_path / "straight" / "metrics.csv") as f:
+        assert [float(r["recent_error"]) for r in csv.DictReader(f) if r["recent_error"]] == [0.0] * 4
+    calls = []
+    original = Adapter.evaluate
+
+    def stop_at_200(self):
+        if self.step >= 200 and not calls:
+            calls.append(self.step)
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Adapter, "evaluate", stop_at_200)
+    with pytest.raises(KeyboardInterrupt):
+        Adapter(config, tmp_path / "resumed", **QUIET).run()
+    monkeypatch.setattr(Adapter, "evaluate", original)
+    latest = json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / latest["dir"] / "state.json").read_text())
+    assert state["real_ratio"] == 0.1
+    assert Adapter(config, tmp_path / "resumed", resume=True, **QUIET).run() == result
+
+
+@pytest.mark.parametrize("fields,message", [
+    ({"real_ratio_mode": "auto"}, "real_ratio_mode must be one of fixed, model_error"),
+    ({"real_ratio_mode": "model_error", "real_ratio": 0.6, "real_ratio_max": 0.5},
+     r"real_ratio_max \(0.5\) must be >="),
+    ({"real_ratio_max": 1.5}, r"real_ratio_max must be in \[0, 1\]"),
+])
+def test_bad_real_ratio_settings_are_one_line(fields, message):
+    with pytest.raises(UserInputError, match=message):
+        AdaptConfig(**{**TINY, **fields})

@@ -49,7 +49,7 @@ from ..metrics_log import MetricsLog
 from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
 from . import adapt_checkpoint as checkpoint
 from . import diagnostics
-from .adapt_config import AdaptConfig, normalized_return
+from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
 from .diagnostics import DIAGNOSTICS
 from .oracle import OracleRollouts
 from .sac import SAC, ReplayBuffer, SACConfig
@@ -123,6 +123,9 @@ class Adapter:
         self.imagined = 0
         self.imagine_seconds = 0.0  # time spent imagining in this process (for the samples/s log)
         self.finished: dict | None = None
+        #: the share of real transitions in each SAC batch: the config's, or with ``real_ratio_mode="model_error"``
+        #: set each imagination round from the model's recent error, starting at ``real_ratio_max``
+        self.real_ratio = config.real_ratio_max if config.real_ratio_mode == "model_error" else config.real_ratio
         if latest is not None:
             checkpoint.restore(self, *latest)
 
@@ -148,18 +151,19 @@ class Adapter:
         out[..., : self.spec.act_dim] = raw
         return out
 
-    def _starts(self, rng: np.random.Generator, n: int, after: int = 0) -> list[tuple[dict, int]]:
-        """``n`` start states ``(episode, t)`` drawn with ``rng`` from :attr:`episodes`, uniform over every
-        ``t ≥ m`` (so the ``m`` real steps before it can prime the model; m = :attr:`history`, 0 for the oracle)
-        that has ``after`` real steps after it: an episode by its number of valid starts, then a start within
-        it. Empty when there is none."""
-        m = self.history
-        counts = np.array([max(0, len(ep["reward"]) - m + 1 - after) for ep in self.episodes])
+    def _starts(self, rng: np.random.Generator, n: int, after: int = 0,
+                last: int | None = None) -> list[tuple[dict, int]]:
+        """``n`` start states ``(episode, t)`` drawn with ``rng`` from :attr:`episodes` (only the ``last`` ones
+        if given), uniform over every ``t ≥ m`` (so the ``m`` real steps before it can prime the model; m =
+        :attr:`history`, 0 for the oracle) that has ``after`` real steps after it: an episode by its number of
+        valid starts, then a start within it. Empty when there is none."""
+        m, pool = self.history, self.episodes[-last:] if last else self.episodes
+        counts = np.array([max(0, len(ep["reward"]) - m + 1 - after) for ep in pool])
         if counts.sum() == 0:
             return []
         episodes = rng.choice(len(counts), size=n, p=counts / counts.sum())
         starts = m + (rng.random(n) * counts[episodes]).astype(np.int64)
-        return [(self.episodes[e], t) for e, t in zip(episodes, starts, strict=True)]
+        return [(pool[e], t) for e, t in zip(episodes, starts, strict=True)]
 
     def _prompts(self, picks: list[tuple[dict, int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The ``m`` real steps up to each start state (m = the runtime's ``history_len``): (obs (B, m+1, D),
@@ -215,6 +219,16 @@ class Adapter:
         self.imagine_seconds += time.perf_counter() - start
         return added
 
+    def _follow_model(self, metrics: MetricsLog) -> None:
+        """Set :attr:`real_ratio` from the model's one-step error on the recent real transitions (the live
+        episode and the one before; :func:`~mrcom_train.rl.diagnostics.model_error`) and log both."""
+        error = diagnostics.relative_error(diagnostics.model_error(self, last=2))
+        if math.isfinite(error):
+            self.real_ratio = adaptive_real_ratio(error, self.cfg.real_ratio, self.cfg.real_ratio_max)
+        metrics.write(self.step, {"real_ratio": self.real_ratio, **({"recent_error": error}
+                                                                     if math.isfinite(error) else {})},
+                      {"train/real_ratio": self.real_ratio})
+
     @property
     def imagined_per_s(self) -> float:
         """Imagined transitions per second of imagination (policy included) in this process so far."""
@@ -229,7 +243,7 @@ class Adapter:
         B = self.cfg.batch_size
         if not self.cfg.use_model or len(self.model) < self.cfg.rollout_batch:  # no full round yet
             return self.real.sample(B, self.rng)
-        n_real = int(round(self.cfg.real_ratio * B))
+        n_real = int(round(self.real_ratio * B))
         real, model = self.real.sample(n_real, self.rng), self.model.sample(B - n_real, self.rng)
         return {k: np.concatenate([real[k], model[k]]) for k in real}
 
@@ -260,9 +274,10 @@ class Adapter:
         self.log(f"adapting SAC{arm} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        diagnostics = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
-        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *diagnostics, "wall_s",
-                                            "imagined_per_s"], self.step)
+        measured = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
+        adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
+        metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
+                                            "imagined_per_s", *adaptive], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -298,6 +313,8 @@ class Adapter:
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
                     with self._with_live(episode):  # the current episode's states count as start states too
                         self.imagine(c.horizon(self.step))
+                        if c.real_ratio_mode == "model_error":
+                            self._follow_model(metrics)
                 if self.step >= c.learning_starts:
                     for _ in range(c.updates_per_step):
                         self.agent.update(self._batch())
@@ -309,7 +326,7 @@ class Adapter:
                         with self._with_live(episode):
                             error = {k: v for k, v in self.model_error().items() if math.isfinite(v)}
                     result = {"normalized_return": score, "env_steps": self.step, "imagined": self.imagined,
-                              **{k: error.get(k) for k in diagnostics}}
+                              **{k: error.get(k) for k in measured}}
                     metrics.write(self.step, {"normalized_return": score, "imagined": self.imagined,
                                               "imagined_per_s": self.imagined_per_s,
                                               "wall_s": time.perf_counter() - start, **error},

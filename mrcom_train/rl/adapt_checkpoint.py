@@ -78,7 +78,8 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
     episodes (``buffers.npz``) and every random state. ``result`` marks the final checkpoint (agent and result
     only). Returns the folder."""
     complete = result is not None
-    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "complete": complete}
+    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "complete": complete,
+             "real_ratio": adapter.real_ratio}
     arrays = {}
     if complete:
         state["result"] = result
@@ -180,7 +181,10 @@ def restore(adapter, folder: Path, state: dict) -> None:
                 adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
     except (KeyError, TypeError, ValueError, IndexError) as e:
         raise UserInputError(f"{where}: the random states are damaged ({_first_line(e)}; {REDO})") from None
-    adapter.episodes = episodes
+    ratio = state.get("real_ratio", adapter.real_ratio)  # checkpoints written before the field: the start value
+    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
+        raise UserInputError(f"{where}: real_ratio {ratio!r} is not a share in [0, 1] ({REDO})")
+    adapter.episodes, adapter.real_ratio = episodes, float(ratio)
     adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
 
 

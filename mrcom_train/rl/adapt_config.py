@@ -23,6 +23,7 @@ MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomStat
 HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
 IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
+REAL_RATIO_MODES = ("fixed", "model_error")  # how the real share of SAC batches is set (AdaptConfig.real_ratio_mode)
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,11 @@ class AdaptConfig:
     :func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`: the model's dynamics with the true reward, a
     diagnostic arm; only for a walker or cheetah target with a target speed and ``obs_fn="none"``, checked
     here).
+
+    ``real_ratio_mode``: ``"fixed"`` (every batch ``real_ratio`` real) or ``"model_error"`` (a real ratio that
+    follows the model: it starts at ``real_ratio_max`` and after every imagination round is set from the
+    model's one-step error on the recent real transitions, :func:`adaptive_real_ratio`, down to
+    ``real_ratio`` for a model that makes no error).
 
     ``imagination``: what the imagined rollouts come from: ``"model"`` (the exported world model) or
     ``"oracle"`` (the target's own simulator branched from the stored real states,
@@ -69,9 +75,11 @@ class AdaptConfig:
     checkpoint_every: int = 5000
     imagined_reward: str = "model"
     imagination: str = "model"
+    real_ratio_mode: str = "fixed"
+    real_ratio_max: float = 0.5
 
     def __post_init__(self):
-        for name in ("split", "range", "domain", "imagined_reward", "imagination"):
+        for name in ("split", "range", "domain", "imagined_reward", "imagination", "real_ratio_mode"):
             if not isinstance(getattr(self, name), str):
                 raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
         get_split(self.split).range(self.range)
@@ -91,9 +99,16 @@ class AdaptConfig:
             raise UserInputError(f"seed must be an integer <= {MAX_SEED}, got {self.seed!r}")
         if not isinstance(self.use_model, bool):
             raise UserInputError(f"use_model must be true or false, got {self.use_model!r}")
-        check_number("real_ratio", self.real_ratio)
-        if not 0 <= self.real_ratio <= 1:
-            raise UserInputError(f"real_ratio must be in [0, 1], got {self.real_ratio}")
+        for name in ("real_ratio", "real_ratio_max"):
+            check_number(name, getattr(self, name))
+            if not 0 <= getattr(self, name) <= 1:
+                raise UserInputError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.real_ratio_mode not in REAL_RATIO_MODES:
+            raise UserInputError(f"real_ratio_mode must be one of {', '.join(REAL_RATIO_MODES)}, "
+                                 f"got {self.real_ratio_mode!r}")
+        if self.real_ratio_mode == "model_error" and self.real_ratio_max < self.real_ratio:
+            raise UserInputError(f"real_ratio_max ({self.real_ratio_max}) must be >= real_ratio ({self.real_ratio}), "
+                                 f"the floor it falls to")
         if self.horizon_end < self.horizon_start:
             raise UserInputError(f"horizon_end ({self.horizon_end}) must be >= horizon_start ({self.horizon_start})")
         if self.imagined_reward not in IMAGINED_REWARDS:
@@ -168,6 +183,14 @@ class AdaptConfig:
         return (sum(p[0] for p in parts),
                 f"adapting for {self.env_steps} env steps (largest part: {part}, {format_bytes(largest)})",
                 f"lower {fields}")
+
+
+def adaptive_real_ratio(error: float, floor: float, ceiling: float) -> float:
+    """The real share of SAC batches for a model whose relative one-step error on recent real transitions is
+    ``error`` (:func:`~mrcom_train.rl.diagnostics.relative_error`: 0 for a perfect model, 1 for a reward off
+    by as much as the reward itself or a next observation off by the data's own spread): ``floor`` at 0,
+    rising linearly to ``ceiling`` at 1 and above."""
+    return floor + (ceiling - floor) * min(1.0, max(0.0, float(error)))
 
 
 def normalized_return(episode_return: float, episode_length: int) -> float:

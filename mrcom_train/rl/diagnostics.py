@@ -32,15 +32,15 @@ DIAGNOSTIC_STARTS = 256  # real transitions it measures at each evaluation (draw
 _DIAGNOSTIC_STREAM = 0x6D6F64656C  # its random stream: default_rng([seed, env step, this])
 
 
-def model_error(adapter) -> dict[str, float]:
+def model_error(adapter, last: int | None = None) -> dict[str, float]:
     """The one-step error of ``adapter``'s imagination (a :class:`~mrcom_train.rl.adapt.Adapter`) on the
-    target's real transitions (see the module docstring); all NaN without imagination, or before any real
-    transition has the real steps before it that the model needs."""
+    target's real transitions (see the module docstring; ``last``: only those of the last episodes); all NaN
+    without imagination, or before any real transition has the real steps before it that the model needs."""
     nan = dict.fromkeys(DIAGNOSTICS, math.nan)
     if adapter.imagined_env is None:
         return nan
     rng = np.random.default_rng([adapter.cfg.seed, adapter.step, _DIAGNOSTIC_STREAM])
-    picks = adapter._starts(rng, DIAGNOSTIC_STARTS, after=1)
+    picks = adapter._starts(rng, DIAGNOSTIC_STARTS, after=1, last=last)
     if not picks:
         return nan
     B, od = len(picks), adapter.spec.obs_dim
@@ -66,3 +66,11 @@ def model_error(adapter) -> dict[str, float]:
                            np.ones((B, od)))
     return {"reward_mae": float(np.mean(np.abs(reward - real_reward))),
             "reward_real_mean": float(np.mean(np.abs(real_reward))), "obs_nmse": float(np.mean(nmse))}
+
+
+def relative_error(error: dict[str, float]) -> float:
+    """One number for a :func:`model_error`: the larger of the reward error relative to the reward's scale
+    (``reward_mae / reward_real_mean``, the scale floored at 0.01) and ``obs_nmse``; 0 for a perfect model, about
+    1 for one that is as far off as the quantities themselves vary. NaN when the error is."""
+    parts = (error["reward_mae"] / max(error["reward_real_mean"], 0.01), error["obs_nmse"])
+    return math.nan if any(math.isnan(p) for p in parts) else max(parts)
