@@ -76,6 +76,8 @@ class BaseWorldModel(nn.Module):
     label: ClassVar[str] = ""
     ablations: ClassVar[tuple[str, ...]] = ()
     supports_overshoot: ClassVar[bool] = False
+    #: the modules a head-only refit trains (those a class has: the decoder, reward head and value heads)
+    refit_heads: ClassVar[tuple[str, ...]] = ("decoder", "reward_head", "value_heads", "meta_value")
     #: whether the context encoder is recurrent over the whole history (honours ``ModelConfig.history_len``)
     recurrent_history: ClassVar[bool] = False
     #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by

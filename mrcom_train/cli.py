@@ -211,10 +211,13 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latent
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Run folder: config.json, metrics.csv, tb/, checkpoints/, and when done result.json and "
                    "agent.pt (the final agent, for `mrcom export --policy`).")
+@click.option("--run", "train_run", type=click.Path(file_okay=False), default=None,
+              help="The training run behind --model, for --set refit=heads|all [default: the one its manifest "
+                   "names].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True)
-def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, resume,
-          no_progress):
+def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, train_run,
+          resume, no_progress):
     """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
     from mrcom_core.config import apply_overrides, parse_assignments
 
@@ -224,7 +227,7 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
                          episode_length=episode_length, use_model=not model_free)
     config = apply_overrides(config, parse_assignments(sets), "adapt")
     with Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
-                 log=click.echo) as adapter:
+                 log=click.echo, run=train_run) as adapter:
         result = adapter.run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
                f"({result['imagined']} imagined transitions); run folder {out} (final agent: {out}/agent.pt)")

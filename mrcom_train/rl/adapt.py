@@ -48,7 +48,7 @@ from mrcom_export.vector_env import ImaginedVectorEnv
 from ..metrics_log import MetricsLog
 from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
 from . import adapt_checkpoint as checkpoint
-from . import diagnostics
+from . import diagnostics, refit
 from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
 from .diagnostics import DIAGNOSTICS
 from .oracle import OracleRollouts
@@ -70,21 +70,22 @@ class Adapter:
     """
 
     def __init__(self, config: AdaptConfig, run_dir: str | Path, export_dir: str | Path | None = None,
-                 resume: bool = False, progress: bool = True, log=print, threads: int | None = None):
+                 resume: bool = False, progress: bool = True, log=print, threads: int | None = None,
+                 run: str | Path | None = None):
         self.cfg, self.run_dir, self.log, self.progress = config, Path(run_dir), log, progress
         self._stack, self._closed = contextlib.ExitStack(), False
         try:
-            self._open(export_dir, resume, threads)
+            self._open(export_dir, resume, threads, run)
         except BaseException:
             self.close()
             raise
 
-    def _open(self, export_dir, resume: bool, threads: int | None) -> None:
+    def _open(self, export_dir, resume: bool, threads: int | None, run) -> None:
         config = self.cfg
         self.spec = config.target()
         od, ad = self.spec.obs_dim, self.spec.act_dim
         require_memory(*config.memory_request(od, ad))  # buffers, SAC networks, an update, imagined rollouts
-        self.imagined_env = None
+        self.imagined_env, self.refitter, self.refits = None, None, 0
         self.history = 0  # real steps before a start state that prime the model (the runtime's history_len)
         if config.oracle:
             space = UnifiedSpace(od, ad)
@@ -99,13 +100,15 @@ class Adapter:
             if space.obs_dim < od or space.act_dim < ad:
                 raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "
                                      f"scenario {self.spec.describe()}'s")
+            self.refitter = refit.open_refitter(config, runtime, run)
         else:
             space = UnifiedSpace(od, ad)
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise UserInputError(f"run folder {self.run_dir} is a file, not a folder")
         # From here on the folder is ours: nothing in it is read before the lock is held.
         self._stack.enter_context(claimed(self.run_dir, ADAPT_RUN, "mrcom adapt", given=resume, label="run folder",
-                                          inputs={"export": export_dir if config.use_model else None}))
+                                          inputs={"export": export_dir if config.use_model else None,
+                                                  "training run": self.refitter.run_dir if self.refitter else None}))
         latest = checkpoint.open_checkpoints(self.run_dir) if resume else None
         if latest is not None:
             checkpoint.check_config(self.run_dir, self.cfg)
@@ -276,8 +279,9 @@ class Adapter:
                  + (f"; resuming at env step {self.step}" if self.step else ""))
         measured = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
         adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
+        refits = refit.REFIT_FIELDS if self.refitter is not None else ()
         metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
-                                            "imagined_per_s", *adaptive], self.step)
+                                            "imagined_per_s", *adaptive, *refits], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -310,6 +314,10 @@ class Adapter:
                     boundary = self.env.random_state()  # what the next reset starts from
                     obs, _ = self.env.reset()
                     episode = self._new_episode(obs)
+                if self.refitter is not None and self.step >= c.learning_starts and self.step % c.refit_every == 0:
+                    with self._with_live(episode):
+                        row = refit.refit_imagination(self)
+                    metrics.write(self.step, row, {f"refit/{k}": v for k, v in row.items() if math.isfinite(v)})
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
                     with self._with_live(episode):  # the current episode's states count as start states too
                         self.imagine(c.horizon(self.step))

@@ -3,15 +3,16 @@ them for :class:`~mrcom_train.rl.adapt.Adapter` (the functions taking ``adapter`
 its parts).
 
 Run folder (``RUN``): ``config.json``, ``metrics.csv``, ``tb/``, ``checkpoints/`` (verified checkpoint folders,
-see below), and once the run is finished ``result.json`` and ``agent.pt`` (the final agent; what
-``mrcom export --policy`` takes). One ``mrcom adapt`` at a time per folder (``RUN/.mrcom.lock``).
+see below), with refits ``model/`` (the latest refit's export, which the runtime runs), and once the run is
+finished ``result.json`` and ``agent.pt`` (the final agent; what ``mrcom export --policy`` takes). One ``mrcom
+adapt`` at a time per folder (``RUN/.mrcom.lock``).
 
-Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz`` and
-``state.json`` with every random state and the SHA-256 of each file), made current by an atomic
-``checkpoints/latest.json`` pointer (:mod:`mrcom_core.snapshots`), so a crash or Ctrl-C while one is written
-leaves the previous one whole and pointed to, and ``--resume`` checks every file before loading it, then
-their fields against each other and the run's config (:func:`restore`). The final checkpoint holds the agent
-and the result.
+Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz``, with refits the
+refit world model ``refit.safetensors``, and ``state.json`` with every random state and the SHA-256 of each file),
+made current by an atomic ``checkpoints/latest.json`` pointer (:mod:`mrcom_core.snapshots`), so a crash or Ctrl-C
+while one is written leaves the previous one whole and pointed to, and ``--resume`` checks every file before
+loading it, then their fields against each other and the run's config (:func:`restore`). The final checkpoint
+holds the agent and the result.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors.torch import load_file, save_file
 
 from mrcom_core import snapshots
 from mrcom_core.errors import UserInputError
@@ -32,6 +34,7 @@ from .sac import SAC
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 1
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/ + latest.json
+REFIT_FILE = "refit.safetensors"  # a checkpoint's refit world model (with refit on)
 LABEL = "adapt checkpoint"
 REDO = "restore the run folder from a backup or start the run again in a new folder"
 
@@ -93,11 +96,17 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
                        imagination.runtime.rng.bit_generator.state if imagination is not None else None)
         state.update(episodes=len(adapter.episodes), env=env_state, rng=adapter.rng.bit_generator.state,
                      runtime_rng=runtime_rng)
+    refit_tensors = None
+    if adapter.refitter is not None and not complete:
+        refit_tensors, meta = adapter.refitter.state_dict()
+        state["refit"] = {**meta, "refits": adapter.refits}
 
     def write(folder: Path) -> None:
         torch.save({"agent": adapter.agent.state_dict(), "env_steps": adapter.step}, folder / "agent.pt")
         if arrays:
             np.savez(folder / "buffers.npz", **arrays)
+        if refit_tensors is not None:
+            save_file({k: v.contiguous() for k, v in refit_tensors.items()}, str(folder / REFIT_FILE))
 
     return snapshots.publish(adapter.run_dir / CHECKPOINTS, adapter.step, write, state, CHECKPOINT_FORMAT,
                              CHECKPOINT_VERSION, keep=2)
@@ -171,6 +180,8 @@ def restore(adapter, folder: Path, state: dict) -> None:
         raise UserInputError(f"cannot read {path}: not replay buffers of this run ({why}; {REDO})") from None
     check_episodes(adapter, episodes, path)
     check_buffers(adapter, state, where, path)
+    if adapter.refitter is not None:
+        restore_refit(adapter, folder, state.get("refit"))
     try:
         adapter.env.set_random_state(state["env"])
         adapter.rng.bit_generator.state = state["rng"]
@@ -186,6 +197,26 @@ def restore(adapter, folder: Path, state: dict) -> None:
         raise UserInputError(f"{where}: real_ratio {ratio!r} is not a share in [0, 1] ({REDO})")
     adapter.episodes, adapter.real_ratio = episodes, float(ratio)
     adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
+
+
+def restore_refit(adapter, folder: Path, meta) -> None:
+    """The refit world model of a checkpoint (``refit.safetensors``: weights, Adam's moments, generator;
+    ``meta``: state.json's ``refit``), loaded into ``adapter``'s refitter and, once it has refit, exported
+    and swapped in as its runtime again (the same weights give the same graphs)."""
+    from .refit import swap_runtime
+
+    path = folder / REFIT_FILE
+    try:
+        tensors = load_file(str(path))
+        refits = meta["refits"]
+        adapter.refitter.load_state_dict(tensors, meta)
+    except Exception as e:  # a missing file or entry, a foreign tensor: whatever it is, not this run's refit
+        raise UserInputError(f"cannot restore the refit world model from {path} ({_first_line(e)}; {REDO})") from None
+    if isinstance(refits, bool) or not isinstance(refits, int) or refits < 0:
+        raise UserInputError(f"{folder / 'state.json'}: refit's refits {refits!r} is not a count ({REDO})")
+    adapter.refits = refits
+    if refits:
+        swap_runtime(adapter)
 
 
 def most_imagined(config, step: int) -> int:

@@ -23,6 +23,7 @@ MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomStat
 HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
 IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
+REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
 REAL_RATIO_MODES = ("fixed", "model_error")  # how the real share of SAC batches is set (AdaptConfig.real_ratio_mode)
 
 
@@ -47,6 +48,12 @@ class AdaptConfig:
     follows the model: it starts at ``real_ratio_max`` and after every imagination round is set from the
     model's one-step error on the recent real transitions, :func:`adaptive_real_ratio`, down to
     ``real_ratio`` for a model that makes no error).
+
+    ``refit``: the world model keeps learning in the target (:mod:`~mrcom_train.rl.refit`): ``"none"`` (frozen),
+    ``"heads"`` (decoder, reward and value heads) or ``"all"``; every ``refit_every`` env steps from
+    ``learning_starts`` on, up to ``refit_steps`` updates on the target's real episodes with a
+    ``refit_rehearsal`` share of pretraining data, Adam at ``refit_lr``; it needs the training run behind the
+    export (its manifest names it, or ``Adapter(run=…)`` / ``mrcom adapt --run``).
 
     ``imagination``: what the imagined rollouts come from: ``"model"`` (the exported world model) or
     ``"oracle"`` (the target's own simulator branched from the stored real states,
@@ -77,9 +84,14 @@ class AdaptConfig:
     imagination: str = "model"
     real_ratio_mode: str = "fixed"
     real_ratio_max: float = 0.5
+    refit: str = "none"
+    refit_every: int = 250
+    refit_steps: int = 50
+    refit_rehearsal: float = 0.5
+    refit_lr: float = 1e-4
 
     def __post_init__(self):
-        for name in ("split", "range", "domain", "imagined_reward", "imagination", "real_ratio_mode"):
+        for name in ("split", "range", "domain", "imagined_reward", "imagination", "real_ratio_mode", "refit"):
             if not isinstance(getattr(self, name), str):
                 raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
         get_split(self.split).range(self.range)
@@ -91,7 +103,7 @@ class AdaptConfig:
                            else self.horizon_end)
         for name in ("env_steps", "episode_length", "batch_size", "updates_per_step", "sac_hidden",
                      "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start", "horizon_end",
-                     "eval_every", "eval_episodes", "checkpoint_every"):
+                     "eval_every", "eval_episodes", "checkpoint_every", "refit_every", "refit_steps"):
             check_int(name, getattr(self, name))
         check_int("learning_starts", self.learning_starts, 0)
         check_int("seed", self.seed, 0)
@@ -118,6 +130,16 @@ class AdaptConfig:
             check_obs_reward(self.target(), "imagined_reward")
         if self.imagination not in IMAGINATIONS:
             raise UserInputError(f"imagination must be one of {', '.join(IMAGINATIONS)}, got {self.imagination!r}")
+        if self.refit not in REFITS:
+            raise UserInputError(f"refit must be one of {', '.join(REFITS)}, got {self.refit!r}")
+        if self.refit != "none" and (not self.use_model or self.imagination != "model"):
+            raise UserInputError("refit needs a world model to refit: use_model=true and imagination=model")
+        check_number("refit_rehearsal", self.refit_rehearsal)
+        if not 0 <= self.refit_rehearsal < 1:
+            raise UserInputError(f"refit_rehearsal must be in [0, 1), got {self.refit_rehearsal}")
+        check_number("refit_lr", self.refit_lr)
+        if not 0 < self.refit_lr <= 1:
+            raise UserInputError(f"refit_lr must be in (0, 1], got {self.refit_lr}")
 
     @property
     def oracle(self) -> bool:
