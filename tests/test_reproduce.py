@@ -143,6 +143,23 @@ def test_arms_without_a_world_model_need_no_data_training_or_export(tmp_path):
     assert "| SAC (same G) | Oracle model | _zero-action_ | _random_ |" in table and "open-loop" not in table
 
 
+def test_mrcom_s_adaptation_variants_run_only_when_named_and_use_its_model(tmp_path):
+    from mrcom_core.files import read_json
+
+    results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), arms=("mrcom+refit-all", "mrcom+follow"),
+                               log=lambda s: None)
+    split = tmp_path / "t1-a5b20"
+    assert sorted(p.name for p in (split / "models").iterdir()) == ["mrcom"]  # trained for the variants' sake
+    assert all(set(per) == {"mrcom+refit-all", "mrcom+follow"} for rng in results["t1-a5b20"].values()
+               for per in rng.values())
+    cell = split / "adapt" / "in" / "walker" / "mrcom+refit-all" / "s0"
+    assert read_json(cell / "config.json", "config")["refit"] == "all"
+    assert "refit_updates" in (cell / "metrics.csv").read_text().splitlines()[0] and (cell / "model").is_dir()
+    table = (tmp_path / "table1.md").read_text()
+    assert "| Ours + refit (all) | Ours + real ratio follows |" in table
+    assert "Ours" in (split / "errors.md").read_text()  # MrCoM's model is measured all the same
+
+
 @pytest.mark.parametrize("args,message", [
     (["--table", "1", "--arms", "oracle,dreamer"], "--arms: unknown arm 'dreamer'"),
     (["--table", "1", "--arms", "sac", "--what", "error"], "--arms names none"),

@@ -46,6 +46,12 @@ SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, a
 MODEL_FREE = (SAC, SAC_G)
 ORACLE = "oracle"  # the model-based loop with the target's own simulator imagining (mrcom_train.rl.oracle)
 REFERENCE = (*MODEL_FREE, ORACLE)  # the arms without a world model of their own (no data, training or export)
+#: adaptation variants of MrCoM's arm, run only when ``--arms`` names them: arm → AdaptConfig overrides (they
+#: adapt with MrCoM's export; a refit fine-tunes MrCoM's training run)
+VARIANTS = {"mrcom+refit-heads": {"refit": "heads"}, "mrcom+refit-all": {"refit": "all"},
+            "mrcom+follow": {"real_ratio_mode": "model_error"}}
+VARIANT_LABELS = {"mrcom+refit-heads": "Ours + refit (heads)", "mrcom+refit-all": "Ours + refit (all)",
+                  "mrcom+follow": "Ours + real ratio follows"}
 WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 
 
@@ -70,6 +76,8 @@ def label(method: str) -> str:
         return "Ours (eq. 6 literal)"
     if method == ORACLE:
         return "Oracle model"
+    if method in VARIANT_LABELS:
+        return VARIANT_LABELS[method]
     return MODELS[method].label if method in MODELS else method
 
 
@@ -100,7 +108,7 @@ BUDGETS = {
     "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
                     dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, retain_rounds=2,
                          horizon_start=1, horizon_end=2, updates_per_step=2, eval_episodes=1, sac_hidden=32,
-                         batch_size=32)),
+                         batch_size=32, refit_every=50, refit_steps=5)),
     "small": Budget(8, 10, 1000, "sac", "small", 3000, 15, 2, 10_000, 1000,
                     dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
                          updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3),
@@ -140,8 +148,9 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                      log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}`` (empty with
     ``what="error"``, which stops after the prediction errors: no adaptation). ``arms``: only these methods
-    (world models by registry name, ablations with ``ablations``, and :data:`REFERENCE`'s ``sac``, ``sac-g``,
-    ``oracle``; default all); with no world model among them nothing is collected, trained or exported."""
+    (world models by registry name, ablations with ``ablations``, :data:`REFERENCE`'s ``sac``, ``sac-g``,
+    ``oracle``, and MrCoM's adaptation :data:`VARIANTS`, which only run when named; default all but those);
+    with no world model among them nothing is collected, trained or exported."""
     if what not in WHAT:
         raise UserInputError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     if table not in TABLE_SPLITS:
@@ -155,12 +164,15 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
         if s not in TABLE_SPLITS[table]:
             raise UserInputError(f"split {s!r} is not part of table {table} ({', '.join(TABLE_SPLITS[table])})")
     methods = model_methods(ablations)
-    unknown = [a for a in arms if a not in (*methods, *REFERENCE)]
+    known = [*methods, *REFERENCE, *VARIANTS]
+    unknown = [a for a in arms if a not in known]
     if unknown:
-        raise UserInputError(f"--arms: unknown arm {unknown[0]!r}; choose from {', '.join([*methods, *REFERENCE])}")
-    if arms:
-        methods = {m: v for m, v in methods.items() if m in arms}
-    reference = tuple(a for a in REFERENCE if not arms or a in arms)
+        raise UserInputError(f"--arms: unknown arm {unknown[0]!r}; choose from {', '.join(known)}")
+    variants = tuple(v for v in VARIANTS if v in arms)
+    if arms:  # a variant needs MrCoM's model (trained and measured; its own arm only when named too)
+        methods = {m: v for m, v in methods.items() if m in arms or (m == "mrcom" and variants)}
+    cell_arms = [*(m for m in methods if not arms or m in arms), *(a for a in REFERENCE if not arms or a in arms),
+                 *variants]
     if what == "error" and not methods:
         raise UserInputError("--what error measures world models, and --arms names none")
     b = BUDGETS[budget_name]
@@ -168,7 +180,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
     _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
         _not_another_kind(out)
-        return _reproduce(table, b, budget_name, seeds, out, chosen, methods, reference, workers, what, log)
+        return _reproduce(table, b, budget_name, seeds, out, chosen, methods, cell_arms, workers, what, log)
 
 
 def _not_another_kind(out: Path) -> None:
@@ -180,14 +192,15 @@ def _not_another_kind(out: Path) -> None:
 
 
 def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict,
-               reference: tuple[str, ...], workers: int, what: str, log: Callable[[str], None]) -> dict:
+               arms: list[str], workers: int, what: str, log: Callable[[str], None]) -> dict:
+    """The protocol for the ``chosen`` splits: ``methods`` are the world models to train and measure, ``arms``
+    the adaptation cells' methods."""
     results: dict = {}
     for split in chosen:
         root = out / split
         errors = _world_models(root, split, b, methods, workers, log) if methods else {}
         if what == "error":
             continue
-        arms = [*methods, *reference]
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
                  for domain in b.domains for method in arms]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
@@ -203,7 +216,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
                 config = _cell_config(split, rng_name, domain, SAC, seed, b)
                 per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
         per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
-        write_outputs(root, split, results[split], per_floor, errors, curves, arms, label, REFERENCE)
+        write_outputs(root, split, results[split], per_floor, errors, curves, arms, label, (*REFERENCE, *VARIANTS))
     # the summaries cover every split of the table found under ``out``, so runs of one split at a time add up
     write_error_summary(out, table, budget_name, _present(out, table, "errors.md"))
     if what == "all":
@@ -302,7 +315,7 @@ def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int,
                        checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
                        **{**b.adapt, "use_model": method not in MODEL_FREE,
                           **({"updates_per_step": 1} if method == SAC else {}),
-                          **({"imagination": "oracle"} if method == ORACLE else {})})
+                          **({"imagination": "oracle"} if method == ORACLE else {}), **VARIANTS.get(method, {})})
 
 
 def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
@@ -310,9 +323,10 @@ def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, s
     """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
     its final normalized return."""
     config = _cell_config(split, rng_name, domain, method, seed, b)
-    export = None if method in REFERENCE else root / "exports" / method
+    model = "mrcom" if method in VARIANTS else method
+    export = None if method in REFERENCE else root / "exports" / model
     return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
-                   log=lambda s: None, threads=threads).run()["normalized_return"]
+                   log=lambda s: None, threads=threads, run=root / "models" / model).run()["normalized_return"]
 
 
 def _cell_worker_init() -> None:
@@ -355,6 +369,7 @@ def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]], dict | None]
     if not isinstance(score, int | float):
         raise UserInputError(f"{cell / 'result.json'} has no normalized_return; delete it to run the cell again")
     with open(cell / "metrics.csv") as f:
-        curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)]
+        curve = [(int(r["env_steps"]), float(r["normalized_return"])) for r in csv.DictReader(f)
+                 if r["normalized_return"]]  # rows of refits and real-ratio rounds have none
     floors = result.get("floors")
     return score, curve, floors if isinstance(floors, dict) and set(FLOORS) <= set(floors) else None
