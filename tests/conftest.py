@@ -60,6 +60,37 @@ def export_model_for_tests(**overrides):
     return build_model(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
 
 
+def mrcom_under_file_size_limit(limit: int, *args: str, cwd):
+    """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
+    ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC.
+    Returns the ``subprocess.CompletedProcess``."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    def limit_file_size():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], preexec_fn=limit_file_size, cwd=cwd,
+                          capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
+
+
+def kill_adapter_at(adapter, step: int) -> None:
+    """Run ``adapter`` (a fresh :class:`~mrcom_train.rl.adapt.Adapter`) until its first evaluation at env step
+    ``step`` or later, where a Ctrl-C stops it (its last checkpoint is what a resume continues from)."""
+    original = type(adapter).evaluate
+
+    def evaluate():
+        if adapter.step >= step:
+            raise KeyboardInterrupt
+        return original(adapter)
+
+    adapter.evaluate = evaluate
+    with pytest.raises(KeyboardInterrupt):
+        adapter.run()
+
+
 def write_manifest(folder, manifest: dict) -> None:
     """Write an edited export manifest with its ``manifest_sha256`` recomputed, as anyone may (the edit is then
     not tampering but a manifest whose fields must still agree with the graphs)."""

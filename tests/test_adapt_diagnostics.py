@@ -8,6 +8,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.rl.adapt import DIAGNOSTICS, AdaptConfig, Adapter
@@ -202,26 +203,14 @@ def test_the_real_ratio_follows_a_synthetic_model_error(tmp_path, monkeypatch):
     assert set(sizes) == {19, 11, 3}  # updates start with the first round: 60%, then 35%, then 10% of 32 real
 
 
-def test_the_oracle_s_recent_error_is_zero_so_its_ratio_falls_to_the_floor_and_resumes(tmp_path, monkeypatch):
+def test_the_oracle_s_recent_error_is_zero_so_its_ratio_falls_to_the_floor_and_resumes(tmp_path):
     config = AdaptConfig(**ADAPTIVE)
     straight = Adapter(config, tmp_path / "straight", **QUIET)
     result = straight.run()
     assert straight.real_ratio == 0.1
     with open(tmp_path / "straight" / "metrics.csv") as f:
         assert [float(r["recent_error"]) for r in csv.DictReader(f) if r["recent_error"]] == [0.0] * 4
-    calls = []
-    original = Adapter.evaluate
-
-    def stop_at_200(self):
-        if self.step >= 200 and not calls:
-            calls.append(self.step)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Adapter, "evaluate", stop_at_200)
-    with pytest.raises(KeyboardInterrupt):
-        Adapter(config, tmp_path / "resumed", **QUIET).run()
-    monkeypatch.setattr(Adapter, "evaluate", original)
+    kill_adapter_at(Adapter(config, tmp_path / "resumed", **QUIET), 200)
     latest = json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())
     state = json.loads((tmp_path / "resumed" / "checkpoints" / latest["dir"] / "state.json").read_text())
     assert state["real_ratio"] == 0.1

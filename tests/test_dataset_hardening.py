@@ -4,14 +4,12 @@ nothing on disk changed or silently deleted."""
 import errno
 import json
 import os
-import resource
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import mrcom_under_file_size_limit
 
 import mrcom_train.datasets.collect as collect_mod
 import mrcom_train.datasets.dataset as dataset_mod
@@ -295,16 +293,6 @@ LONG = dict(domains=("cheetah",), scenarios_per_domain=2, episodes_per_scenario=
 CLI_LONG = ["--domains", "cheetah", "-n", "2", "-k", "2", "--episode-length", "100", "--no-progress"]
 
 
-def _mrcom_under_file_size_limit(limit: int, *args: str, cwd) -> subprocess.CompletedProcess:
-    """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
-    ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC."""
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], preexec_fn=limit_file_size, cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
-
-
 def _collect_first(out: Path, n: int, monkeypatch) -> None:
     """Collect LONG into ``out`` but stop after its first ``n`` episodes (kept for --resume)."""
     real_write, calls = collect_mod.write_episode, []
@@ -331,7 +319,7 @@ def test_a_file_size_limit_mid_collect_is_one_line_and_keeps_finished_episodes(t
         _collect_first(out, 1, monkeypatch)
         assert _obs(out).stat().st_size == obs_bytes
     before = _snapshot(out) if resume else {}
-    done = _mrcom_under_file_size_limit(obs_bytes - 1, "collect", *CLI_LONG, "--out", str(out),
+    done = mrcom_under_file_size_limit(obs_bytes - 1, "collect", *CLI_LONG, "--out", str(out),
                                         *(["--resume"] if resume else []), cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr

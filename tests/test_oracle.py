@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.cli import main
@@ -62,7 +63,7 @@ def test_oracle_rollouts_step_every_start_for_the_horizon():
     assert oracle.step(zeros)[3].all()  # the horizon is reached
 
 
-def test_the_oracle_arm_adapts_checkpoints_and_resumes_exactly(tmp_path, monkeypatch):
+def test_the_oracle_arm_adapts_checkpoints_and_resumes_exactly(tmp_path):
     config = AdaptConfig(**ORACLE)
     assert config.oracle and not AdaptConfig(**{**ORACLE, "use_model": False}).oracle
     straight = Adapter(config, tmp_path / "straight", **QUIET).run()
@@ -71,19 +72,7 @@ def test_the_oracle_arm_adapts_checkpoints_and_resumes_exactly(tmp_path, monkeyp
     rows = (tmp_path / "straight" / "metrics.csv").read_text().splitlines()
     assert len(rows) == 5  # header, step 0 and three evaluations
 
-    stopped = []
-    original = Adapter.evaluate
-
-    def stop_at_200(self):
-        if self.step >= 200 and not stopped:
-            stopped.append(self.step)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Adapter, "evaluate", stop_at_200)
-    with pytest.raises(KeyboardInterrupt):
-        Adapter(config, tmp_path / "resumed", **QUIET).run()
-    monkeypatch.setattr(Adapter, "evaluate", original)
+    kill_adapter_at(Adapter(config, tmp_path / "resumed", **QUIET), 200)
     state = json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())
     assert state["step"] == 100  # the checkpoint before the stop, with the stored physics states
     resumed = Adapter(config, tmp_path / "resumed", resume=True, **QUIET).run()

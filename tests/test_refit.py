@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.cli import main
@@ -67,7 +68,7 @@ def test_a_refit_lowers_the_held_out_loss_and_trains_only_its_parameters(pretrai
     assert short["updates"] == 0 and np.isnan(short["held_out_before"])  # too short for a window: nothing done
 
 
-def test_adaptation_refits_swaps_the_runtime_and_resumes_exactly(pretrained, tmp_path, monkeypatch):
+def test_adaptation_refits_swaps_the_runtime_and_resumes_exactly(pretrained, tmp_path):
     config = AdaptConfig(**REFIT)
     straight = Adapter(config, tmp_path / "straight", pretrained / "export", **QUIET)
     result = straight.run()
@@ -79,19 +80,7 @@ def test_adaptation_refits_swaps_the_runtime_and_resumes_exactly(pretrained, tmp
     assert all(float(r["held_out_after"]) <= float(r["held_out_before"]) for r in refits)
     assert all(r["reward_mae_before"] and r["reward_mae_after"] for r in refits)
 
-    stopped = []
-    original = Adapter.evaluate
-
-    def stop_after_200(self):
-        if self.step >= 200 and not stopped:
-            stopped.append(self.step)
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Adapter, "evaluate", stop_after_200)
-    with pytest.raises(KeyboardInterrupt):
-        Adapter(config, tmp_path / "resumed", pretrained / "export", **QUIET).run()
-    monkeypatch.setattr(Adapter, "evaluate", original)
+    kill_adapter_at(Adapter(config, tmp_path / "resumed", pretrained / "export", **QUIET), 200)
     latest = json.loads((tmp_path / "resumed" / "checkpoints" / "latest.json").read_text())
     assert latest["step"] == 100
     assert (tmp_path / "resumed" / "checkpoints" / latest["dir"] / "refit.safetensors").is_file()

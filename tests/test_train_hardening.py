@@ -5,12 +5,12 @@ behind."""
 import errno
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
 
 import pytest
+from conftest import mrcom_under_file_size_limit
 
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import LOCK_NAME
@@ -187,22 +187,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(run, data, tmp_pa
     assert not list((copy / "checkpoints").glob(".tmp-*"))
 
 
-def _mrcom_under_file_size_limit(limit: int, *args: str, cwd) -> subprocess.CompletedProcess:
-    """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
-    ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC."""
-    def limit_file_size():
-        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-
-    return subprocess.run([sys.executable, "-m", "mrcom_train.cli", *args], preexec_fn=limit_file_size, cwd=cwd,
-                          capture_output=True, text=True, env={**os.environ, "MUJOCO_GL": "disable"}, timeout=300)
-
-
 def test_a_file_size_limit_mid_checkpoint_is_one_line_and_keeps_the_last_checkpoint(run, data, tmp_path):
     copy = _copy(run, tmp_path)
     last = latest_checkpoint(copy)
     model, optimizer = ((last / name).stat().st_size for name in ("model.safetensors", "optimizer.safetensors"))
     assert model < optimizer  # every other file of the run is smaller than the weights
-    done = _mrcom_under_file_size_limit((model + optimizer) // 2, "train", "--data", str(data), "--out", str(copy),
+    done = mrcom_under_file_size_limit((model + optimizer) // 2, "train", "--data", str(data), "--out", str(copy),
                                         "--steps", "4", "--resume", "--no-progress", cwd=tmp_path)
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
