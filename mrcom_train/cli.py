@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 
 import click
 
@@ -170,8 +171,8 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which):
     else:
         what = f"latest checkpoint: step {state['step']}; the run has no best checkpoint"
     click.echo(f"exporting {run} ({what}) as {', '.join(formats)} into {out}")
-    source = {"run": str(run), "step": state["step"], "checkpoint": chosen, "data": state["data"]["path"],
-              "policy": policy}
+    source = {"run": str(Path(run).resolve()), "step": state["step"], "checkpoint": chosen,
+              "data": state["data"]["path"], "policy": str(Path(policy).resolve()) if policy else None}
     export_model(model, out, formats=formats, horizon=horizon, policy=actor, blocks=not no_blocks, source=source,
                  force=force, log=click.echo)
     click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")

@@ -234,3 +234,20 @@ def test_the_ablation_outputs_follow_figure_3(tmp_path):
     other.mkdir()
     write_outputs(other, "t1-a10b50", scores, floors, errors, curves, ["mrcom", "rssm", "sac"], label, ("sac",))
     assert (other / "table.md").exists() and not (other / "ablations.md").exists()
+
+
+def test_the_efficiency_table_reads_steps_to_the_reference_return_off_the_curves():
+    from mrcom_train.experiments.reproduce import BUDGETS, SAC, SAC_G, _cell_config, label
+    from mrcom_train.experiments.tables import efficiency_table, steps_to_reach
+
+    assert steps_to_reach([(0, 1.0), (10, 5.0), (20, 4.0)], 4.5) == 10
+    assert steps_to_reach([(0, 1.0)], 2.0) is None
+    curves = {("in", "cheetah", "sac"): [[(0, 0.0), (50, 10.0), (100, 20.0)]],
+              ("in", "cheetah", "mrcom"): [[(0, 0.0), (25, 21.0), (50, 5.0)]],
+              ("in", "cheetah", "sac-g"): [[(0, 0.0), (50, 3.0)]]}
+    lines = efficiency_table(curves, ["cheetah"], ["mrcom", "sac", "sac-g"], label, "sac")
+    assert "| cheetah in s0 | 20.0 | 100 | 25 (4.00×) | — |" in lines
+    long = BUDGETS["long"]  # SAC (G=1) runs twice as long, every arm evaluated every 2,500 steps
+    assert _cell_config("t1-a10b50", "in", "cheetah", SAC, 0, long).env_steps == 100_000
+    config = _cell_config("t1-a10b50", "in", "cheetah", SAC_G, 0, long)
+    assert config.env_steps == 50_000 and config.eval_every == 2500 and config.updates_per_step == 4

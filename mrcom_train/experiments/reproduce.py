@@ -96,6 +96,8 @@ class Budget:
     adapt: dict
     domains: tuple[str, ...] = tuple(DOMAINS)  # collected, evaluated and tabulated
     collect: dict = field(default_factory=dict)  # extra CollectConfig fields for the training data
+    reference_env_steps: int | None = None  # SAC (G=1)'s env steps, when it runs longer (the efficiency reference)
+    eval_every: int | None = None  # adaptation's evaluation interval [default: a quarter of its env steps]
 
 
 # ``small``: sized to run Table 1 (c)/(d) for one split and 3 seeds in <= 4 h on 2 cores (see docs/results.md):
@@ -114,6 +116,14 @@ BUDGETS = {
                          updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3),
                     domains=("walker", "cheetah"),
                     collect=dict(sac_chain=8, sac_hidden_dim=128, sac_batch_size=128)),
+    # ``long``: the sample-efficiency measure: the model arms for 50,000 env steps, SAC (G=1) for 100,000, every
+    # arm evaluated every 2,500 steps, so each arm's steps to SAC (G=1)'s final return can be read off its curve
+    # (``--seeds 2``: two targets per domain and range).
+    "long": Budget(8, 10, 1000, "sac", "small", 3000, 15, 2, 50_000, 1000,
+                   dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
+                        updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3),
+                   domains=("walker", "cheetah"), collect=dict(sac_chain=8, sac_hidden_dim=128, sac_batch_size=128),
+                   reference_env_steps=100_000, eval_every=2500),
     "paper": Budget(20, 50, 1000, "sac", "base", 100_000, 15, 5, 200_000, 1000,
                     dict(learning_starts=5000, model_rollout_every=250, rollout_batch=100_000, retain_rounds=4,
                          updates_per_step=20, real_ratio=0.05, eval_episodes=10),
@@ -254,7 +264,7 @@ def _world_models(root: Path, split: str, b: Budget, methods: dict, workers: int
             log(f"[{split}] exporting {method}")
             model, state = load_model(run)
             export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,
-                         source={"run": str(run), "step": state["step"], "data": str(data.resolve())},
+                         source={"run": str(run.resolve()), "step": state["step"], "data": str(data.resolve())},
                          log=lambda s: None)
         err_file = root / "errors" / f"{method}.json"
         if not _measured(err_file):
@@ -310,9 +320,10 @@ def _cell_dir(root: Path, rng_name: str, domain: str, method: str, seed: int) ->
 
 
 def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget) -> AdaptConfig:
-    return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=b.adapt_env_steps,
-                       episode_length=b.adapt_episode_length, eval_every=max(1, b.adapt_env_steps // 4),
-                       checkpoint_every=max(b.adapt_episode_length, b.adapt_env_steps // 10),
+    steps = b.reference_env_steps if method == SAC and b.reference_env_steps else b.adapt_env_steps
+    return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=steps,
+                       episode_length=b.adapt_episode_length, eval_every=b.eval_every or max(1, steps // 4),
+                       checkpoint_every=max(b.adapt_episode_length, steps // 10),
                        **{**b.adapt, "use_model": method not in MODEL_FREE,
                           **({"updates_per_step": 1} if method == SAC else {}),
                           **({"imagination": "oracle"} if method == ORACLE else {}), **VARIANTS.get(method, {})})

@@ -21,12 +21,46 @@ from ..training.evaluation import KEY
 ERROR_ROLLOUTS, ERROR_HORIZON = 512, 15  # open-loop prediction error: imagined rollouts per (method, range), steps
 
 
+def steps_to_reach(curve: list[tuple[int, float]], target: float) -> int | None:
+    """The first evaluated env step of a learning ``curve`` (``(env steps, return)`` pairs, in order) whose return
+    is at least ``target``; None when it never gets there."""
+    return next((step for step, value in curve if value >= target), None)
+
+
+def efficiency_table(curves: dict, domains: list[str], methods: list[str], label: Callable[[str], str],
+                     reference: str) -> list[str]:
+    """Markdown lines of the sample-efficiency measure: per target (range, domain, seed), the env steps each arm
+    needs to reach the ``reference`` arm's (SAC G=1's) final return, and the ratio reference steps / arm steps
+    (> 1: fewer real steps than the reference; "—": not reached in the arm's run). Read off the learning
+    curves, so only as fine as their evaluation interval."""
+    others = [m for m in methods if m != reference]
+    lines = [f"#### Env steps to reach {label(reference)}'s final return (its own steps / the arm's: > 1 is "
+             f"fewer real steps)\n",
+             "| target | return | " + " | ".join([label(reference), *(label(m) for m in others)]) + " |",
+             "|---|---:|" + "---:|" * (1 + len(others))]
+    for rng_name in ("in", "ood"):
+        for domain in domains:
+            for seed, curve in enumerate(curves.get((rng_name, domain, reference), [])):
+                if not curve:
+                    continue
+                goal = curve[-1][1]
+                own = steps_to_reach(curve, goal)
+                cells = [f"{own:,}"]
+                for m in others:
+                    runs = curves.get((rng_name, domain, m), [])
+                    steps = steps_to_reach(runs[seed], goal) if seed < len(runs) else None
+                    cells.append("—" if steps is None else f"{steps:,} ({own / max(steps, 1):.2f}×)")
+                lines.append(f"| {domain} {rng_name} s{seed} | {goal:.1f} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: dict, curves: dict, methods: list[str],
-                  label: Callable[[str], str], model_free: tuple[str, ...]) -> None:
+                  label: Callable[[str], str], model_free: tuple[str, ...], reference: str = "sac") -> None:
     """Write ``root/table.md``, ``table.csv`` and the plots of one split. ``scores[range][domain][method]`` and
     ``floors[(range, domain)][floor]`` are per-seed lists; ``errors[method][kind][range]`` the open-loop
     errors; ``curves[(range, domain, method)]`` per-seed learning curves; ``model_free`` names the arms
-    without a world model (no prediction errors: with only those, no error tables or chart)."""
+    without a world model (no prediction errors: with only those, no error tables or chart); with the
+    ``reference`` arm (SAC G=1) among ``methods``, the table ends with :func:`efficiency_table`."""
     s = get_split(split)
     domains = [d for d in DOMAINS if d in scores["in"]]  # a budget may leave a domain out
     lines = []
@@ -54,6 +88,8 @@ def write_outputs(root: Path, split: str, scores: dict, floors: dict, errors: di
     lines.append("_Floors_: the same target scenarios and evaluation episodes, scored by a policy that always "
                  "outputs zero and one that draws uniform random actions. A cell above both has learned "
                  "something.\n")
+    if reference in methods:
+        lines += efficiency_table(curves, domains, methods, label, reference)
     model_methods = [m for m in methods if m not in model_free]
     for kind, how in (("mean", "latents at their means"), ("sampled", "latents sampled")) if model_methods else ():
         lines.append(f"#### {ERROR_HORIZON}-step open-loop prediction error, {how} ({ERROR_ROLLOUTS} "
