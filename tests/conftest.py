@@ -60,6 +60,20 @@ def export_model_for_tests(**overrides):
     return build_model(cfg, obs_mean=torch.randn(10, generator=g), obs_std=torch.rand(10, generator=g) + 0.5).eval()
 
 
+def collect_train_export(root, episode_length: int, steps: int):
+    """Through the CLI, into ``root``: a tiny cheetah dataset (one scenario, two episodes of ``episode_length``
+    steps) in ``data``, a ``tiny`` training run of ``steps`` updates on it in ``run`` and its ONNX runtime
+    graphs in ``export`` (whose manifest names the run). Returns ``root``."""
+    from mrcom_train.cli import main
+
+    main(["collect", "--domains", "cheetah", "-n", "1", "-k", "2", "--episode-length", str(episode_length), "--out",
+          str(root / "data"), "--no-progress"])
+    main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny", "--steps",
+          str(steps), "--no-progress"])
+    main(["export", str(root / "run"), "--out", str(root / "export"), "--horizon", "2", "--no-blocks"])
+    return root
+
+
 def mrcom_under_file_size_limit(limit: int, *args: str, cwd):
     """``mrcom ARGS`` in a child process that may not write a file past ``limit`` bytes (``ulimit -f``): Python
     ignores SIGXFSZ, so the write that crosses the limit fails with EFBIG, as a full disk fails with ENOSPC.

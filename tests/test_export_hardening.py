@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import pytest
 from conftest import EXPORT_HORIZON as H
+from conftest import collect_train_export, write_manifest
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
-from conftest import write_manifest
 
 from mrcom_core.files import sha256
 from mrcom_core.locks import FolderLocked, folder_lock
@@ -350,15 +350,7 @@ def test_an_export_horizon_whose_parity_checks_cannot_fit_is_refused(tmp_path):
 @pytest.fixture(scope="module")
 def cli_export(tmp_path_factory):
     """A tiny dataset (episodes of 30 steps), a 1-update training run and its ONNX export, via the CLI."""
-    from mrcom_train.cli import main
-
-    root = tmp_path_factory.mktemp("cli")
-    main(["collect", "--domains", "cheetah", "-n", "1", "-k", "2", "--episode-length", "30", "--out",
-          str(root / "data"), "--no-progress"])
-    main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny", "--steps", "1",
-          "--no-progress"])
-    main(["export", str(root / "run"), "--out", str(root / "export"), "--horizon", "2", "--no-blocks"])
-    return root
+    return collect_train_export(tmp_path_factory.mktemp("cli"), episode_length=30, steps=1)
 
 
 def _cli_refused(capsys, args, *match) -> None:

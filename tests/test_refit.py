@@ -8,10 +8,9 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import kill_adapter_at
+from conftest import collect_train_export, kill_adapter_at
 
 from mrcom_core.errors import UserInputError
-from mrcom_train.cli import main
 from mrcom_train.rl.adapt import AdaptConfig, Adapter
 from mrcom_train.rl.refit import Refitter
 from mrcom_train.scenarios import ScenarioEnv, UnifiedSpace
@@ -26,13 +25,7 @@ REFIT = dict(split="t1-a10b50", range="ood", domain="cheetah", env_steps=300, ep
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny cheetah dataset, a 20-update training run on it and its export (whose manifest names the run)."""
-    root = tmp_path_factory.mktemp("refit")
-    main(["collect", "--domains", "cheetah", "-n", "1", "-k", "2", "--episode-length", "120", "--out",
-          str(root / "data"), "--no-progress"])
-    main(["train", "--data", str(root / "data"), "--out", str(root / "run"), "--preset", "tiny", "--steps", "20",
-          "--no-progress"])
-    main(["export", str(root / "run"), "--out", str(root / "export"), "--horizon", "2", "--no-blocks"])
-    return root
+    return collect_train_export(tmp_path_factory.mktemp("refit"), episode_length=120, steps=20)
 
 
 def _target_episodes(refitter: Refitter, n: int = 2, length: int = 100):
