@@ -35,7 +35,7 @@ from mrcom_core.registry import history_steps
 from ..datasets.dataset import Dataset
 from ..datasets.memory import EpisodeSet
 from ..datasets.sampler import SequenceSampler
-from ..training.checkpoint import load_model
+from ..training.checkpoint import flatten_optimizer, load_model, unflatten_optimizer
 
 MODES = ("none", "heads", "all")
 HOLDOUT = 0.2  # the share of every target episode (its end) that refits are early-stopped on
@@ -56,10 +56,14 @@ class Refitter:
             raise UserInputError(f"refit must be one of {', '.join(MODES)}, got {mode!r}")
         self.model, state = load_model(run_dir, which)
         self.run_dir, self.mode, self.rehearsal = Path(run_dir), mode, rehearsal
-        train = state.get("train_config") or {}
-        self.window, self.batch_size = int(train.get("window_len", 16)), int(train.get("batch_size", 32))
+        try:
+            train, data = state["train_config"], state["data"]["path"]
+            self.window, self.batch_size = int(train["window_len"]), int(train["batch_size"])
+        except (KeyError, TypeError, ValueError):
+            raise UserInputError(f"training run {run_dir}: its checkpoint records no training window, batch size "
+                                 f"or dataset to refit with") from None
         self.history = history_steps(self.model.config)
-        self.data = Dataset(state["data"]["path"])
+        self.data = Dataset(data)
         n_rehearse = int(round(rehearsal * self.batch_size))
         self.n_target = self.batch_size - n_rehearse
         self.rehearse = (SequenceSampler(self.data, self.history, self.window, n_rehearse, seed=seed)
@@ -147,33 +151,19 @@ class Refitter:
         return Path(out_dir)
 
     def state_dict(self) -> tuple[dict[str, torch.Tensor], dict]:
-        """``(tensors, json)``: the model's weights, Adam's moments and the generator (tensors), and Adam's
-        scalars and the batch RNGs (JSON), for an exact resume."""
-        tensors = {f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()}
-        opt = self.optimizer.state_dict()
-        scalars = {}
-        for index, values in opt["state"].items():
-            for name, value in values.items():
-                if isinstance(value, torch.Tensor) and name != "step":
-                    tensors[f"adam.{index}.{name}"] = value.detach().clone()
-                else:
-                    scalars[f"{index}.{name}"] = float(value)
-        tensors["generator"] = self.generator.get_state()
+        """``(tensors, json)``: the model's weights, Adam's state and the generator (tensors), and Adam's param
+        groups and the batch RNGs (JSON), for an exact resume."""
+        adam, adam_meta = flatten_optimizer(self.optimizer.state_dict())
+        tensors = {**{f"model.{k}": v.detach().clone() for k, v in self.model.state_dict().items()},
+                   **{f"adam.{k}": v.clone() for k, v in adam.items()}, "generator": self.generator.get_state()}
         rngs = {"rng": self.rng.bit_generator.state,
                 "rehearse": self.rehearse.rng.bit_generator.state if self.rehearse is not None else None}
-        return tensors, {"adam_scalars": scalars, **rngs}
+        return tensors, {"adam": adam_meta, **rngs}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
         self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
-        state: dict[int, dict] = {}
-        for key, value in tensors.items():
-            if key.startswith("adam."):
-                _, index, name = key.split(".", 2)
-                state.setdefault(int(index), {})[name] = value
-        for key, value in meta["adam_scalars"].items():
-            index, name = key.split(".", 1)
-            state.setdefault(int(index), {})[name] = torch.tensor(value)
-        self.optimizer.load_state_dict({"state": state, "param_groups": self.optimizer.state_dict()["param_groups"]})
+        adam = {k[len("adam."):]: v for k, v in tensors.items() if k.startswith("adam.")}
+        self.optimizer.load_state_dict(unflatten_optimizer(adam, meta["adam"]))
         self.generator.set_state(tensors["generator"])
         self.rng.bit_generator.state = meta["rng"]
         if self.rehearse is not None:

@@ -46,7 +46,9 @@ BEST = "best"  # RUN/checkpoints/best/: the snapshot root of the best checkpoint
 WHICH = ("best", "latest")
 
 
-def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+def flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimizer's ``state_dict`` as safetensors-ready tensors (``"{param index}.{name}"``) and JSON (param
+    groups, non-tensor scalars); :func:`unflatten_optimizer` inverts it."""
     tensors, scalars = {}, {}
     for index, values in state["state"].items():
         for name, value in values.items():
@@ -57,7 +59,7 @@ def _flatten_optimizer(state: dict) -> tuple[dict[str, torch.Tensor], dict]:
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
+def unflatten_optimizer(tensors: dict[str, torch.Tensor], meta: dict) -> dict:
     state: dict[int, dict] = {}
     for key, value in {**tensors, **meta["scalars"]}.items():
         index, name = key.split(".", 1)
@@ -82,7 +84,7 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
 def save_checkpoint(run_dir: Path | str, step: int, model: torch.nn.Module, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, state: dict, keep: int = 2) -> Path:
     """Write checkpoint ``step`` atomically and point ``latest.json`` at it; keep the newest ``keep``."""
-    opt_tensors, opt_meta = _flatten_optimizer(optimizer.state_dict())
+    opt_tensors, opt_meta = flatten_optimizer(optimizer.state_dict())
 
     def write(folder: Path) -> None:
         weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
@@ -173,7 +175,7 @@ def load_checkpoint(path: Path | str, model: torch.nn.Module, optimizer: torch.o
     load_weights(path, model)
     device = next(model.parameters()).device
     try:
-        opt_state = _unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"), state["optimizer"])
+        opt_state = unflatten_optimizer(_load_tensors(path / "optimizer.safetensors"), state["optimizer"])
         for values in opt_state["state"].values():  # Adam keeps 'step' on the CPU unless capturable/fused
             for name, value in values.items():
                 if isinstance(value, torch.Tensor) and name != "step":
