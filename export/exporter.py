@@ -289,6 +289,7 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         "latent": {"u": model.sizes.u, "d": model.sizes.d, "h": model.sizes.h},
         "kv_shape": list(model.cache_shape(1)[:1]) + ["batch"] + list(model.cache_shape(1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
+        "reward_mean": float(model.reward_mean), "reward_std": float(model.reward_std),
         "rollout_horizon": horizon, "rollout_any_horizon": True,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
         "graphs": graphs_meta, "parity": parity, "parity_tolerance": tolerances,

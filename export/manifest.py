@@ -9,7 +9,8 @@ the field, before any graph is opened:
   shape), ``latent`` (int ``u``, ``d``, ``h``), ``formats``, ``obs_dim``, ``act_dim``, ``context_len``,
   ``history_len`` (int >= ``context_len``), ``kv_shape``, ``rollout_horizon``, ``context_reward``, ``policy``
   (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers) and the
-  optional ``rollout_any_horizon`` (bool: the rollout graphs loop over any horizon);
+  optional ``rollout_any_horizon`` (bool: the rollout graphs loop over any horizon) and ``reward_mean`` /
+  ``reward_std`` (the reward head's scale, already applied inside the graphs);
 * the fields against the graphs' tensors (:func:`_check_io`): every observation, action, latent and key/value
   tensor of every graph has the size the fields say (``prime``'s prompt is ``context_len`` steps), so an
   edited ``context_len`` or ``latent`` is one line here, not a dimension error inside ONNX Runtime;
@@ -87,6 +88,12 @@ def _check_schema(m: dict, where: str) -> None:
             raise _fail(where, f"field {field!r} must hold obs_dim={m['obs_dim']} finite numbers")
     if any(v <= 0 for v in m["obs_std"]):
         raise _fail(where, "field 'obs_std' must be positive")
+    for field in ("reward_mean", "reward_std"):  # the reward head's scale (informative: the graphs apply it)
+        value = m.get(field, 1.0)
+        if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+                and (field == "reward_mean" or value > 0)):
+            raise _fail(where, f"field {field!r} is {value!r}, expected a finite number"
+                               + (" > 0" if field == "reward_std" else ""))
     formats = m["formats"]
     if not formats or not all(f in GRAPH_FORMATS for f in formats):
         raise _fail(where, f"field 'formats' is {formats!r}, expected a non-empty list of {', '.join(GRAPH_FORMATS)}")

@@ -83,7 +83,7 @@ class BaseWorldModel(nn.Module):
     #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by
     #: :func:`mrcom_core.registry.model_config`; :class:`ModelConfig`'s own defaults stay the neutral ones, so
     #: configs saved before a class default changed still load as they were trained).
-    defaults: ClassVar[dict] = {}
+    defaults: ClassVar[dict] = {"reward_scale": "unit"}
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
@@ -101,7 +101,10 @@ class BaseWorldModel(nn.Module):
         if config.history_len and not cls.recurrent_history:
             raise UserInputError(f"model.history_len applies to models with a recurrent context (mamba), not {name}")
 
-    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
+    #: buffers a checkpoint saved before they existed may lack (their initial values are what it trained with)
+    optional_buffers: ClassVar[tuple[str, ...]] = ("reward_mean", "reward_std")
+
+    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None, reward_stats=None):
         super().__init__()
         self.config = c = config
         self.sizes = self.latent_sizes(config)
@@ -109,6 +112,10 @@ class BaseWorldModel(nn.Module):
                              else torch.as_tensor(obs_mean, dtype=torch.float32).clone())
         self.register_buffer("obs_std", torch.ones(c.obs_dim) if obs_std is None
                              else torch.as_tensor(obs_std, dtype=torch.float32).clone())
+        # the reward head's target scale (ModelConfig.reward_scale): identity for "raw", the data's for "unit"
+        mean, std = reward_stats if reward_stats is not None and c.reward_scale == "unit" else (0.0, 1.0)
+        self.register_buffer("reward_mean", torch.tensor([float(mean)]))
+        self.register_buffer("reward_std", torch.tensor([float(std)]))
         self.encoder = None if self.sizes.context == 0 else self.make_encoder()
 
     def make_encoder(self) -> nn.Module:
@@ -217,7 +224,17 @@ class BaseWorldModel(nn.Module):
         return self.decoder(state.cat())
 
     def reward(self, state: LatentState, action: torch.Tensor) -> torch.Tensor:
+        """The predicted reward ``r(s_t, a_t)``, in the data's units."""
+        return self.reward_scaled(state, action) * self.reward_std + self.reward_mean
+
+    def reward_scaled(self, state: LatentState, action: torch.Tensor) -> torch.Tensor:
+        """The reward head's own output: the predicted reward standardized by :attr:`reward_mean` /
+        :attr:`reward_std` (the rewards themselves under ``reward_scale="raw"``)."""
         return self.reward_head(torch.cat([state.cat(), action], dim=-1))[..., 0]
+
+    def scale_reward(self, reward: torch.Tensor) -> torch.Tensor:
+        """``reward`` standardized as the reward head predicts it (:meth:`reward_scaled`)."""
+        return (reward - self.reward_mean) / self.reward_std
 
     def noise_shapes(self, batch_size: int, window_len: int) -> dict[str, tuple[int, ...]]:
         """Shapes of the standard-normal inputs of :meth:`observe_window` and :meth:`loss` for ``window_len``

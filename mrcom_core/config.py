@@ -31,6 +31,7 @@ from .errors import UserInputError
 
 ABLATIONS = ("no_d", "no_context", "no_ls", "no_lv")
 KL_DIRECTIONS = ("post_prior", "prior_post")
+REWARD_SCALES = ("raw", "unit")
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,11 @@ class ModelConfig:
     and regression losses (weight ``value_loss_weight``; they only train the value heads).
     ``kl_direction``: ``post_prior`` = KL(q‖p), the variational bound's direction (default);
     ``prior_post`` = KL(p‖q) as eq. 10 is printed. ``kl_free_nats``: per-row KL below this many nats
-    gives no gradient (DreamerV3's free bits). ``gamma``: TD discount of the value heads (eq. 14).
+    gives no gradient (DreamerV3's free bits). ``reward_scale``: ``unit`` regresses the reward head on rewards
+    standardized by the training data's mean and std (kept with the weights, so the head's reward and every
+    exported graph are in the data's own units), as the decoder regresses standardized observations; ``raw``
+    regresses the rewards as they are, which a 20-dim reconstruction term swamps (per-step rewards vary by
+    ~0.1, an observation by ~1 per dim). ``gamma``: TD discount of the value heads (eq. 14).
     ``overshoot_horizon`` > 0 adds a loss that is not in the paper: each window's first posterior state
     imagines that many steps open loop (mean latents, predictions fed back into the context, as in
     imagination) and the decoded observations are regressed on the real ones, weight
@@ -82,12 +87,12 @@ class ModelConfig:
     sequences that include their history); the exported ``prime`` graph still takes ``context_len`` steps
     and the runtime observes the rest of a longer prompt step by step.
 
-    The field defaults here are the neutral ones (no overshooting, eq. 6 literal), so a config saved
-    before a switch existed loads as it was trained. A new config is built by
-    :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: MrCoM's are
-    ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the four combinations measured in
-    docs/results.md). The literal reading is ``mrcom train --config configs/mrcom-literal.toml`` (or
-    ``--set model.u_on_d=false --set model.overshoot_horizon=0``).
+    The field defaults here are the neutral ones (no overshooting, eq. 6 literal, raw rewards), so a config
+    saved before a switch existed loads as it was trained. A new config is built by
+    :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: every model's
+    ``reward_scale = unit``, and MrCoM's ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the
+    four combinations measured in docs/results.md). The literal reading is ``mrcom train --config
+    configs/mrcom-literal.toml`` (or ``--set model.u_on_d=false --set model.overshoot_horizon=0``).
     """
 
     model_type: str = "mrcom"
@@ -118,6 +123,7 @@ class ModelConfig:
     kl_direction: str = "post_prior"
     kl_free_nats: float = 1.0
     reward_loss_weight: float = 1.0
+    reward_scale: str = "raw"
     gamma: float = 0.99
     overshoot_horizon: int = 0
     overshoot_weight: float = 1.0
@@ -154,6 +160,9 @@ class ModelConfig:
             raise UserInputError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
         if not isinstance(self.model_type, str) or not self.model_type:
             raise UserInputError(f"model.model_type must be a model name, got {self.model_type!r}")
+        if self.reward_scale not in REWARD_SCALES:
+            raise UserInputError(f"model.reward_scale must be one of {', '.join(REWARD_SCALES)}, "
+                                 f"got {self.reward_scale!r}")
         if self.kl_direction not in KL_DIRECTIONS:
             raise UserInputError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
                                  f"got {self.kl_direction!r}")

@@ -56,9 +56,10 @@ def masked_sq_error(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor
 
 
 def reward_nll(model: BaseWorldModel, states: LatentState, batch: Batch) -> torch.Tensor:
-    """Unit-variance Gaussian NLL (B, L) of the window's rewards under the reward head; ``states`` are the
-    latents ``s_0 … s_{L-1}`` in which the window's actions were taken."""
-    return 0.5 * torch.square(model.reward(states, batch["action"]) - batch["reward"])
+    """Unit-variance Gaussian NLL (B, L) of the window's rewards under the reward head, both in the head's
+    scale (standardized under ``reward_scale="unit"``); ``states`` are the latents ``s_0 … s_{L-1}`` in which
+    the window's actions were taken."""
+    return 0.5 * torch.square(model.reward_scaled(states, batch["action"]) - model.scale_reward(batch["reward"]))
 
 
 def drop_last(state: LatentState) -> LatentState:

@@ -70,9 +70,11 @@ def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] =
     return check_config(apply_overrides(config, overrides))
 
 
-def build_model(config: ModelConfig, obs_mean=None, obs_std=None) -> BaseWorldModel:
-    """The world model of ``config.model_type``, with the dataset's observation statistics."""
-    return model_class(check_config(config).model_type)(config, obs_mean, obs_std)
+def build_model(config: ModelConfig, obs_mean=None, obs_std=None, reward_stats=None) -> BaseWorldModel:
+    """The world model of ``config.model_type``, with the dataset's observation statistics (per-dim mean and
+    std) and reward statistics (``(mean, std)``, used under ``config.reward_scale="unit"``)."""
+    return model_class(check_config(config).model_type)(config, obs_mean=obs_mean, obs_std=obs_std,
+                                                        reward_stats=reward_stats)
 
 
 def history_steps(config: ModelConfig) -> int:

@@ -7,7 +7,9 @@ concept" refactor (commit d0a52a2 holds that version of this script). Since then
 building-block graphs (``blocks=False``), which no recorded number comes from. Rewritten once on purpose
 (issue 11): the target-speed reward's margin became a field of the split (``max(v_i, 0.1 v_max)``) and hopper
 got a smooth standing term, which changes every recorded reward and what is learned from it; the numbers
-that depend on observations only moved by float rounding (e.g. the RSSM's reconstruction terms).
+that depend on observations only moved by float rounding (e.g. the RSSM's reconstruction terms). Rewritten
+again on purpose when the reward head began to regress standardized rewards (``model.reward_scale="unit"``):
+the reward terms, what training learns from them, and every imagined reward moved.
 """
 
 from __future__ import annotations

@@ -41,8 +41,8 @@ class Drift(BaseWorldModel):
     def latent_sizes(cls, config):
         return LatentSizes(u=config.obs_dim, d=0, h=0, context=0)
 
-    def __init__(self, config, obs_mean=None, obs_std=None):
-        super().__init__(config, obs_mean, obs_std)
+    def __init__(self, config, **stats):
+        super().__init__(config, **stats)
         self.f = mlp(config.obs_dim + config.act_dim, 2 * config.obs_dim, config.hidden_dim, 1)
         self.reward_head = mlp(config.obs_dim + config.act_dim, 1, config.hidden_dim, 1)
 

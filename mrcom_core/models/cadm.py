@@ -48,8 +48,8 @@ class CaDM(BaseWorldModel):
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
         return LatentSizes(u=config.obs_dim, d=0, h=0, context=config.ctx_dim)
 
-    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
-        super().__init__(config, obs_mean, obs_std)
+    def __init__(self, config: ModelConfig, **stats):
+        super().__init__(config, **stats)
         c = config
         self.dynamics = mlp(self.sizes.context + c.obs_dim + c.act_dim, 2 * c.obs_dim, c.hidden_dim,
                             c.hidden_layers)

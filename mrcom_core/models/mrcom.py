@@ -39,7 +39,7 @@ class MrCoM(BaseWorldModel):
     supports_overshoot = True
     #: chosen from the four-way measurement in docs/results.md (u on d_{t-1} + 15-step overshooting held 15
     #: steps best: 15-step error 0.569 -> 0.305); the literal reading is ``configs/mrcom-literal.toml``.
-    defaults = {"u_on_d": True, "overshoot_horizon": 15}
+    defaults = {**BaseWorldModel.defaults, "u_on_d": True, "overshoot_horizon": 15}
     loss = total_loss
 
     @classmethod
@@ -47,8 +47,8 @@ class MrCoM(BaseWorldModel):
         return LatentSizes(u=config.u_dim, d=0 if config.no_d else config.d_dim, h=config.h_dim,
                            context=0 if config.no_context else config.ctx_dim)
 
-    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
-        super().__init__(config, obs_mean, obs_std)
+    def __init__(self, config: ModelConfig, **stats):
+        super().__init__(config, **stats)
         c, s = config, self.sizes
         A, C, H = c.act_dim, s.context, c.h_dim
         self.u_on_d = c.u_on_d and s.d > 0  # under no_d there is no d to feed: a no-op (see ModelConfig)

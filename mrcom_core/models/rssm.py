@@ -63,8 +63,8 @@ class RSSM(BaseWorldModel):
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
         return LatentSizes(u=config.u_dim, d=config.d_dim, h=0, context=config.ctx_dim if cls.uses_context else 0)
 
-    def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None):
-        super().__init__(config, obs_mean, obs_std)
+    def __init__(self, config: ModelConfig, **stats):
+        super().__init__(config, **stats)
         c, C = config, self.sizes.context
         self.gru = GRUCell(c.u_dim + c.act_dim, c.d_dim)
         self.prior = mlp(c.d_dim + C, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)

@@ -12,7 +12,8 @@ task's data is mixed with rehearsed pretraining data (TD-MPC2's few-shot finetun
   the pretraining dataset, on the parameters ``mode`` names (``heads``: the model class's
   :attr:`~mrcom_core.base.BaseWorldModel.refit_heads`, the decoder, reward and value heads; ``all``: every
   parameter); the last 20% of every target episode is held out, and the weights with the lowest held-out
-  loss are kept, stopping after :data:`PATIENCE` evaluations without a 1% gain (MBPO's rule);
+  prediction loss (:data:`PREDICTION_TERMS`: observations, rewards, open-loop observations) are kept, stopping
+  after :data:`PATIENCE` evaluations without a 1% gain (MBPO's rule);
 * :meth:`Refitter.export` freezes the refit model into runtime graphs, which the adapter swaps in.
 
 Target rows use scenario index 0 for the per-scenario value heads (the target is no training scenario).
@@ -41,6 +42,9 @@ MODES = ("none", "heads", "all")
 HOLDOUT = 0.2  # the share of every target episode (its end) that refits are early-stopped on
 EVAL_EVERY, PATIENCE, MIN_GAIN = 10, 3, 0.01  # held-out loss every 10 updates; stop after 3 without a 1% gain
 EVAL_BATCHES = 2
+#: the loss terms a refit is early-stopped on: what imagination predicts (observations, rewards, open-loop
+#: observations), not the value heads' TD terms, which dominate the training loss without saying how well it predicts
+PREDICTION_TERMS = ("recon", "reward", "overshoot")
 
 
 class Refitter:
@@ -82,16 +86,18 @@ class Refitter:
         return {k: torch.randn(s, generator=generator) for k, s in
                 self.model.noise_shapes(batch_size, self.window).items()}
 
-    def _loss(self, batch: dict[str, np.ndarray], noise: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _loss(self, batch: dict[str, np.ndarray], noise: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in batch.items()}
-        return self.model.loss(self.model(tensors, noise), tensors, noise)["loss"]
+        return self.model.loss(self.model(tensors, noise), tensors, noise)
 
     def held_out_loss(self, batches: list[dict[str, np.ndarray]]) -> float:
-        """The model's loss on held-out batches, with fixed noise (the same for every call)."""
+        """The model's prediction loss on held-out batches (the sum of its :data:`PREDICTION_TERMS`, each in
+        its head's unit scale), with fixed noise (the same for every call)."""
         generator = torch.Generator().manual_seed(0)
         self.model.eval()
         with torch.no_grad():
-            losses = [self._loss(b, self._noise(len(b["reward"]), generator)).item() for b in batches]
+            losses = [sum(float(v) for k, v in self._loss(b, self._noise(len(b["reward"]), generator)).items()
+                          if k in PREDICTION_TERMS) for b in batches]
         return float(np.mean(losses))
 
     def refit(self, episodes: list[dict[str, np.ndarray]], obs_mask: np.ndarray, action_mask: np.ndarray,
@@ -118,7 +124,7 @@ class Refitter:
                 batch = {k: np.concatenate([batch[k], v]) for k, v in self.rehearse.sample().items()}
             self.model.train()
             self.optimizer.zero_grad(set_to_none=True)
-            loss = self._loss(batch, self._noise(self.batch_size, self.generator))
+            loss = self._loss(batch, self._noise(self.batch_size, self.generator))["loss"]
             if not torch.isfinite(loss):
                 break
             loss.backward()

@@ -35,6 +35,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from mrcom_core import snapshots
+from mrcom_core.base import BaseWorldModel
 from mrcom_core.config import ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import read_versioned_json
@@ -150,6 +151,9 @@ def load_weights(path: Path | str, model: torch.nn.Module) -> None:
     file = Path(path) / "model.safetensors"
     weights = _load_tensors(file)
     expected = model.state_dict()
+    if isinstance(model, BaseWorldModel) and model.config.reward_scale == "raw":
+        # saved before the reward's scale was kept with the weights: the model's identity scale is what it used
+        weights = {**{k: expected[k] for k in model.optional_buffers if k in expected}, **weights}
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]

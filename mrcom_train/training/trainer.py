@@ -160,7 +160,8 @@ class Trainer:
         self.eval_batches = [eval_sampler.sample() for _ in range(c.eval_batches)]
 
         torch.manual_seed(c.seed)
-        self.model = build_model(self.model_config, self.dataset.obs_mean, self.dataset.obs_std).to(self.device)
+        self.model = build_model(self.model_config, self.dataset.obs_mean, self.dataset.obs_std,
+                                 self.dataset.reward_stats()).to(self.device)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, eps=c.adam_eps,
                                           **adam_options(self.device))
         self.generator = torch.Generator().manual_seed(c.seed)
