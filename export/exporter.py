@@ -214,7 +214,8 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
     import onnxruntime as ort
 
     model = model.float().eval().cpu()
-    names = [*(G.BLOCK_GRAPHS if blocks else ()), *G.RUNTIME_GRAPHS]
+    names = [*(G.BLOCK_GRAPHS if blocks else ()), *G.RUNTIME_GRAPHS,
+             *(G.ENSEMBLE_GRAPHS if model.ensemble_heads is not None else ())]
     if policy is not None:
         policy = policy.float().eval().cpu()
         names += ["policy", "policy_rollout"]
@@ -290,6 +291,8 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         "kv_shape": list(model.cache_shape(1)[:1]) + ["batch"] + list(model.cache_shape(1)[2:]),
         "obs_mean": model.obs_mean.tolist(), "obs_std": model.obs_std.tolist(),
         "reward_mean": float(model.reward_mean), "reward_std": float(model.reward_std),
+        "ensemble": None if model.ensemble_heads is None else {"members": c.ensemble,
+                                                               "elites": model.elites.tolist()},
         "rollout_horizon": horizon, "rollout_any_horizon": True,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
         "graphs": graphs_meta, "parity": parity, "parity_tolerance": tolerances,

@@ -8,6 +8,7 @@ random number is an input. The contract (index convention of DESIGN.md)::
     context_step (obs[B,D], action[B,A], reward[B], keys, values)  -> context, keys, values
     imagine      (u, d, h, context, prev_action, noise_u, noise_h)        -> u, d, h, obs (prior + decoder)
     reward       (u, d, h, action)                                        -> reward
+    ensemble     (u, d, h, action) -> ensemble_obs[B,K,D], ensemble_reward[B,K], disagreement[B]  (K members)
     prime        (obs[B,m+1,D], action[B,m,A], reward[B,m], noise_u, noise_h) -> u, d, h, keys, values
     observe      (u, d, h, keys, values, prev_obs, prev_action, prev_reward, obs, noise_u, noise_h)
                  -> u, d, h, keys, values
@@ -19,7 +20,8 @@ random number is an input. The contract (index convention of DESIGN.md)::
 
 ``context_full``, ``context_step``, ``imagine`` and ``reward`` are the building blocks (the context encoder
 and the latent transition) for users who compose their own loops; ``prime`` → ``observe``* → ``step``* /
-``rollout`` is what the runtime and the C++ examples run: :func:`~mrcom_core.steps.prime`,
+``rollout`` is what the runtime and the C++ examples run (with ``ensemble``, the members' predictions and
+their disagreement, for a model that has ensemble heads): :func:`~mrcom_core.steps.prime`,
 :func:`~mrcom_core.steps.observe`, :func:`~mrcom_core.steps.imagine` and :func:`~mrcom_core.steps.rollout`.
 keys/values are ``(layers, B, heads, m, head_dim)``; a model without a context encoder carries a
 (1, B, 1, 1, 1) placeholder that the graphs pass through unchanged.
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from mrcom_core import steps
+from mrcom_core import ensemble, steps
 from mrcom_core.base import BaseWorldModel, LatentState
 from mrcom_core.layers import KVCache, RolloutCache
 
@@ -141,6 +143,20 @@ class Rollout(_Graph):
                             actions.shape[1], actions, noise_u, noise_h)
         s, cache = out.state, out.cache
         return self.m.denormalize(out.obs), out.reward, s.u, s.d, s.h, cache.keys, cache.values
+
+
+class Ensemble(_Graph):
+    """Every ensemble member's prediction of the transition ``(s_t, a_t)`` (the next observation and the reward,
+    in the data's units) and the elites' disagreement (:func:`~mrcom_core.ensemble.disagreement`): what says
+    where the model does not know. Exported for a model with ``ensemble`` > 0, beside ``step``, which it reads
+    the same state and action as."""
+
+    spec = _spec((*_STATE, "action"), ("ensemble_obs", "ensemble_reward", "disagreement"))
+
+    def forward(self, u, d, h, action):
+        obs, reward = ensemble.predictions(self.m, LatentState(u, d, h), action)
+        return (self.m.denormalize(obs), reward * self.m.reward_std + self.m.reward_mean,
+                ensemble.disagreement(obs, reward, self.m.elites))
 
 
 class PolicyActor(nn.Module):
@@ -340,7 +356,7 @@ def example_inputs(name: str, model: BaseWorldModel, batch: int, horizon: int = 
 GRAPHS: dict[str, type[nn.Module]] = {
     "context_full": ContextFull, "context_step": ContextStep, "imagine": Imagine, "reward": Reward,
     "prime": Prime, "observe": Observe, "step": Step, "rollout": Rollout, "policy": Policy,
-    "policy_rollout": PolicyRollout,
+    "policy_rollout": PolicyRollout, "ensemble": Ensemble,
 }
 #: the graphs that loop over the horizon (an ONNX ``Loop`` / a scripted loop: any horizon at run time)
 LOOP_GRAPHS = ("rollout", "policy_rollout")
@@ -349,3 +365,5 @@ RUNTIME_GRAPHS = ("prime", "observe", "step", "rollout")
 #: the building blocks for hand-written loops (``mrcom export`` includes them unless ``--no-blocks``);
 #: ``policy`` and ``policy_rollout`` come with ``--policy``.
 BLOCK_GRAPHS = ("context_full", "context_step", "imagine", "reward")
+#: exported for (and run by the runtime with) a model that has ensemble heads
+ENSEMBLE_GRAPHS = ("ensemble",)

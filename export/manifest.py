@@ -10,7 +10,8 @@ the field, before any graph is opened:
   ``history_len`` (int >= ``context_len``), ``kv_shape``, ``rollout_horizon``, ``context_reward``, ``policy``
   (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers) and the
   optional ``rollout_any_horizon`` (bool: the rollout graphs loop over any horizon) and ``reward_mean`` /
-  ``reward_std`` (the reward head's scale, already applied inside the graphs);
+  ``reward_std`` (the reward head's scale, already applied inside the graphs) and ``ensemble`` (null, or the
+  ensemble's ``members`` K and ``elites`` mask, with an ``ensemble`` graph);
 * the fields against the graphs' tensors (:func:`_check_io`): every observation, action, latent and key/value
   tensor of every graph has the size the fields say (``prime``'s prompt is ``context_len`` steps), so an
   edited ``context_len`` or ``latent`` is one line here, not a dimension error inside ONNX Runtime;
@@ -88,6 +89,14 @@ def _check_schema(m: dict, where: str) -> None:
             raise _fail(where, f"field {field!r} must hold obs_dim={m['obs_dim']} finite numbers")
     if any(v <= 0 for v in m["obs_std"]):
         raise _fail(where, "field 'obs_std' must be positive")
+    ens = m.get("ensemble")
+    if ens is not None and not (isinstance(ens, dict) and isinstance(ens.get("members"), int) and ens["members"] >= 1
+                                and isinstance(ens.get("elites"), list) and len(ens["elites"]) == ens["members"]
+                                and all(v in (0, 1) for v in ens["elites"]) and any(ens["elites"])):
+        raise _fail(where, f"field 'ensemble' is {ens!r}, expected null or {{\"members\": K, \"elites\": K zeros and "
+                           f"ones, at least one 1}}")
+    if (ens is None) != ("ensemble" not in m["graphs"]):
+        raise _fail(where, "field 'ensemble' and the 'ensemble' graph must come together")
     for field in ("reward_mean", "reward_std"):  # the reward head's scale (informative: the graphs apply it)
         value = m.get(field, 1.0)
         if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
@@ -121,7 +130,7 @@ def _is_dim(n) -> bool:
 
 
 #: the field each tensor's last axis must equal, by tensor name (``noise_action``: the policy's own actions)
-_LAST_AXIS = {**dict.fromkeys(("obs", "prev_obs", "obs_next", "obs_seq"), "obs_dim"),
+_LAST_AXIS = {**dict.fromkeys(("obs", "prev_obs", "obs_next", "obs_seq", "ensemble_obs"), "obs_dim"),
               **dict.fromkeys(("action", "prev_action", "actions", "action_seq"), "act_dim"),
               **{f"{x}{suffix}": f"latent.{x}" for x in ("u", "d", "h") for suffix in ("", "_next")},
               "noise_u": "latent.u", "noise_h": "latent.h", "noise_action": "policy.act_dim"}

@@ -3,6 +3,7 @@
 >>> rt = Runtime("runs/demo/export", seed=0)                  # verifies checksums, picks providers
 >>> obs = rt.reset(prompt_obs, prompt_act, prompt_rew, batch=64)  # a real trajectory of the target scenario
 >>> obs, reward, latent = rt.step(actions)                     # one imagined step for all 64 rollouts
+>>> rt.uncertainty(actions)["disagreement"]                    # (before step) how far the ensemble parts
 >>> out = rt.rollout(actions_or_policy, horizon=15)            # H steps; one fused call where exported
 
 The runtime only sequences the exported graphs (``prime`` → ``observe``* for a prompt, then ``step`` or the
@@ -34,9 +35,9 @@ import onnxruntime as ort
 from mrcom_core.resources import require_memory
 
 from .manifest import ExportError, check_graph_io, graph_floats, read_manifest
+from .providers import CUDA_PROVIDERS, check_providers, default_providers, provider_name
 
 _STATE = ("u", "d", "h")
-_CUDA_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")  # outputs bound in CUDA memory
 
 
 def _count(name: str, value, minimum: int = 1) -> int:
@@ -57,30 +58,6 @@ def real_array(name: str, value, shape: tuple | str) -> np.ndarray:
         what = f"an array of {array.dtype}" if array is not None else type(value).__name__
         raise ExportError(f"{name} must be a real float array of shape {shape}, got {what}")
     return array.astype(np.float32, copy=False)
-
-
-def _provider_name(provider) -> str:
-    return provider[0] if isinstance(provider, tuple | list) and provider else provider
-
-
-def check_providers(providers) -> list:
-    """``providers`` (names, or ``(name, options)`` pairs as ONNX Runtime takes them) as a list, refused with
-    one line naming the first that this ONNX Runtime build does not offer."""
-    if isinstance(providers, str) or not isinstance(providers, list | tuple):
-        raise ExportError(f"providers must be a list of ONNX Runtime provider names, got {providers!r}")
-    available = ort.get_available_providers()
-    for provider in providers:
-        name = _provider_name(provider)
-        if not isinstance(name, str) or name not in available:
-            raise ExportError(f"ONNX Runtime provider {name!r} is not available here; available: "
-                              f"{', '.join(available)}")
-    return list(providers)
-
-
-def default_providers() -> list[str]:
-    """CUDA when onnxruntime-gpu sees a GPU, else CPU."""
-    available = ort.get_available_providers()
-    return (["CUDAExecutionProvider"] if "CUDAExecutionProvider" in available else []) + ["CPUExecutionProvider"]
 
 
 class Runtime:
@@ -127,6 +104,8 @@ class Runtime:
         #: whether the fused rollout graphs take any horizon (an ONNX Loop); older exports fused only ``horizon``
         self.any_horizon: bool = m.get("rollout_any_horizon", False)
         self.has_policy = m["policy"] is not None
+        #: whether the model has an ensemble (:meth:`uncertainty`); ``elites`` is its elite mask
+        self.has_ensemble = m.get("ensemble") is not None
         self.rng = np.random.default_rng(seed)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._state: dict[str, ort.OrtValue] | None = None
@@ -135,13 +114,13 @@ class Runtime:
         self._requested = requested
         first = self.session("prime")  # the providers ONNX Runtime actually took, before anything runs
         self.providers: list[str] = first.get_providers()
-        missing = [_provider_name(p) for p in requested if _provider_name(p) not in self.providers]
+        missing = [provider_name(p) for p in requested if provider_name(p) not in self.providers]
         if explicit and missing:
             raise ExportError(f"ONNX Runtime could not start provider(s) {', '.join(missing)} for {self.root} "
                               f"(it would run on {', '.join(self.providers)}); check the provider's installation "
                               f"or pick another")
-        self._requested = [p for p in requested if _provider_name(p) in self.providers]
-        self.device = "cuda" if self.providers[0] in _CUDA_PROVIDERS else "cpu"
+        self._requested = [p for p in requested if provider_name(p) in self.providers]
+        self.device = "cuda" if self.providers[0] in CUDA_PROVIDERS else "cpu"
 
     # ------------------------------------------------------------------------------------------ plumbing
     def session(self, name: str) -> ort.InferenceSession:
@@ -307,6 +286,19 @@ class Runtime:
         self._state = {**{k: out[f"{k}_next"] for k in _STATE}, "obs": out["obs_next"], "keys": out["keys_next"],
                        "values": out["values_next"]}
         return out["obs_next"].numpy(), out["reward"].numpy(), self.latent_state
+
+    def uncertainty(self, actions) -> dict[str, np.ndarray]:
+        """What the ensemble predicts for taking ``actions`` ``(B, act_dim)`` in every rollout's current state:
+        ``{"obs": (B, K, obs_dim), "reward": (B, K), "disagreement": (B,)}`` (each member's next observation and
+        reward, and how far the elites part: 0 where they agree, ~1 where they differ by as much as the data
+        varies). Call it before :meth:`step` with the same actions. Needs :attr:`has_ensemble`."""
+        self._require_reset()
+        if not self.has_ensemble:
+            raise ExportError(f"export {self.root} has no ensemble (its model was trained with model.ensemble=0)")
+        actions = self._check("actions", actions, (self.batch, self.act_dim))
+        out = self._run("ensemble", {k: self._state[k] for k in _STATE}, {"action": actions})
+        return {"obs": out["ensemble_obs"].numpy(), "reward": out["ensemble_reward"].numpy(),
+                "disagreement": out["disagreement"].numpy()}
 
     def rollout(self, policy_or_actions: np.ndarray | Callable[[np.ndarray], np.ndarray] | str,
                 horizon: int | None = None, *, fused: bool | None = None,

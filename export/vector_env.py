@@ -3,8 +3,10 @@
 Standard RL code (SAC, PPO, …) can train inside the model, and ``mrcom adapt`` generates its imagined
 transitions through it: each ``reset`` starts every sub-environment from a prompt trajectory of the target
 scenario (``options={"prompts": …}``, or B drawn from the ``prompts`` given at construction), each ``step``
-is one batched call of the runtime. Episodes last ``horizon`` imagined steps (settable between resets) and
-are truncated together; the step after a truncation resets them (Gymnasium's ``NEXT_STEP`` autoreset).
+is one batched call of the runtime (two with an ensemble: each step's ``info["disagreement"]`` (B,) says how far
+the ensemble's elites part on that transition, :meth:`~mrcom_export.runtime.Runtime.uncertainty`). Episodes
+last ``horizon`` imagined steps (settable between resets) and are truncated together; the step after a
+truncation resets them (Gymnasium's ``NEXT_STEP`` autoreset).
 Needs gymnasium, numpy, onnxruntime.
 """
 
@@ -97,8 +99,10 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         if self._needs_reset:  # NEXT_STEP autoreset: this step only resets
             obs, info = self.reset()
             return obs, np.zeros(B, np.float32), np.zeros(B, bool), np.zeros(B, bool), info
-        obs, reward, _ = self.runtime.step(real_array("actions", actions, f"({B}, act_dim)").reshape(B, -1))
+        actions = real_array("actions", actions, f"({B}, act_dim)").reshape(B, -1)
+        info = {"disagreement": self.runtime.uncertainty(actions)["disagreement"]} if self.runtime.has_ensemble else {}
+        obs, reward, _ = self.runtime.step(actions)
         self._t += 1
         truncated = np.full(B, self._t >= self.horizon)
         self._needs_reset = bool(truncated[0])
-        return obs, reward.astype(np.float32), np.zeros(B, bool), truncated, {}
+        return obs, reward.astype(np.float32), np.zeros(B, bool), truncated, info

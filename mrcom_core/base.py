@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from .config import ABLATIONS, ModelConfig
+from .ensemble import EnsembleHeads
 from .errors import UserInputError
 from .layers import KVCache, RolloutCache, StreamingContextEncoder
 
@@ -77,13 +78,16 @@ class BaseWorldModel(nn.Module):
     ablations: ClassVar[tuple[str, ...]] = ()
     supports_overshoot: ClassVar[bool] = False
     #: the modules a head-only refit trains (those a class has: the decoder, reward head and value heads)
-    refit_heads: ClassVar[tuple[str, ...]] = ("decoder", "reward_head", "value_heads", "meta_value")
+    refit_heads: ClassVar[tuple[str, ...]] = ("decoder", "reward_head", "value_heads", "meta_value", "ensemble_heads")
     #: whether the context encoder is recurrent over the whole history (honours ``ModelConfig.history_len``)
     recurrent_history: ClassVar[bool] = False
     #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by
     #: :func:`mrcom_core.registry.model_config`; :class:`ModelConfig`'s own defaults stay the neutral ones, so
     #: configs saved before a class default changed still load as they were trained).
     defaults: ClassVar[dict] = {"reward_scale": "unit"}
+    #: whether the class's loss trains ensemble heads (:func:`~mrcom_core.losses.with_ensemble`) and its
+    #: :meth:`window_states` gives their inputs: only then does ``ModelConfig.ensemble`` apply
+    supports_ensemble: ClassVar[bool] = False
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
@@ -98,6 +102,9 @@ class BaseWorldModel(nn.Module):
         if config.overshoot_horizon and not cls.supports_overshoot:
             raise UserInputError(f"model.overshoot_horizon applies to models with an overshooting loss (mrcom and the "
                                  f"RSSMs), not {name}")
+        if config.ensemble and not cls.supports_ensemble:
+            raise UserInputError(f"model.ensemble applies to models whose loss trains the ensemble heads (mrcom and "
+                                 f"the built-in baselines), not {name}")
         if config.history_len and not cls.recurrent_history:
             raise UserInputError(f"model.history_len applies to models with a recurrent context (mamba), not {name}")
 
@@ -117,6 +124,11 @@ class BaseWorldModel(nn.Module):
         self.register_buffer("reward_mean", torch.tensor([float(mean)]))
         self.register_buffer("reward_std", torch.tensor([float(std)]))
         self.encoder = None if self.sizes.context == 0 else self.make_encoder()
+        self.ensemble_heads = None  # one-step heads whose disagreement measures what the model does not know
+        if c.ensemble:
+            self.ensemble_heads = EnsembleHeads(c.ensemble, self.sizes.state + c.act_dim, c.obs_dim + 1, c.hidden_dim,
+                                                c.hidden_layers)
+            self.register_buffer("elites", torch.ones(c.ensemble))  # chosen on held-out data (mrcom_core.ensemble)
 
     def make_encoder(self) -> nn.Module:
         """The context encoder (built when ``latent_sizes`` gives the context > 0 dims): MrCoM's streaming
@@ -240,7 +252,8 @@ class BaseWorldModel(nn.Module):
         """Shapes of the standard-normal inputs of :meth:`observe_window` and :meth:`loss` for ``window_len``
         = L (the trainer draws them in this order)."""
         u, h = (batch_size, window_len + 1, self.sizes.u), (batch_size, window_len + 1, self.sizes.h)
-        return {"u": u, "h": h, "u_prior": u, "h_prior": h}
+        ensemble = {"ensemble": (batch_size, self.config.ensemble)} if self.config.ensemble else {}
+        return {"u": u, "h": h, "u_prior": u, "h_prior": h, **ensemble}
 
     # ------------------------------------------------------------------------------ what subclasses add
     def observe_step(self, state: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
@@ -262,6 +275,11 @@ class BaseWorldModel(nn.Module):
         with ``supports_overshoot`` also takes ``overshoot=False``: the same terms without
         :func:`~mrcom_core.losses.loss_overshoot`'s (which the trainer may compute beside them)."""
         raise NotImplementedError
+
+    def window_states(self, window) -> LatentState:
+        """The latents ``s_0 … s_{L-1}`` of :meth:`observe_window`'s output, in which the window's actions were
+        taken (its ``state`` without the last step; a class whose window has no ``state`` overrides this)."""
+        return LatentState(*(x[:, :-1] for x in window.state))
 
     def forward(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]):
         return self.observe_window(batch, noise)

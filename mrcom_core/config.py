@@ -64,7 +64,10 @@ class ModelConfig:
     standardized by the training data's mean and std (kept with the weights, so the head's reward and every
     exported graph are in the data's own units), as the decoder regresses standardized observations; ``raw``
     regresses the rewards as they are, which a 20-dim reconstruction term swamps (per-step rewards vary by
-    ~0.1, an observation by ~1 per dim). ``gamma``: TD discount of the value heads (eq. 14).
+    ~0.1, an observation by ~1 per dim). ``ensemble`` > 0: that many one-step heads on the latent state
+    (:mod:`mrcom_core.ensemble`) whose disagreement tells imagination where the model does not know, with the
+    ``ensemble_elites`` best on held-out data (0: all) making the ``elites`` mask. ``gamma``: TD discount of
+    the value heads (eq. 14).
     ``overshoot_horizon`` > 0 adds a loss that is not in the paper: each window's first posterior state
     imagines that many steps open loop (mean latents, predictions fed back into the context, as in
     imagination) and the decoded observations are regressed on the real ones, weight
@@ -88,10 +91,11 @@ class ModelConfig:
     and the runtime observes the rest of a longer prompt step by step.
 
     The field defaults here are the neutral ones (no overshooting, eq. 6 literal, raw rewards), so a config
-    saved before a switch existed loads as it was trained. A new config is built by
+    saved before a switch existed loads as it was trained (and no ensemble). A new config is built by
     :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: every model's
-    ``reward_scale = unit``, and MrCoM's ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the
-    four combinations measured in docs/results.md). The literal reading is ``mrcom train --config
+    ``reward_scale = unit`` (and every built-in model's ``ensemble = 5``, ``ensemble_elites = 4``), MrCoM's
+    ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the four combinations measured in
+    docs/results.md). The literal reading is ``mrcom train --config
     configs/mrcom-literal.toml`` (or ``--set model.u_on_d=false --set model.overshoot_horizon=0``).
     """
 
@@ -124,6 +128,8 @@ class ModelConfig:
     kl_free_nats: float = 1.0
     reward_loss_weight: float = 1.0
     reward_scale: str = "raw"
+    ensemble: int = 0
+    ensemble_elites: int = 0
     gamma: float = 0.99
     overshoot_horizon: int = 0
     overshoot_weight: float = 1.0
@@ -147,13 +153,16 @@ class ModelConfig:
             value = getattr(self, name)
             if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
                 raise UserInputError(f"model.{name} must be a finite number >= 0, got {value!r}")
-        for name in ("overshoot_horizon", "history_len"):
+        for name in ("overshoot_horizon", "history_len", "ensemble", "ensemble_elites"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise UserInputError(f"model.{name} must be an integer >= 0, got {value!r}")
         if self.history_len and self.history_len < self.context_len:
             raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
                                  f"({self.context_len})")
+        if self.ensemble_elites > self.ensemble:
+            raise UserInputError(f"model.ensemble_elites ({self.ensemble_elites}) must be at most model.ensemble "
+                                 f"({self.ensemble})")
         if not isinstance(self.u_on_d, bool):
             raise UserInputError(f"model.u_on_d must be true or false, got {self.u_on_d!r}")
         if not 0 <= self.gamma < 1:

@@ -30,6 +30,7 @@ import torch
 from torch.func import functional_call
 
 from .base import BaseWorldModel, Gaussian, LatentState
+from .ensemble import loss_ensemble
 from .kernels import gaussian_sample, gaussian_sample_kl
 from .steps import prime_from_batch, rollout
 
@@ -165,5 +166,17 @@ def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: 
     if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
+    loss = with_ensemble(model, drop_last(window.state), batch, noise, parts, loss)
     parts["loss"] = loss
     return parts
+
+
+def with_ensemble(model: BaseWorldModel, states: LatentState, batch: Batch, noise: Batch, parts: dict,
+                  loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus, for a model with an ensemble (``config.ensemble`` > 0), its heads' own loss
+    (:func:`~mrcom_core.ensemble.loss_ensemble` on the detached latents ``states`` = ``s_0 … s_{L-1}``: it trains
+    the heads only), logged as ``parts["ensemble"]``."""
+    if model.ensemble_heads is None:
+        return loss
+    parts["ensemble"] = loss_ensemble(model, states, batch, noise)
+    return loss + parts["ensemble"]

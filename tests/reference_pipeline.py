@@ -9,7 +9,9 @@ building-block graphs (``blocks=False``), which no recorded number comes from. R
 got a smooth standing term, which changes every recorded reward and what is learned from it; the numbers
 that depend on observations only moved by float rounding (e.g. the RSSM's reconstruction terms). Rewritten
 again on purpose when the reward head began to regress standardized rewards (``model.reward_scale="unit"``):
-the reward terms, what training learns from them, and every imagined reward moved.
+the reward terms, what training learns from them, and every imagined reward moved; and again when every
+built-in model got its ensemble heads (built before the class's own layers, they draw from the seeded generator
+first, so every initial weight moved).
 """
 
 from __future__ import annotations

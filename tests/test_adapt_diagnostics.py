@@ -12,6 +12,7 @@ from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.rl.adapt import DIAGNOSTICS, AdaptConfig, Adapter
+from mrcom_train.rl.gate import GATE_FIELDS
 from mrcom_train.scenarios import ScenarioEnv, ScenarioSpec
 from mrcom_train.scenarios.obs_reward import com_x_velocity, reward_from_obs
 
@@ -90,7 +91,9 @@ def test_model_error_is_logged_at_every_evaluation(unified_export, tmp_path):
     adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", unified_export, **QUIET)
     result = adapter.run()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, "wall_s", "imagined_per_s"]
+    assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, "wall_s", "imagined_per_s",
+                             *GATE_FIELDS]  # the model has an ensemble: every imagination round logs its gate
+    rows = [r for r in rows if r["normalized_return"]]  # the evaluations
     assert [r["env_steps"] for r in rows] == ["0", "100", "200"]
     assert all(rows[0][k] == "" for k in DIAGNOSTICS)  # no real transition yet
     for row in rows[1:]:
@@ -157,9 +160,10 @@ def test_a_run_logged_before_the_diagnostics_resumes(unified_export, tmp_path):
     resumed = Adapter(AdaptConfig(**TINY), run, unified_export, resume=True, **QUIET)
     assert resumed.step == 100  # the checkpoint at the episode end at step 100
     resumed.run()
-    after = list(csv.DictReader(open(run / "metrics.csv")))
+    after = [r for r in csv.DictReader(open(run / "metrics.csv")) if r["normalized_return"]]
     assert [r["env_steps"] for r in after] == ["0", "100", "200"]
-    assert after[1]["normalized_return"] == rows[1]["normalized_return"] and after[1]["reward_mae"] == ""
+    before = [r for r in rows if r["normalized_return"]]
+    assert after[1]["normalized_return"] == before[1]["normalized_return"] and after[1]["reward_mae"] == ""
     assert np.isfinite(float(after[2]["reward_mae"]))
     with pytest.raises(UserInputError, match="ran with imagined_reward='model', now 'true'"):
         Adapter(AdaptConfig(**{**TINY, "imagined_reward": "true"}), run, unified_export, resume=True, **QUIET)

@@ -1,4 +1,5 @@
-"""The C++ examples build (CMake) and reproduce the Python runtime's rollout from the same file."""
+"""The C++ examples build (CMake) and reproduce the Python runtime's rollout from the same file (with the
+ensemble's per-step disagreement where the export has an ensemble)."""
 
 import os
 import shutil
@@ -10,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import EXPORT_HORIZON as H
-from conftest import prompt_for, rollout_inputs
+from conftest import export_model_for_tests, prompt_for, rollout_inputs
 
 from mrcom_export.bundle import read_bundle, write_bundle
 from mrcom_export.runtime import Runtime
@@ -29,7 +30,8 @@ def _build(source: Path, build: Path, *defines: str) -> None:
 
 
 def _case(out, model, work, T=None):
-    """Input bundle (a prompt of T steps, noise, actions) in ``work`` and the Python runtime's rollout of it."""
+    """Input bundle (a prompt of T steps, noise, actions) in ``work`` and the Python runtime's rollout of it, with
+    the ensemble's ``disagreement`` (B, H) before each step where the export has one."""
     B = 6
     prompt = prompt_for(model, B, T=T, seed=4)
     reset_noise, noise, actions = rollout_inputs(model, prompt, B, H, seed=9)
@@ -39,6 +41,14 @@ def _case(out, model, work, T=None):
     rt = Runtime(out)
     rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
     expected = rt.rollout(arrays["actions"], H, fused=False, noise={"u": arrays["noise_u"], "h": arrays["noise_h"]})
+    if rt.has_ensemble:  # the same rollout step by step, the ensemble read at each step's state and action first
+        rt.reset(*prompt, noise={"u": arrays["reset_noise_u"], "h": arrays["reset_noise_h"]})
+        disagreement, obs = [], []
+        for t in range(H):
+            disagreement.append(rt.uncertainty(actions[:, t])["disagreement"])
+            obs.append(rt.step(actions[:, t], noise={"u": arrays["noise_u"][:, t], "h": arrays["noise_h"][:, t]})[0])
+        assert np.abs(np.stack(obs, 1) - expected["obs"]).max() <= 1e-5  # the same rollout as the reference
+        expected["disagreement"] = np.stack(disagreement, 1)
     return out, work, expected
 
 
@@ -61,18 +71,35 @@ def ort_binary(tmp_path_factory) -> Path:
     return build / "mrcom_ort_rollout"
 
 
-def _run_ort(binary: Path, out: Path, work: Path, *options: str) -> dict:
-    run = subprocess.run([str(binary), str(out), str(work / "input.mrcb"), str(work / "ort.mrcb"), *options],
+@pytest.fixture(scope="module")
+def libtorch_binary(tmp_path_factory) -> Path:
+    """The LibTorch example, built once for this module."""
+    build = tmp_path_factory.mktemp("libtorch-build")
+    _build(ROOT / "libtorch_rollout", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
+    return build / "mrcom_libtorch_rollout"
+
+
+def _run(binary: Path, out: Path, work: Path, *options: str) -> dict:
+    """The example's output bundle; its summary line names the mean disagreement iff the bundle holds it."""
+    result = work / f"{binary.name}.mrcb"
+    run = subprocess.run([str(binary), str(out), str(work / "input.mrcb"), str(result), *options],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr
-    assert "rollouts x 3 steps" in run.stdout
-    return read_bundle(work / "ort.mrcb")
+    assert "rollouts x 3 steps" in run.stdout and ("(fused)" in run.stdout) == ("--fused" in options)
+    bundle = read_bundle(result)
+    assert ("mean disagreement" in run.stdout) == ("disagreement" in bundle)
+    return bundle
 
 
-def _check(result: dict, expected: dict) -> None:
+def _check(result: dict, expected: dict, fused: bool = False) -> None:
+    """Observations, rewards and (per step, with an ensemble; the fused loop has none) the disagreement."""
     assert result["obs"].shape == expected["obs"].shape and result["reward"].shape == expected["reward"].shape
     assert np.abs(result["obs"] - expected["obs"]).max() <= 1e-4
     assert np.abs(result["reward"] - expected["reward"]).max() <= 1e-4
+    assert ("disagreement" in result) == ("disagreement" in expected and not fused)
+    if "disagreement" in result:
+        assert result["disagreement"].shape == expected["disagreement"].shape == expected["reward"].shape
+        assert np.abs(result["disagreement"] - expected["disagreement"]).max() <= 1e-4
 
 
 def test_bundle_round_trip(tmp_path):
@@ -86,7 +113,8 @@ def test_bundle_round_trip(tmp_path):
 def test_onnxruntime_cpp_example_matches_python(case, ort_binary, options):
     """H `step` calls, or one call of the `rollout` Loop (timed 3 times from the same primed state)."""
     out, work, expected = case
-    _check(_run_ort(ort_binary, out, work, *options), expected)
+    assert (expected["disagreement"] > 0).all()  # the tiny model's ensemble members part: not a trivial match
+    _check(_run(ort_binary, out, work, *options), expected, fused="--fused" in options)
 
 
 def test_cpp_examples_refuse_an_unknown_option(case, ort_binary):
@@ -111,16 +139,28 @@ def test_onnxruntime_cpp_example_runs_the_new_baselines(model_type, ort_binary, 
     work = tmp_path / "work"
     work.mkdir()
     out, work, expected = _case(tmp_path / "export", model, work, T=model.history_len)
-    _check(_run_ort(ort_binary, out, work), expected)
+    _check(_run(ort_binary, out, work), expected)
 
 
-def test_libtorch_cpp_example_matches_python(case):
+def test_libtorch_cpp_example_matches_python(case, libtorch_binary):
     out, work, expected = case
-    build = work / "libtorch-build"
-    _build(ROOT / "libtorch_rollout", build, f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}")
     for options in ((), ("--fused", "--repeat", "2")):  # H `step.pt` calls; the scripted `rollout.pt` loop
-        run = subprocess.run([str(build / "mrcom_libtorch_rollout"), str(out), str(work / "input.mrcb"),
-                              str(work / "libtorch.mrcb"), *options], capture_output=True, text=True, timeout=120)
-        assert run.returncode == 0, run.stderr
-        assert "rollouts x 3 steps" in run.stdout and ("(fused)" in run.stdout) == bool(options)
-        _check(read_bundle(work / "libtorch.mrcb"), expected)
+        _check(_run(libtorch_binary, out, work, *options), expected, fused=bool(options))
+
+
+def test_cpp_examples_without_an_ensemble_write_no_disagreement(ort_binary, libtorch_binary, tmp_path):
+    """A model built with ensemble=0 exports no ``ensemble`` graph: both examples write obs and reward only."""
+    from mrcom_export.exporter import export_model
+
+    model = export_model_for_tests(ensemble=0, ensemble_elites=0)
+    manifest = export_model(model, tmp_path / "export", formats=("onnx", "torchscript"), horizon=H, blocks=False,
+                            log=lambda s: None)
+    assert manifest["ensemble"] is None and "ensemble" not in manifest["graphs"]
+    work = tmp_path / "work"
+    work.mkdir()
+    out, work, expected = _case(tmp_path / "export", model, work)
+    assert "disagreement" not in expected
+    for binary in (ort_binary, libtorch_binary):
+        result = _run(binary, out, work)
+        assert result.keys() == {"obs", "reward"}
+        _check(result, expected)

@@ -28,7 +28,7 @@ ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 def test_manifest_describes_every_graph(exported):
     out, model, manifest = exported
     assert set(manifest["graphs"]) == {"context_full", "context_step", "imagine", "reward", "prime", "observe", "step",
-                                       "rollout", "policy", "policy_rollout"}
+                                       "rollout", "policy", "policy_rollout", "ensemble"}
     step = manifest["graphs"]["step"]
     assert [i["name"] for i in step["inputs"]] == ["u", "d", "h", "obs", "action", "keys", "values", "noise_u",
                                                    "noise_h"]
@@ -38,7 +38,7 @@ def test_manifest_describes_every_graph(exported):
     assert manifest["latent"] == {"u": 4, "d": 16, "h": 4} and manifest["context_len"] == 8
     assert set(manifest["versions"]) >= {"torch", "onnx", "onnxruntime"} and manifest["opset"] == 18
     np.testing.assert_allclose(manifest["obs_std"], model.obs_std.numpy(), rtol=1e-6)
-    assert len(manifest["files"]) == 20 and all(len(h) == 64 for h in manifest["files"].values())
+    assert len(manifest["files"]) == 22 and all(len(h) == 64 for h in manifest["files"].values())
     for name, errors in manifest["parity"].items():
         assert set(errors) == {f"{f}@{b}" for f in ("onnx", "torchscript") for b in (1, 7, 256)}, name
         assert max(errors.values()) <= PARITY_TOLERANCE  # (fused graphs may take H times this; tiny ones need not)
@@ -331,7 +331,7 @@ def test_baselines_export_and_run_in_the_runtime(tmp_path, model_type):
                                      obs_dim=10, act_dim=3, num_scenarios=2)).eval()
     manifest = export_model(model, tmp_path, formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
     assert manifest["model_type"] == model_type and manifest["latent"]["h"] == 0
-    assert set(manifest["graphs"]) == set(G.RUNTIME_GRAPHS)  # blocks=False: only what the runtime runs
+    assert set(manifest["graphs"]) == {*G.RUNTIME_GRAPHS, *G.ENSEMBLE_GRAPHS}  # blocks=False: what the runtime runs
     for name, errors in manifest["parity"].items():  # parity with eager at batch 1, 7 and 256, every graph
         assert set(errors) == {f"onnx@{b}" for b in (1, 7, 256)}, name
         assert max(errors.values()) <= manifest["parity_tolerance"][name] <= 2 * PARITY_TOLERANCE

@@ -37,7 +37,7 @@ def test_training_runs_logs_and_checkpoints(data, tmp_path):
     trainer = Trainer(data, run, _request(20, eval_every=10, checkpoint_every=10, log_every=5), **QUIET)
     result = trainer.run()
     assert set(result) == {"open_loop_error", "open_loop_error_hopper", "open_loop_error_walker",
-                           "open_loop_error_cheetah"}
+                           "open_loop_error_cheetah", "elite_error"}  # the model's ensemble: its elites' error
     lines = (run / "metrics.csv").read_text().strip().splitlines()
     assert lines[0].startswith("step,loss,var") and len(lines) == 1 + 1 + 4 + 2  # header, eval@0, 4 logs, 2 evals
     assert list((run / "tb").glob("events.out.tfevents.*"))

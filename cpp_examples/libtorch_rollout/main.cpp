@@ -2,12 +2,16 @@
 //
 // usage: mrcom_libtorch_rollout EXPORT_DIR INPUT.mrcb OUTPUT.mrcb [--fused] [--repeat N] [--threads N]
 // Same inputs, outputs and options as the ONNX Runtime example (see ../onnxruntime_rollout/main.cpp); --fused
-// runs `rollout.pt` (a scripted loop over the traced step) in one call.
+// runs `rollout.pt` (a scripted loop over the traced step) in one call. With `ensemble.pt` (a model with an
+// ensemble), each `step.pt` call is preceded by one `ensemble.pt` call on the same state and action and OUTPUT
+// also gets its disagreement (B,H); not with --fused.
 #include <ATen/Parallel.h>
 #include <torch/script.h>
 
 #include <chrono>
+#include <filesystem>
 #include <iostream>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -57,6 +61,10 @@ int main(int argc, char** argv) {
     auto prime = torch::jit::load(dir + "/prime.pt");
     auto observe = torch::jit::load(dir + "/observe.pt");
     auto imagine = torch::jit::load(dir + (opt.fused ? "/rollout.pt" : "/step.pt"));
+    // The ensemble (exported for a model with one): u, d, h, action -> ensemble_obs, ensemble_reward, disagreement.
+    std::optional<torch::jit::script::Module> ensemble;
+    if (!opt.fused && std::filesystem::exists(dir + "/ensemble.pt"))
+      ensemble = torch::jit::load(dir + "/ensemble.pt");
 
     // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
     // prompt step's token enters the FIFO and the posterior observes the next observation.
@@ -68,24 +76,30 @@ int main(int argc, char** argv) {
                          rew.select(1, k - 1), obs.select(1, k), reset_u.select(1, k - m), reset_h.select(1, k - m)});
     const auto first_obs = obs.select(1, T);
 
-    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step.
-    auto imagine_all = [&]() -> std::pair<torch::Tensor, torch::Tensor> {
+    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step
+    // (and before it, with an ensemble, how far its members part on the same state and action).
+    struct Imagined {
+      torch::Tensor obs, reward, disagreement;  // disagreement: undefined without an ensemble
+    };
+    auto imagine_all = [&]() -> Imagined {
       if (opt.fused) {  // -> obs_seq, reward_seq, u, d, h, keys, values
         auto r = call(imagine, {s[0], s[1], s[2], first_obs, s[3], s[4], actions, noise_u, noise_h});
-        return {r[0], r[1]};
+        return {r[0], r[1], {}};
       }
       auto u = s[0], d = s[1], h = s[2], last = first_obs, keys = s[3], values = s[4];
-      std::vector<torch::Tensor> out_obs, out_rew;
+      std::vector<torch::Tensor> out_obs, out_rew, out_dis;
       for (int64_t t = 0; t < H; ++t) {
+        if (ensemble) out_dis.push_back(call(*ensemble, {u, d, h, actions.select(1, t)})[2]);
         auto r = call(imagine, {u, d, h, last, actions.select(1, t), keys, values, noise_u.select(1, t),
                                 noise_h.select(1, t)});
         u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
         out_obs.push_back(last);
         out_rew.push_back(r[4]);
       }
-      return {torch::stack(out_obs, 1), torch::stack(out_rew, 1)};
+      return {torch::stack(out_obs, 1), torch::stack(out_rew, 1),
+              ensemble ? torch::stack(out_dis, 1) : torch::Tensor()};
     };
-    std::pair<torch::Tensor, torch::Tensor> result;
+    Imagined result;
     std::vector<double> times;
     for (int i = 0; i < opt.repeat; ++i) {
       const auto start = std::chrono::steady_clock::now();
@@ -93,10 +107,15 @@ int main(int argc, char** argv) {
       times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
       if (!i) result = r;
     }
-    mrcom::write_bundle(argv[3], {{"obs", to_array(result.first)}, {"reward", to_array(result.second)}});
+    mrcom::Bundle bundle{{"obs", to_array(result.obs)}, {"reward", to_array(result.reward)}};
+    if (result.disagreement.defined()) bundle["disagreement"] = to_array(result.disagreement);
+    mrcom::write_bundle(argv[3], bundle);
     std::cout << "libtorch" << (opt.fused ? " (fused)" : "") << ": " << B << " rollouts x " << H << " steps in "
               << mrcom::median(times) << " ms (median of " << opt.repeat << "); mean reward "
-              << result.second.mean().item<float>() << "\n";
+              << result.reward.mean().item<float>();
+    if (result.disagreement.defined())
+      std::cout << "; mean disagreement " << result.disagreement.mean().item<float>();
+    std::cout << "\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

@@ -5,11 +5,15 @@
 // actions (B,H,A), noise_u/h (B,H,·) — written by Python (mrcom_export.bundle). OUTPUT gets obs (B,H,D) and
 // reward (B,H), which must match the Python runtime's rollout with the same noise. The H imagined steps are H
 // `step` calls, or with --fused one call of `rollout` (an ONNX Loop over the step: any H); --repeat N imagines
-// N times from the same primed state and prints the median time (the output is the first run's).
+// N times from the same primed state and prints the median time (the output is the first run's). When the
+// export has an ensemble (`ensemble.onnx`), each `step` call is preceded by one `ensemble` call on the same
+// state and action, and OUTPUT also gets its disagreement (B,H); not with --fused (the Loop keeps its states).
 #include <onnxruntime_cxx_api.h>
 
 #include <chrono>
+#include <filesystem>
 #include <iostream>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -84,6 +88,10 @@ int main(int argc, char** argv) {
     if (opt.threads) options.SetIntraOpNumThreads(opt.threads);
     Graph prime(env, dir + "/prime.onnx", options), observe(env, dir + "/observe.onnx", options);
     Graph imagine(env, dir + (opt.fused ? "/rollout.onnx" : "/step.onnx"), options);
+    // The ensemble (exported for a model with one): u, d, h, action -> ensemble_obs, ensemble_reward, disagreement.
+    std::unique_ptr<Graph> ensemble;
+    if (!opt.fused && std::filesystem::exists(dir + "/ensemble.onnx"))
+      ensemble = std::make_unique<Graph>(env, dir + "/ensemble.onnx", options);
 
     // prime: the first m prompt steps fill the context FIFO, the posterior observes o_m; observe: each later
     // prompt step's token enters the FIFO and the posterior observes the next observation.
@@ -97,8 +105,9 @@ int main(int argc, char** argv) {
     }
     const Array first_obs = obs.step(T);
 
-    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step.
-    auto imagine_all = [&](Array& out_obs, Array& out_rew) {
+    // Imagine H steps from the primed state: reward of the action, its token into the FIFO, one prior step
+    // (and before it, with an ensemble, how far its members part on the same state and action).
+    auto imagine_all = [&](Array& out_obs, Array& out_rew, Array& out_dis) {
       if (opt.fused) {  // u, d, h, obs, keys, values, actions, noise_u, noise_h -> obs_seq, reward_seq, ...
         auto r = imagine({&s[0], &s[1], &s[2], &first_obs, &s[3], &s[4], &in.at("actions"), &in.at("noise_u"),
                           &in.at("noise_h")});
@@ -107,8 +116,13 @@ int main(int argc, char** argv) {
       }
       Array u = s[0], d = s[1], h = s[2], last = first_obs, keys = s[3], values = s[4];
       out_obs = zeros({B, H, D}), out_rew = zeros({B, H});
+      if (ensemble) out_dis = zeros({B, H});
       for (int64_t t = 0; t < H; ++t) {
         Array a = in.at("actions").step(t), nu = in.at("noise_u").step(t), nh = in.at("noise_h").step(t);
+        if (ensemble) {
+          auto e = (*ensemble)({&u, &d, &h, &a});
+          for (int64_t b = 0; b < B; ++b) out_dis.data[b * H + t] = e[2].data[b];
+        }
         auto r = imagine({&u, &d, &h, &last, &a, &keys, &values, &nu, &nh});
         u = r[0], d = r[1], h = r[2], last = r[3], keys = r[5], values = r[6];
         for (int64_t b = 0; b < B; ++b) {
@@ -117,18 +131,21 @@ int main(int argc, char** argv) {
         }
       }
     };
-    Array out_obs, out_rew, scratch_obs, scratch_rew;
+    Array out_obs, out_rew, out_dis, scratch_obs, scratch_rew, scratch_dis;
     std::vector<double> times;
     for (int i = 0; i < opt.repeat; ++i) {
       const auto start = std::chrono::steady_clock::now();
-      imagine_all(i ? scratch_obs : out_obs, i ? scratch_rew : out_rew);
+      imagine_all(i ? scratch_obs : out_obs, i ? scratch_rew : out_rew, i ? scratch_dis : out_dis);
       times.push_back(std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count());
     }
-    mrcom::write_bundle(argv[3], {{"obs", out_obs}, {"reward", out_rew}});
+    mrcom::Bundle result{{"obs", out_obs}, {"reward", out_rew}};
+    if (ensemble) result["disagreement"] = out_dis;
+    mrcom::write_bundle(argv[3], result);
+    auto mean = [](const Array& a) { double t = 0; for (float x : a.data) t += x; return t / a.data.size(); };
     std::cout << "onnxruntime" << (opt.fused ? " (fused)" : "") << ": " << B << " rollouts x " << H << " steps in "
-              << mrcom::median(times) << " ms (median of " << opt.repeat << "); mean reward "
-              << [&] { double t = 0; for (float x : out_rew.data) t += x; return t / out_rew.data.size(); }()
-              << "\n";
+              << mrcom::median(times) << " ms (median of " << opt.repeat << "); mean reward " << mean(out_rew);
+    if (ensemble) std::cout << "; mean disagreement " << mean(out_dis);
+    std::cout << "\n";
   } catch (const std::exception& e) {
     std::cerr << "error: " << e.what() << "\n";
     return 1;

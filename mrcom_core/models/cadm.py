@@ -13,11 +13,12 @@ from typing import NamedTuple
 
 import torch
 
+from .. import ensemble
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_std
 from ..layers import mlp
-from ..losses import reward_nll
+from ..losses import reward_nll, with_ensemble
 
 
 class CaDMWindow(NamedTuple):
@@ -31,11 +32,11 @@ def cadm_loss(model: BaseWorldModel, window: CaDMWindow, batch: dict, noise: dic
     std = gaussian_std(window.prediction.std_raw, c.min_std)
     nll = 0.5 * torch.square((window.obs[:, 1:] - window.prediction.mean) / std) + torch.log(std)
     recon = (nll * batch["obs_mask"][:, None, :]).sum(-1).mean()
-    obs = window.obs[:, :-1]
-    empty = obs.new_zeros(*obs.shape[:2], 0)
-    reward = reward_nll(model, LatentState(obs, empty, empty), batch).mean()
+    state = model.window_states(window)
+    reward = reward_nll(model, state, batch).mean()
     loss = c.lambda_var * (recon + c.reward_loss_weight * reward)
-    return {"loss": loss, "var": loss, "recon": recon, "reward": reward}
+    parts = {"var": loss, "recon": recon, "reward": reward}
+    return {"loss": with_ensemble(model, state, batch, noise, parts, loss), **parts}
 
 
 class CaDM(BaseWorldModel):
@@ -43,10 +44,17 @@ class CaDM(BaseWorldModel):
 
     label = "CaDM"
     loss = cadm_loss
+    defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS}
+    supports_ensemble = True
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
         return LatentSizes(u=config.obs_dim, d=0, h=0, context=config.ctx_dim)
+
+    def window_states(self, window: CaDMWindow) -> LatentState:
+        obs = window.obs[:, :-1]
+        empty = obs.new_zeros(*obs.shape[:2], 0)
+        return LatentState(obs, empty, empty)
 
     def __init__(self, config: ModelConfig, **stats):
         super().__init__(config, **stats)

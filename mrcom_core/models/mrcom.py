@@ -21,6 +21,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .. import ensemble
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ABLATIONS, ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
@@ -39,7 +40,8 @@ class MrCoM(BaseWorldModel):
     supports_overshoot = True
     #: chosen from the four-way measurement in docs/results.md (u on d_{t-1} + 15-step overshooting held 15
     #: steps best: 15-step error 0.569 -> 0.305); the literal reading is ``configs/mrcom-literal.toml``.
-    defaults = {**BaseWorldModel.defaults, "u_on_d": True, "overshoot_horizon": 15}
+    defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS, "u_on_d": True, "overshoot_horizon": 15}
+    supports_ensemble = True
     loss = total_loss
 
     @classmethod

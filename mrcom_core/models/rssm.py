@@ -19,11 +19,12 @@ from typing import ClassVar, NamedTuple
 
 import torch
 
+from .. import ensemble
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
-from ..losses import drop_last, loss_overshoot, masked_sq_error, reward_nll
+from ..losses import drop_last, loss_overshoot, masked_sq_error, reward_nll, with_ensemble
 
 
 class RSSMWindow(NamedTuple):
@@ -47,6 +48,7 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
     if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
+    loss = with_ensemble(model, drop_last(window.state), batch, noise, parts, loss)
     return {"loss": loss, **parts}
 
 
@@ -55,6 +57,8 @@ class RSSM(BaseWorldModel):
 
     label = "DreamerV3 (no context)"
     loss = rssm_loss
+    defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS}
+    supports_ensemble = True
     supports_overshoot = True
     #: whether prior and posterior read the context readout ``c_t`` (a class constant: no tensor branching)
     uses_context: ClassVar[bool] = False

@@ -49,8 +49,10 @@ REFERENCE = (*MODEL_FREE, ORACLE)  # the arms without a world model of their own
 #: adaptation variants of MrCoM's arm, run only when ``--arms`` names them: arm → AdaptConfig overrides (they
 #: adapt with MrCoM's export; a refit fine-tunes MrCoM's training run)
 VARIANTS = {"mrcom+refit-heads": {"refit": "heads"}, "mrcom+refit-all": {"refit": "all"},
+            "mrcom+refit-all+gate": {"refit": "all", "gate": "truncate"},
             "mrcom+follow": {"real_ratio_mode": "model_error"}}
 VARIANT_LABELS = {"mrcom+refit-heads": "Ours + refit (heads)", "mrcom+refit-all": "Ours + refit (all)",
+                  "mrcom+refit-all+gate": "Ours + refit (all) + ensemble gate",
                   "mrcom+follow": "Ours + real ratio follows"}
 WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 

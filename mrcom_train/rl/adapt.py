@@ -48,7 +48,7 @@ from mrcom_export.vector_env import ImaginedVectorEnv
 from ..metrics_log import MetricsLog
 from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
 from . import adapt_checkpoint as checkpoint
-from . import diagnostics, refit
+from . import diagnostics, gate, refit
 from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
 from .diagnostics import DIAGNOSTICS
 from .oracle import OracleRollouts
@@ -86,6 +86,7 @@ class Adapter:
         od, ad = self.spec.obs_dim, self.spec.act_dim
         require_memory(*config.memory_request(od, ad))  # buffers, SAC networks, an update, imagined rollouts
         self.imagined_env, self.refitter, self.refits = None, None, 0
+        self.last_round: dict[str, float] = {}  # the last imagination round's gate fields (gate.GATE_FIELDS)
         self.history = 0  # real steps before a start state that prime the model (the runtime's history_len)
         if config.oracle:
             space = UnifiedSpace(od, ad)
@@ -101,6 +102,9 @@ class Adapter:
                 raise UserInputError(f"the model's dims ({space.obs_dim}, {space.act_dim}) are smaller than "
                                      f"scenario {self.spec.describe()}'s")
             self.refitter = refit.open_refitter(config, runtime, run)
+            if config.gate != "none" and not runtime.has_ensemble:
+                raise UserInputError(f"gate={config.gate} needs a world model with an ensemble; export {export_dir}'s "
+                                     f"has none (train with model.ensemble >= 2)")
         else:
             space = UnifiedSpace(od, ad)
         if self.run_dir.exists() and not self.run_dir.is_dir():
@@ -199,27 +203,10 @@ class Adapter:
         return reward
 
     def imagine(self, horizon: int) -> int:
-        """One round of imagined rollouts from real states into the model buffer (resized first to hold the
-        latest ``retain_rounds`` rounds at this horizon); returns the transitions added."""
-        start = time.perf_counter()
-        self.model.resize(self.cfg.retain_rounds * self.cfg.rollout_batch * horizon)
-        env = self.imagined_env
-        picks = self._starts(self.rng, self.cfg.rollout_batch)
-        if not picks:
-            return 0
-        env.horizon = horizon
-        current, _ = env.reset(options=self._start(picks))
-        od, ad = self.spec.obs_dim, self.spec.act_dim
-        added, truncated = 0, False
-        while not truncated:
-            action = self._act(current)
-            nxt, reward, _, trunc, _ = env.step(action)
-            reward = self._imagined_reward(reward, nxt)
-            self.model.add_batch(current[:, :od], action[:, :ad], reward, nxt[:, :od], np.zeros(len(reward)))
-            added += len(reward)
-            current, truncated = nxt, bool(trunc.all())
-        self.imagined += added
-        self.imagine_seconds += time.perf_counter() - start
+        """One round of imagined rollouts from real states into the model buffer, gated by the model's ensemble
+        (:func:`~mrcom_train.rl.gate.imagine_round`); returns the transitions added. The round's gate fields
+        are in :attr:`last_round`."""
+        added, self.last_round = gate.imagine_round(self, horizon)
         return added
 
     def _follow_model(self, metrics: MetricsLog) -> None:
@@ -280,8 +267,10 @@ class Adapter:
         measured = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
         adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
         refits = refit.REFIT_FIELDS if self.refitter is not None else ()
+        gated = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
+        gates = gate.GATE_FIELDS if gated else ()
         metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
-                                            "imagined_per_s", *adaptive, *refits], self.step)
+                                            "imagined_per_s", *adaptive, *refits, *gates], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
         start = time.perf_counter()
         threads = torch.get_num_threads()
@@ -321,6 +310,9 @@ class Adapter:
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
                     with self._with_live(episode):  # the current episode's states count as start states too
                         self.imagine(c.horizon(self.step))
+                        if gated and self.last_round:
+                            metrics.write(self.step, self.last_round,
+                                          {f"gate/{k}": v for k, v in self.last_round.items()})
                         if c.real_ratio_mode == "model_error":
                             self._follow_model(metrics)
                 if self.step >= c.learning_starts:

@@ -24,6 +24,7 @@ HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
 IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
+GATES = ("none", "truncate", "penalty")  # what the ensemble's disagreement does to imagined transitions
 REAL_RATIO_MODES = ("fixed", "model_error")  # how the real share of SAC batches is set (AdaptConfig.real_ratio_mode)
 
 
@@ -54,6 +55,12 @@ class AdaptConfig:
     ``learning_starts`` on, up to ``refit_steps`` updates on the target's real episodes with a
     ``refit_rehearsal`` share of pretraining data, Adam at ``refit_lr``; it needs the training run behind the
     export (its manifest names it, or ``Adapter(run=…)`` / ``mrcom adapt --run``).
+
+    ``gate``: what the world model's ensemble disagreement (:mod:`~mrcom_train.rl.gate`; the export needs an
+    ensemble) does to imagined transitions: ``"none"`` (nothing; it is still logged), ``"truncate"`` (MACURA:
+    a rollout stops at the first step whose disagreement exceeds the ``gate_percentile``-th percentile of the
+    round's first-step disagreement, the step not kept) or ``"penalty"`` (MOPO: the reward minus
+    ``gate_penalty`` × disagreement).
 
     ``imagination``: what the imagined rollouts come from: ``"model"`` (the exported world model) or
     ``"oracle"`` (the target's own simulator branched from the stored real states,
@@ -89,9 +96,13 @@ class AdaptConfig:
     refit_steps: int = 50
     refit_rehearsal: float = 0.5
     refit_lr: float = 1e-4
+    gate: str = "none"
+    gate_percentile: float = 95.0
+    gate_penalty: float = 1.0
 
     def __post_init__(self):
-        for name in ("split", "range", "domain", "imagined_reward", "imagination", "real_ratio_mode", "refit"):
+        for name in ("split", "range", "domain", "imagined_reward", "imagination", "real_ratio_mode", "refit",
+                     "gate"):
             if not isinstance(getattr(self, name), str):
                 raise UserInputError(f"{name} must be a string, got {getattr(self, name)!r}")
         get_split(self.split).range(self.range)
@@ -140,6 +151,15 @@ class AdaptConfig:
         check_number("refit_lr", self.refit_lr)
         if not 0 < self.refit_lr <= 1:
             raise UserInputError(f"refit_lr must be in (0, 1], got {self.refit_lr}")
+
+        if self.gate not in GATES:
+            raise UserInputError(f"gate must be one of {', '.join(GATES)}, got {self.gate!r}")
+        if self.gate != "none" and (not self.use_model or self.imagination != "model"):
+            raise UserInputError("gate needs a world model's ensemble: use_model=true and imagination=model")
+        check_number("gate_percentile", self.gate_percentile)
+        if not 0 < self.gate_percentile <= 100:
+            raise UserInputError(f"gate_percentile must be in (0, 100], got {self.gate_percentile}")
+        check_number("gate_penalty", self.gate_penalty)
 
     @property
     def oracle(self) -> bool:

@@ -14,6 +14,7 @@ task's data is mixed with rehearsed pretraining data (TD-MPC2's few-shot finetun
   parameter); the last 20% of every target episode is held out, and the weights with the lowest held-out
   prediction loss (:data:`PREDICTION_TERMS`: observations, rewards, open-loop observations) are kept, stopping
   after :data:`PATIENCE` evaluations without a 1% gain (MBPO's rule);
+* a model with an ensemble then chooses its elites on the same held-out windows;
 * :meth:`Refitter.export` freezes the refit model into runtime graphs, which the adapter swaps in.
 
 Target rows use scenario index 0 for the per-scenario value heads (the target is no training scenario).
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcom_core import ensemble
 from mrcom_core.errors import UserInputError
 from mrcom_core.registry import history_steps
 
@@ -143,6 +145,10 @@ class Refitter:
             for p, w in zip(self.params, best_weights, strict=True):
                 p.copy_(w)
         self.model.eval()
+        if self.model.ensemble_heads is not None:  # the elites are those that predict the target's held-out data best
+            errors = [ensemble.held_out_errors(self.model, {k: torch.from_numpy(np.ascontiguousarray(v))
+                                                            for k, v in b.items()}) for b in held_batches]
+            ensemble.update_elites(self.model, torch.stack(errors).mean(0))
         log(f"refit ({self.mode}): held-out loss {before:.4f} → {best:.4f} after {updates} updates")
         return {"held_out_before": before, "held_out_after": best, "updates": updates}
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from mrcom_core import ensemble
 from mrcom_core.config import ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import write_json_atomic, writing
@@ -70,7 +71,7 @@ def memory_lower_bound(model_config: ModelConfig, config: TrainConfig) -> int:
 
 
 LOG_FIELDS = ["step", "loss", "var", "kl_u", "kl_h", "recon", "reward", "s", "value_i", "value", "v", "overshoot",
-              "grad_norm", "updates_per_s", KEY]
+              "ensemble", "grad_norm", "updates_per_s", "elite_error", KEY]
 
 
 def _scalars(metrics: dict[str, float]) -> dict[str, float]:
@@ -265,17 +266,25 @@ class Trainer:
 
     @torch.no_grad()
     def evaluate(self) -> dict[str, float]:
-        """Open-loop prediction error over the fixed held-out batches, overall and per domain."""
+        """Open-loop prediction error over the fixed held-out batches, overall and per domain; for a model with
+        an ensemble, also chooses its elites on those batches (:mod:`mrcom_core.ensemble`) and reports their mean
+        one-step error (``elite_error``)."""
         self.model.eval()
-        errors, scenarios = [], []
+        errors, scenarios, members = [], [], []
         H = self.config.eval_horizon
         for batch in self.eval_batches:
-            pred = open_loop_predictions(self.model, _to_torch(batch, slice(None), self.device), H)
+            tensors = _to_torch(batch, slice(None), self.device)
+            pred = open_loop_predictions(self.model, tensors, H)
             real = self.model.normalize(torch.from_numpy(batch["obs"][:, 1 : H + 1]).to(self.device))
             errors.append(open_loop_error(pred.float().cpu().numpy(), real.float().cpu().numpy(), batch["obs_mask"]))
             scenarios.append(batch["scenario"])
+            if self.model.ensemble_heads is not None:
+                members.append(ensemble.held_out_errors(self.model, tensors))
         err, sid = np.concatenate(errors), np.concatenate(scenarios)
-        return by_domain(err, [self.domains[s] for s in sid])
+        result = by_domain(err, [self.domains[s] for s in sid])
+        if members:
+            result["elite_error"] = ensemble.update_elites(self.model, torch.stack(members).mean(0))
+        return result
 
     def _state(self) -> dict:
         """What a checkpoint's ``state.json`` records besides the step and the files."""
