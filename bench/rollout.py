@@ -7,7 +7,8 @@ times one H-step rollout (after a prompt reset, which is not timed) per engine a
 * eager PyTorch, re-encoding the context window at every step (the paper's literal ``Enc(C_t)``),
 * eager PyTorch with the streaming encoder's key/value FIFO (incremental),
 * TorchScript (the ``rollout`` graph: a scripted loop over the traced step),
-* ONNX Runtime, one ``step`` graph call per step (I/O binding, state kept on the device),
+* ONNX Runtime, one ``step`` graph call per step (I/O binding, state kept on the device), and the same with
+  the ``ensemble`` graph's disagreement before each step (as the imagined vector env and ``mrcom adapt`` run),
 * ONNX Runtime, the exported ``rollout`` graph (an ONNX ``Loop`` over one step: any horizon; its body reads
   the start cache in place and carries only the rollout's own keys/values),
 * ONNX Runtime, the same ``Loop`` over the FIFO body that shifts the whole cache every step (how ``rollout``
@@ -128,6 +129,16 @@ def median(fn, setup=lambda: None):
 
 out = {"ORT per step": median(lambda: rt.rollout(x["actions"], H, fused=False, noise=noise),
                               lambda: rt.reset(x["obs"], x["act"], x["rew"]))}
+
+
+def with_disagreement():  # the step graph and the ensemble's disagreement, as the imagined vector env runs them
+    for t in range(H):
+        rt.uncertainty(x["actions"][:, t])
+        rt.step(x["actions"][:, t], noise={k: v[:, t] for k, v in noise.items()})
+
+
+if rt.has_ensemble:
+    out["ORT per step + ensemble"] = median(with_disagreement, lambda: rt.reset(x["obs"], x["act"], x["rew"]))
 feed = {k[6:]: v for k, v in x.items() if k.startswith("state_")}
 feed.update(actions=x["actions"], noise_u=x["u"], noise_h=x["h"])
 options = ort.SessionOptions()
@@ -289,7 +300,8 @@ def main() -> int:
         peak = gemm_peak()
         print(f"- model: {flops / 1e6:.2f} MFLOP per sample-step (torch flop counter, step graph); measured "
               f"float32 GEMM peak {peak / 1e9:.1f} GFLOP/s (2048² matmul, {args.threads} threads)\n")
-        header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step", "ORT Loop",
+        header = ["B", "eager re-encode", "eager incremental", "TorchScript loop", "ORT per step",
+                  *(["ORT per step + ensemble"] if rt.has_ensemble else []), "ORT Loop",
                   *(["ORT Loop, FIFO body (before)"] if args.before else []),
                   *(["ORT unrolled"] if args.unrolled else [])]
         cpp = build_cpp(Path(__file__).resolve().parents[1] / "build" / "bench-cpp") if args.cpp else None

@@ -201,3 +201,24 @@ def test_bad_gate_options_are_refused_with_the_field_named():
         AdaptConfig(gate="truncate", gate_percentile=0)
     with pytest.raises(UserInputError, match="gate needs a world model"):
         AdaptConfig(gate="truncate", use_model=False)
+
+
+@pytest.mark.parametrize("sets,message", [
+    (["gate=maybe"], "gate must be one of none, truncate, penalty, got 'maybe'"),
+    (["gate=truncate", "gate_percentile=120"], "gate_percentile must be in (0, 100], got 120.0"),
+    (["gate=penalty", "gate_penalty=-1"], "gate_penalty must be a finite number >= 0"),
+    (["gate=truncate"], "gate=truncate needs a world model with an ensemble"),
+])
+def test_bad_gate_options_exit_2_with_one_line(tmp_path, capsys, sets, message):
+    from mrcom_export.exporter import export_model
+    from mrcom_train.cli import main
+
+    plain = build_model(model_config("tiny", overrides={"ensemble": 0, "ensemble_elites": 0}, obs_dim=24, act_dim=6,
+                                     num_scenarios=1)).eval()
+    export_model(plain, tmp_path / "export", formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
+    with pytest.raises(SystemExit) as info:
+        main(["adapt", "--model", str(tmp_path / "export"), "--out", str(tmp_path / "run"), "--env-steps", "10",
+              "--no-progress", *sum((["--set", s] for s in sets), [])])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "run").exists()
