@@ -144,6 +144,18 @@ def rollout_inputs(model, prompt, B, H, seed=3):
 
 
 @pytest.fixture(scope="session")
+def data(tmp_path_factory):
+    """A tiny collected dataset (one cheetah scenario, two episodes of 40 steps); a test file that needs another
+    defines its own ``data`` fixture, which takes precedence."""
+    from mrcom_train.datasets.collect import CollectConfig, collect
+
+    out = tmp_path_factory.mktemp("data") / "ds"
+    collect(CollectConfig(domains=("cheetah",), scenarios_per_domain=1, episodes_per_scenario=2, episode_length=40),
+            out, progress=False, log=lambda s: None)
+    return out
+
+
+@pytest.fixture(scope="session")
 def exported(tmp_path_factory):
     """One ONNX + TorchScript export (with a SAC policy) shared by the export and C++ tests."""
     from mrcom_export import graphs as G

@@ -12,7 +12,6 @@ from safetensors.torch import save_file
 from mrcom_core.errors import UserInputError
 from mrcom_core.losses import reward_nll
 from mrcom_core.registry import build_model, model_config
-from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.datasets.dataset import Dataset
 from mrcom_train.training.checkpoint import load_model
 from mrcom_train.training.config import RunRequest
@@ -22,12 +21,6 @@ QUIET = dict(progress=False, log=lambda s: None)
 DIMS = dict(obs_dim=10, act_dim=3, num_scenarios=2)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "ds"
-    collect(CollectConfig(domains=("cheetah",), scenarios_per_domain=1, episodes_per_scenario=2, episode_length=40),
-            out, **QUIET)
-    return out
 
 
 def test_every_model_defaults_to_unit_scaled_rewards_and_old_configs_stay_raw():

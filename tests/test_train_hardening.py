@@ -16,7 +16,6 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.files import LOCK_NAME
 from mrcom_core.locks import FolderLocked, folder_lock
 from mrcom_train.cli import main
-from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.training.checkpoint import latest_checkpoint, load_weights
 from mrcom_train.training.config import RunRequest
 from mrcom_train.training.trainer import Trainer
@@ -24,12 +23,6 @@ from mrcom_train.training.trainer import Trainer
 QUIET = dict(progress=False, log=lambda s: None)
 
 
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "ds"
-    collect(CollectConfig(domains=("cheetah",), scenarios_per_domain=1, episodes_per_scenario=2, episode_length=40),
-            out, **QUIET)
-    return out
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ from mrcom_core.registry import build_model, model_config
 from mrcom_export.exporter import export_model
 from mrcom_export.runtime import Runtime
 from mrcom_train.cli import main
-from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.training.checkpoint import best_checkpoint, latest_checkpoint, load_model, read_state
 from mrcom_train.training.config import RunRequest
 from mrcom_train.training.evaluation import KEY
@@ -165,12 +164,6 @@ def test_exports_with_parity_and_the_runtime_matches_eager(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ best checkpoint
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    out = tmp_path_factory.mktemp("data") / "ds"
-    collect(CollectConfig(domains=("cheetah",), scenarios_per_domain=1, episodes_per_scenario=2, episode_length=40),
-            out, **QUIET)
-    return out
 
 
 def _scripted(monkeypatch, errors: dict[int, float], seen: dict[int, dict]):
