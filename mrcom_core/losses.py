@@ -63,18 +63,13 @@ def reward_nll(model: BaseWorldModel, states: LatentState, batch: Batch) -> torc
     return 0.5 * torch.square(model.reward_scaled(states, batch["action"]) - model.scale_reward(batch["reward"]))
 
 
-def drop_last(state: LatentState) -> LatentState:
-    """``s_0 … s_{L-1}`` of a window's ``s_0 … s_L``."""
-    return LatentState(*(x[:, :-1] for x in state))
-
-
 # ----------------------------------------------------------------------------------------- MrCoM's terms
 def loss_var(model: BaseWorldModel, window: MrCoMWindow, batch: Batch) -> dict[str, torch.Tensor]:
     """``L_var`` (eq. 10): KL of u and h between prior and posterior, plus the negative log-likelihood of
     the observations (decoder) and the rewards (reward head), averaged over batch and window steps."""
     c = model.config
     recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
-    reward = reward_nll(model, drop_last(window.state), batch)  # (B, L)
+    reward = reward_nll(model, model.window_states(window), batch)  # (B, L)
     kl_u = torch.clamp(window.kl_u, min=c.kl_free_nats)
     kl_h = torch.clamp(window.kl_h, min=c.kl_free_nats)
     total = (kl_u + kl_h + recon).mean() + c.reward_loss_weight * reward.mean()
@@ -166,17 +161,18 @@ def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: 
     if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
-    loss = with_ensemble(model, drop_last(window.state), batch, noise, parts, loss)
+    loss = with_ensemble(model, window, batch, noise, parts, loss)
     parts["loss"] = loss
     return parts
 
 
-def with_ensemble(model: BaseWorldModel, states: LatentState, batch: Batch, noise: Batch, parts: dict,
+def with_ensemble(model: BaseWorldModel, window, batch: Batch, noise: Batch, parts: dict,
                   loss: torch.Tensor) -> torch.Tensor:
     """``loss`` plus, for a model with an ensemble (``config.ensemble`` > 0), its heads' own loss
-    (:func:`~mrcom_core.ensemble.loss_ensemble` on the detached latents ``states`` = ``s_0 … s_{L-1}``: it trains
-    the heads only), logged as ``parts["ensemble"]``."""
+    (:func:`~mrcom_core.ensemble.loss_ensemble` on the detached latents of ``window``,
+    :meth:`~mrcom_core.base.BaseWorldModel.window_states`: it trains the heads only), logged as
+    ``parts["ensemble"]``."""
     if model.ensemble_heads is None:
         return loss
-    parts["ensemble"] = loss_ensemble(model, states, batch, noise)
+    parts["ensemble"] = loss_ensemble(model, model.window_states(window), batch, noise)
     return loss + parts["ensemble"]

@@ -32,11 +32,10 @@ def cadm_loss(model: BaseWorldModel, window: CaDMWindow, batch: dict, noise: dic
     std = gaussian_std(window.prediction.std_raw, c.min_std)
     nll = 0.5 * torch.square((window.obs[:, 1:] - window.prediction.mean) / std) + torch.log(std)
     recon = (nll * batch["obs_mask"][:, None, :]).sum(-1).mean()
-    state = model.window_states(window)
-    reward = reward_nll(model, state, batch).mean()
+    reward = reward_nll(model, model.window_states(window), batch).mean()
     loss = c.lambda_var * (recon + c.reward_loss_weight * reward)
     parts = {"var": loss, "recon": recon, "reward": reward}
-    return {"loss": with_ensemble(model, state, batch, noise, parts, loss), **parts}
+    return {"loss": with_ensemble(model, window, batch, noise, parts, loss), **parts}
 
 
 class CaDM(BaseWorldModel):

@@ -24,7 +24,7 @@ from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
-from ..losses import drop_last, loss_overshoot, masked_sq_error, reward_nll, with_ensemble
+from ..losses import loss_overshoot, masked_sq_error, reward_nll, with_ensemble
 
 
 class RSSMWindow(NamedTuple):
@@ -41,14 +41,14 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
     c = model.config
     recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
     recon = recon.mean()
-    reward = reward_nll(model, drop_last(window.state), batch).mean()
+    reward = reward_nll(model, model.window_states(window), batch).mean()
     kl = window.kl_u
     loss = c.lambda_var * (torch.clamp(kl, min=c.kl_free_nats).mean() + recon + c.reward_loss_weight * reward)
     parts = {"var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
     if c.overshoot_horizon and overshoot:
         parts["overshoot"] = loss_overshoot(model, batch, noise)
         loss = loss + c.overshoot_weight * parts["overshoot"]
-    loss = with_ensemble(model, drop_last(window.state), batch, noise, parts, loss)
+    loss = with_ensemble(model, window, batch, noise, parts, loss)
     return {"loss": loss, **parts}
 
 
