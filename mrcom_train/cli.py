@@ -248,14 +248,22 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
                    "each).")
 @click.option("--arms", default="", help="Comma-separated subset of the arms: world models by name (`mrcom "
                                          "models`), sac, sac-g, oracle [default: all].")
+@click.option("--domains", default="", help="Comma-separated subset of the budget's domains to adapt on (the world "
+                                            "models still learn every one) [default: all].")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="An adaptation setting for every arm, as `mrcom adapt --set` (SAC (G=1) keeps G = 1), e.g. --set "
+                   "updates_per_step=20.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, out):
+def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, domains, sets, out):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
+    from mrcom_core.config import parse_assignments
+
     from .experiments.reproduce import run_reproduction
 
     chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
     run_reproduction(table, budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, what=what,
-                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), log=click.echo)
+                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), adapt=parse_assignments(sets),
+                     domains=tuple(d.strip() for d in domains.split(",") if d.strip()), log=click.echo)
     errors = f"{out}/errors{table}.md (+ per-split errors.csv, error_vs_horizon.png)"
     click.echo(f"done: {errors}" if what == "error" else
                f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png) and {errors}")

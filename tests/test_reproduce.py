@@ -94,6 +94,29 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
     assert read_json(tmp_path / "config.json", "config")["budget_settings"]["domains"] == ["cheetah"]
 
 
+def test_domains_and_set_customize_the_adaptation_cells(tmp_path, capsys):
+    """``--domains`` limits the cells (not what is collected), ``--set`` changes every arm's adaptation setting but
+    SAC (G=1)'s G; both are recorded; a setting the protocol owns is refused with one line."""
+    from mrcom_core.files import read_json
+    from mrcom_train.cli import main
+
+    main(["reproduce", "--table", "1", "--budget", "smoke", "--splits", "t1-a5b20", "--arms", "sac,sac-g",
+          "--domains", "cheetah", "--set", "updates_per_step=3", "--set", "real_ratio=0.2", "--out", str(tmp_path)])
+    cells = tmp_path / "t1-a5b20" / "adapt" / "in"
+    assert sorted(p.name for p in cells.iterdir()) == ["cheetah"]
+    g = {arm: read_json(cells / "cheetah" / arm / "s0" / "config.json", "config")["updates_per_step"]
+         for arm in ("sac", "sac-g")}
+    assert g == {"sac": 1, "sac-g": 3}
+    settings = read_json(tmp_path / "config.json", "config")["budget_settings"]
+    assert settings["adapt_domains"] == ["cheetah"] and settings["adapt"]["real_ratio"] == 0.2
+    table = (tmp_path / "table1.md").read_text()
+    assert "| Cheetah |" in table and "| Walker |" not in table
+    with pytest.raises(SystemExit) as info:
+        main(["reproduce", "--table", "1", "--budget", "smoke", "--set", "seed=3", "--out", str(tmp_path / "x")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert info.value.code == 2 and len(lines) == 1 and "--set seed: the protocol sets it" in lines[0]
+
+
 def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path, monkeypatch):
     """``--what error``: every model (and ablation) trained (two at a time in worker processes) and measured, the
     error tables and the error-vs-horizon chart written, no adaptation cell run."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
@@ -31,12 +31,12 @@ from ..datasets.dataset import is_complete
 from ..rl.adapt import AdaptConfig, Adapter
 from ..rl.scoring import FLOORS, floor_scores
 from ..rollout import BY_STEP, runtime_error
-from ..scenarios import DOMAINS
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
 from ..training.config import RunRequest
 from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
+from .budgets import BUDGETS, Budget, customized
 from .error_tables import write_error_summary, write_error_tables
 from .tables import ABLATED, ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
 
@@ -83,60 +83,6 @@ def label(method: str) -> str:
     return MODELS[method].label if method in MODELS else method
 
 
-@dataclass(frozen=True)
-class Budget:
-    scenarios_per_domain: int
-    episodes_per_scenario: int
-    episode_length: int
-    behaviour: str
-    preset: str
-    train_steps: int
-    export_horizon: int
-    eval_scenarios: int
-    adapt_env_steps: int
-    adapt_episode_length: int
-    adapt: dict
-    domains: tuple[str, ...] = tuple(DOMAINS)  # collected, evaluated and tabulated
-    collect: dict = field(default_factory=dict)  # extra CollectConfig fields for the training data
-    reference_env_steps: int | None = None  # SAC (G=1)'s env steps, when it runs longer (the efficiency reference)
-    eval_every: int | None = None  # adaptation's evaluation interval [default: a quarter of its env steps]
-
-
-# ``small``: sized to run Table 1 (c)/(d) for one split and 3 seeds in <= 4 h on 2 cores (see docs/results.md):
-# walker and cheetah only (hopper's cells would add half again, and SAC scores ~0 on it at 10k steps), 8
-# scenarios per domain collected by warm-started SAC chains (later scenarios by a policy that moves), the
-# `small` model for 3,000 updates (MrCoM's best checkpoint came at ~1,250 of 1,500 in the variant table),
-# SAC 2x128 with batch 128 and G = 4. ``paper``: the paper's scale on a many-core machine or a GPU: every
-# domain, 20 scenarios x 50 episodes, the `base` model, MBPO's G = 20 and 100,000 rollouts per round.
-BUDGETS = {
-    "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
-                    dict(learning_starts=50, model_rollout_every=50, rollout_batch=32, retain_rounds=2,
-                         horizon_start=1, horizon_end=2, updates_per_step=2, eval_episodes=1, sac_hidden=32,
-                         batch_size=32, refit_every=50, refit_steps=5)),
-    "small": Budget(8, 10, 1000, "sac", "small", 3000, 15, 2, 10_000, 1000,
-                    dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
-                         updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3,
-                         refit_every=1000),
-                    domains=("walker", "cheetah"),
-                    collect=dict(sac_chain=8, sac_hidden_dim=128, sac_batch_size=128)),
-    # The refit arms refit every 1,000 env steps at ``small`` and 2,500 at ``long`` (MBPO's 250 costs ~35 s of CPU
-    # per refit of the ``small`` model: 36 refits would add ~20 min to every 10,000-step cell).
-    # ``long``: the sample-efficiency measure: the model arms for 50,000 env steps, SAC (G=1) for 100,000, every
-    # arm evaluated every 2,500 steps, so each arm's steps to SAC (G=1)'s final return can be read off its curve
-    # (``--seeds 2``: two targets per domain and range).
-    "long": Budget(8, 10, 1000, "sac", "small", 3000, 15, 2, 50_000, 1000,
-                   dict(learning_starts=1000, model_rollout_every=250, rollout_batch=4000, retain_rounds=4,
-                        updates_per_step=4, real_ratio=0.05, sac_hidden=128, batch_size=128, eval_episodes=3,
-                        refit_every=2500),
-                   domains=("walker", "cheetah"), collect=dict(sac_chain=8, sac_hidden_dim=128, sac_batch_size=128),
-                   reference_env_steps=100_000, eval_every=2500),
-    "paper": Budget(20, 50, 1000, "sac", "base", 100_000, 15, 5, 200_000, 1000,
-                    dict(learning_starts=5000, model_rollout_every=250, rollout_batch=100_000, retain_rounds=4,
-                         updates_per_step=20, real_ratio=0.05, eval_episodes=10),
-                    collect=dict(sac_chain=5)),
-}
-
-
 def _done(path: Path) -> bool:
     return path.is_file()
 
@@ -161,12 +107,14 @@ def _measured(err_file: Path) -> bool:
 
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
                      ablations: bool = False, workers: int = 1, what: str = "all", arms: tuple[str, ...] = (),
+                     adapt: dict | None = None, domains: tuple[str, ...] = (),
                      log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}`` (empty with
     ``what="error"``, which stops after the prediction errors: no adaptation). ``arms``: only these methods
     (world models by registry name, ablations with ``ablations``, :data:`REFERENCE`'s ``sac``, ``sac-g``,
     ``oracle``, and MrCoM's adaptation :data:`VARIANTS`, which only run when named; default all but those);
-    with no world model among them nothing is collected, trained or exported."""
+    with no world model among them nothing is collected, trained or exported. ``adapt`` and ``domains``
+    customize the budget's adaptation (:func:`~mrcom_train.experiments.budgets.customized`)."""
     if what not in WHAT:
         raise UserInputError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     if table not in TABLE_SPLITS:
@@ -191,7 +139,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
                  *variants]
     if what == "error" and not methods:
         raise UserInputError("--what error measures world models, and --arms names none")
-    b = BUDGETS[budget_name]
+    b = customized(BUDGETS[budget_name], adapt, domains)
     out = Path(out)
     _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
@@ -218,7 +166,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
         if what == "error":
             continue
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in b.domains for method in arms]  # seed-major: early cells cover all
+                 for domain in b.cell_domains for method in arms]  # seed-major: early cells cover all
         _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
         curves: dict = {}
         floors: dict = {}
@@ -236,7 +184,7 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
     # the summaries cover every split of the table found under ``out``, so runs of one split at a time add up
     write_error_summary(out, table, budget_name, _present(out, table, "errors.md"))
     if what == "all":
-        write_summary(out, table, budget_name, results, _present(out, table, "table.md"), asdict(BUDGETS[budget_name]))
+        write_summary(out, table, budget_name, results, _present(out, table, "table.md"), asdict(b))
     return results
 
 
