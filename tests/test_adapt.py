@@ -47,8 +47,8 @@ def test_adaptation_reports_its_score_beside_the_floors_of_its_own_target(unifie
     assert result["floors"]["random"] == pytest.approx(_random_policy_score(config))  # uniform actions, same episodes
     assert result["floors"] == floor_scores(config.target(), config.eval_episodes, config.seed)
     lines = (tmp_path / "run" / "metrics.csv").read_text().strip().splitlines()
-    assert lines[0] == ("env_steps,normalized_return,imagined,reward_mae,reward_real_mean,obs_nmse,wall_s,"
-                        "imagined_per_s,disagreement,gate_kept")  # the model has an ensemble: each round's gate
+    assert lines[0] == ("env_steps,normalized_return,imagined,reward_mae,reward_real_mean,obs_nmse,real_disagreement,"
+                        "disagreement_error_corr,wall_s,imagined_per_s,disagreement,gate_kept")  # with an ensemble
     rows = list(csv.DictReader(lines))
     assert len([r for r in rows if r["normalized_return"]]) == 2  # at env step 0 and at the end
     rounds = [r for r in rows if r["gate_kept"]]

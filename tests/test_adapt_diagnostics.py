@@ -12,6 +12,7 @@ from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.rl.adapt import DIAGNOSTICS, AdaptConfig, Adapter
+from mrcom_train.rl.diagnostics import ENSEMBLE_DIAGNOSTICS
 from mrcom_train.rl.gate import GATE_FIELDS
 from mrcom_train.scenarios import ScenarioEnv, ScenarioSpec
 from mrcom_train.scenarios.obs_reward import com_x_velocity, reward_from_obs
@@ -91,14 +92,15 @@ def test_model_error_is_logged_at_every_evaluation(unified_export, tmp_path):
     adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", unified_export, **QUIET)
     result = adapter.run()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
-    assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, "wall_s", "imagined_per_s",
-                             *GATE_FIELDS]  # the model has an ensemble: every imagination round logs its gate
+    assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, *ENSEMBLE_DIAGNOSTICS,
+                             "wall_s", "imagined_per_s", *GATE_FIELDS]  # the model has an ensemble
     rows = [r for r in rows if r["normalized_return"]]  # the evaluations
     assert [r["env_steps"] for r in rows] == ["0", "100", "200"]
     assert all(rows[0][k] == "" for k in DIAGNOSTICS)  # no real transition yet
     for row in rows[1:]:
         values = {k: float(row[k]) for k in DIAGNOSTICS}
         assert all(np.isfinite(v) and v >= 0 for v in values.values()), values
+        assert float(row["real_disagreement"]) > 0 and -1 <= float(row["disagreement_error_corr"]) <= 1
     saved = json.loads((tmp_path / "run" / "result.json").read_text())
     assert {k: saved[k] for k in DIAGNOSTICS} == {k: float(rows[-1][k]) for k in DIAGNOSTICS} == {
         k: result[k] for k in DIAGNOSTICS}

@@ -50,7 +50,7 @@ from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
 from . import adapt_checkpoint as checkpoint
 from . import diagnostics, gate, refit
 from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
-from .diagnostics import DIAGNOSTICS
+from .diagnostics import DIAGNOSTICS, ENSEMBLE_DIAGNOSTICS
 from .oracle import OracleRollouts
 from .sac import SAC, ReplayBuffer, SACConfig
 from .scoring import evaluate_policy, floor_scores
@@ -264,10 +264,10 @@ class Adapter:
         self.log(f"adapting SAC{arm} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        measured = DIAGNOSTICS if c.use_model else ()  # before the timings: those differ between runs
+        gated = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
+        measured = (*(DIAGNOSTICS if c.use_model else ()), *(ENSEMBLE_DIAGNOSTICS if gated else ()))  # before timings
         adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
         refits = refit.REFIT_FIELDS if self.refitter is not None else ()
-        gated = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
         gates = gate.GATE_FIELDS if gated else ()
         metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
                                             "imagined_per_s", *adaptive, *refits, *gates], self.step)

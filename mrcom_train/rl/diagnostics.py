@@ -9,6 +9,10 @@ the real action taken there, one step (the model with sampled latents). It retur
 * ``reward_mae``: mean |r̂ − r| of the reward imagined transitions get (``imagined_reward="true"``: the true
   reward of the predicted observation, so the error the dynamics cause in it);
 * ``reward_real_mean``: mean |r|, for scale;
+* with a model's ensemble, ``real_disagreement`` (the elites' mean disagreement on these transitions, to set
+  beside the disagreement of the imagined ones) and ``disagreement_error_corr`` (Pearson's correlation across
+  the transitions between the disagreement and each one's relative error, the larger of its reward error over
+  the mean |r| and its observation error: how well the gate's signal points at the model's errors);
 * ``obs_nmse``: squared error of the next observation over the scenario's dims, each normalised by the
   export's observation statistics (``(o − obs_mean) / obs_std``: the open-loop error of ``mrcom rollout`` at
   horizon 1, :func:`~mrcom_train.training.evaluation.open_loop_error`); for the oracle, which has none, by the
@@ -28,6 +32,7 @@ import numpy as np
 from ..training.evaluation import open_loop_error
 
 DIAGNOSTICS = ("reward_mae", "reward_real_mean", "obs_nmse")  # model_error's keys
+ENSEMBLE_DIAGNOSTICS = ("real_disagreement", "disagreement_error_corr")  # and with a model's ensemble
 DIAGNOSTIC_STARTS = 256  # real transitions it measures at each evaluation (drawn with replacement)
 _DIAGNOSTIC_STREAM = 0x6D6F64656C  # its random stream: default_rng([seed, env step, this])
 
@@ -47,6 +52,7 @@ def model_error(adapter, last: int | None = None) -> dict[str, float]:
     action = np.stack([ep["action"][t] for ep, t in picks])
     real_next = np.stack([ep["obs"][t + 1] for ep, t in picks])
     real_reward = np.array([ep["reward"][t] for ep, t in picks], np.float64)
+    disagreement = None  # the ensemble's, where the model has one
     if adapter.cfg.oracle:
         oracle = adapter.imagined_env
         oracle.reset(options=adapter._start(picks))
@@ -58,14 +64,23 @@ def model_error(adapter, last: int | None = None) -> dict[str, float]:
         posterior_steps = runtime.history_len - runtime.context_len + 1  # 1 unless the context is recurrent
         runtime.reset(*adapter._prompts(picks), noise={k: rng.standard_normal((B, posterior_steps, lat[k]),
                                                                               np.float32) for k in ("u", "h")})
+        disagreement = runtime.uncertainty(action)["disagreement"] if runtime.has_ensemble else None
         pred, reward, _ = runtime.step(action, noise={k: rng.standard_normal((B, lat[k]), np.float32)
                                                       for k in ("u", "h")})
         mean, std = (np.asarray(runtime.manifest[k], np.float32)[:od] for k in ("obs_mean", "obs_std"))
     reward = adapter._imagined_reward(reward, pred)
     nmse = open_loop_error(((pred[:, :od] - mean) / std)[:, None], ((real_next[:, :od] - mean) / std)[:, None],
                            np.ones((B, od)))
-    return {"reward_mae": float(np.mean(np.abs(reward - real_reward))),
-            "reward_real_mean": float(np.mean(np.abs(real_reward))), "obs_nmse": float(np.mean(nmse))}
+    out = {"reward_mae": float(np.mean(np.abs(reward - real_reward))),
+           "reward_real_mean": float(np.mean(np.abs(real_reward))), "obs_nmse": float(np.mean(nmse))}
+    if disagreement is not None:
+        # each transition's error as relative_error scores the mean: does the ensemble part where the model errs?
+        error = np.maximum(np.abs(reward - real_reward) / max(out["reward_real_mean"], 0.01), nmse)
+        spread = np.std(disagreement) * np.std(error)
+        out["real_disagreement"] = float(np.mean(disagreement))
+        out["disagreement_error_corr"] = (float(np.mean((disagreement - disagreement.mean()) * (error - error.mean()))
+                                                / spread) if spread > 0 else math.nan)
+    return out
 
 
 def relative_error(error: dict[str, float]) -> float:
