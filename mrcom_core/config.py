@@ -160,6 +160,9 @@ class ModelConfig:
         if self.history_len and self.history_len < self.context_len:
             raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
                                  f"({self.context_len})")
+        for name in ("ensemble", "ensemble_elites"):  # one member (or elite) cannot disagree with itself
+            if getattr(self, name) == 1:
+                raise UserInputError(f"model.{name} must be 0 or >= 2 (one member has no disagreement), got 1")
         if self.ensemble_elites > self.ensemble:
             raise UserInputError(f"model.ensemble_elites ({self.ensemble_elites}) must be at most model.ensemble "
                                  f"({self.ensemble})")

@@ -3,14 +3,17 @@
 ``ModelConfig.ensemble`` = K > 0 gives a world model K small MLPs (:class:`EnsembleHeads`, one batched
 module) that each predict, from ``[s_t, a_t]``, the next normalized observation ``o_{t+1}`` and the reward
 ``r_t`` in the reward head's scale, as Plan2Explore's ensemble of one-step predictors reads an RSSM's state.
-They train on the posterior latents of real windows with the latents detached (so they never shape the
-world model), each on its own bootstrap of the batch: every window counts twice or not at all for a member
-(:func:`bootstrap_weights`, a double-or-nothing bootstrap drawn from standard-normal noise like every other
-random input). Where the members were trained their predictions agree; where the agent takes the model
-into states no data covered they part, and :func:`disagreement` says by how much.
+They train on the posterior latents of real windows with the latents detached (so their loss never shapes
+the world model; only the trainer's one gradient-norm clip sees both), each batch resampled for each member:
+every window counts twice or not at all for a member (:func:`bootstrap_weights`, an online double-or-nothing
+bootstrap drawn afresh for every batch from standard-normal noise, like every other random input), so the
+members differ by their initial weights and the windows each saw when. The members' LayerNorms share their
+scale and shift (one ``nn.LayerNorm`` per hidden layer); everything else is per member. Where the members
+were trained their predictions agree; where the agent takes the model into states no data covered they part,
+and :func:`disagreement` says by how much.
 
 Elites (MBPO keeps 5 of 7): ``ensemble_elites`` members with the lowest error on held-out data
-(:func:`member_errors`, :func:`choose_elites`) make up the ``elites`` mask, a buffer saved with the weights
+(:func:`held_out_errors`, :func:`choose_elites`) make up the ``elites`` mask, a buffer saved with the weights
 and used by the exported ``ensemble`` graph; the trainer chooses them at every evaluation and a refit after
 each fine-tuning.
 """
@@ -44,7 +47,8 @@ class EnsembleLinear(nn.Module):
 
 class EnsembleHeads(nn.Module):
     """K MLPs ``hidden_layers`` × (Linear → LayerNorm → SiLU) → Linear, as :func:`~mrcom_core.layers.mlp`
-    builds one, evaluated as one batched module: ``(..., in_dim)`` → ``(..., K, out_dim)``."""
+    builds one (each LayerNorm's scale and shift shared by the members), evaluated as one batched module:
+    ``(..., in_dim)`` → ``(..., K, out_dim)``."""
 
     def __init__(self, members: int, in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int):
         super().__init__()
@@ -96,7 +100,9 @@ def disagreement(obs: torch.Tensor, reward: torch.Tensor, elites: torch.Tensor) 
     """How far the elite members part: the root-mean-square over the prediction's dims (normalized
     observation and scaled reward) of their standard deviation across members; ``(..., K, D)``, ``(..., K)``
     and the ``elites`` mask (K,) → ``(...)``. 0 where the elites agree; about 1 where they differ by as much as
-    the quantities vary in the data."""
+    the quantities vary in the data. Every one of the D padded observation dims counts (the graph knows no
+    scenario's mask; the members learn a padded dim's constant and agree on it), so a scenario with fewer real
+    dims reads lower by a constant factor: a percentile threshold is unaffected, a penalty's weight is not."""
     both = torch.cat([obs, reward[..., None]], dim=-1)  # (..., K, D+1)
     w = elites[:, None] / elites.sum()
     mean = (both * w).sum(-2, keepdim=True)
@@ -125,6 +131,7 @@ def held_out_errors(model, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def update_elites(model, errors: torch.Tensor) -> float:
     """Set ``model.elites`` from the members' held-out ``errors`` (K,) (:func:`choose_elites` with
     ``config.ensemble_elites``); returns the elites' mean error."""
-    mask = choose_elites(errors.float().cpu(), model.config.ensemble_elites).to(model.elites.device)
-    model.elites.copy_(mask)
-    return float((errors.float().cpu() * mask.cpu()).sum() / mask.sum())
+    errors = errors.float().cpu()
+    mask = choose_elites(errors, model.config.ensemble_elites)
+    model.elites.copy_(mask.to(model.elites.device))
+    return float(errors[mask.bool()].mean())

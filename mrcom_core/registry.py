@@ -62,11 +62,15 @@ def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] =
                  overrides: dict | None = None, **data_dims) -> ModelConfig:
     """A checked :class:`ModelConfig` from, in order of precedence (last wins): the model class's own
     ``defaults`` (the class named by ``overrides["model_type"]``, else ``mrcom``), the preset, ablation names,
-    data dims and field overrides."""
+    data dims and field overrides. An ``ensemble`` override without ``ensemble_elites`` keeps the default elites
+    count where it fits (``ensemble=3``: 3 elites; ``ensemble=0``: none)."""
     overrides = overrides or {}
     name = str(overrides.get("model_type", ModelConfig.model_type))
     config = apply_overrides(ModelConfig(), {**model_class(name).defaults, **preset_values(preset, ablations),
                                              **data_dims})
+    if "ensemble" in overrides and "ensemble_elites" not in overrides:  # a smaller ensemble keeps what elites it can
+        members = apply_overrides(ModelConfig(), {"ensemble": overrides["ensemble"]}).ensemble
+        overrides = {**overrides, "ensemble_elites": min(config.ensemble_elites, members)}
     return check_config(apply_overrides(config, overrides))
 
 

@@ -79,6 +79,8 @@ def test_elites_are_the_members_with_the_lowest_held_out_error():
     mean = ensemble.update_elites(model, errors)
     assert model.elites.sum() == 4 and model.elites[errors.argmax()] == 0
     assert mean == pytest.approx(float(errors[model.elites.bool()].mean()))
+    worst = torch.tensor([0.1, 0.2, 0.3, 0.4, float("nan")])  # a diverged member is never an elite nor counted
+    assert ensemble.update_elites(model, worst) == pytest.approx(0.25) and model.elites.tolist() == [1, 1, 1, 1, 0]
 
 
 def test_ensemble_switches_are_validated_with_the_field_named():
@@ -87,6 +89,12 @@ def test_ensemble_switches_are_validated_with_the_field_named():
     with pytest.raises(UserInputError, match="model.ensemble must be an integer >= 0"):
         model_config("tiny", overrides={"ensemble": -1}, **DIMS)
     assert _model(ensemble=0, ensemble_elites=0).ensemble_heads is None
+    # a smaller ensemble alone keeps the elites it can; one member (or elite) is refused: it has no disagreement
+    assert model_config("tiny", overrides={"ensemble": "3"}, **DIMS).ensemble_elites == 3
+    assert model_config("tiny", overrides={"ensemble": 0}, **DIMS).ensemble_elites == 0
+    for overrides in ({"ensemble": 1}, {"ensemble_elites": 1}):
+        with pytest.raises(UserInputError, match="must be 0 or >= 2"):
+            model_config("tiny", overrides=overrides, **DIMS)
 
 
 def test_the_exported_graph_the_runtime_and_the_vector_env_report_every_head(tmp_path):

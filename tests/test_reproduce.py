@@ -111,10 +111,24 @@ def test_domains_and_set_customize_the_adaptation_cells(tmp_path, capsys):
     assert settings["adapt_domains"] == ["cheetah"] and settings["adapt"]["real_ratio"] == 0.2
     table = (tmp_path / "table1.md").read_text()
     assert "| Cheetah |" in table and "| Walker |" not in table
-    with pytest.raises(SystemExit) as info:
-        main(["reproduce", "--table", "1", "--budget", "smoke", "--set", "seed=3", "--out", str(tmp_path / "x")])
-    lines = capsys.readouterr().err.strip().splitlines()
-    assert info.value.code == 2 and len(lines) == 1 and "--set seed: the protocol sets it" in lines[0]
+    capsys.readouterr()
+    for sets, message in ((["seed=3"], "--set seed: the protocol sets it"),
+                          (["imagined_reward=true"], "imagined_reward=true needs"),  # smoke's hopper, before any work
+                          (["updates_per_step=4", "real_ratio=0.2"], "it ran with updates_per_step=3, now 4")):
+        domain = "cheetah" if "real_ratio=0.2" in sets else "hopper"  # the finished cells; or a domain it refuses
+        with pytest.raises(SystemExit) as info:
+            main(["reproduce", "--table", "1", "--budget", "smoke", "--splits", "t1-a5b20", "--arms", "sac,sac-g",
+                  "--domains", domain, *(x for s in sets for x in ("--set", s)), "--out", str(tmp_path)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    # a world model's settings leave the arms without one alone
+    from mrcom_train.experiments.budgets import BUDGETS, customized
+    from mrcom_train.experiments.reproduce import _cell_config
+
+    gated = customized(BUDGETS["smoke"], {"gate": "truncate", "refit": "all"})
+    assert _cell_config("t1-a5b20", "in", "cheetah", "sac", 0, gated).gate == "none"
+    assert _cell_config("t1-a5b20", "in", "cheetah", "oracle", 0, gated).refit == "none"
+    assert _cell_config("t1-a5b20", "in", "cheetah", "mrcom", 0, gated).gate == "truncate"
 
 
 def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path, monkeypatch):

@@ -205,13 +205,6 @@ class DatasetWriter:
             files = file_checksums(episode_dir(self.root, scenario, episode), FILES)
         self.records[(scenario, episode)] = self._record(scenario, episode, length, ret, files)
 
-    def reward_stats(self) -> tuple[float, float]:
-        """Mean and std of the rewards over every step of every episode (std 1 when they are constant): the
-        reward head's target scale under ``model.reward_scale="unit"``."""
-        rewards = np.concatenate([np.asarray(self.episode(i)["reward"], np.float64) for i in range(len(self))])
-        mean, std = float(rewards.mean()), float(rewards.std())
-        return mean, (std if std >= 1e-6 else 1.0)
-
     def episodes_of(self, scenario: int) -> list[int]:
         return sorted(ep for (s, ep) in self.records if s == scenario)
 

@@ -29,6 +29,7 @@ from mrcom_export.manifest import ExportError, read_manifest
 from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
 from ..rl.adapt import AdaptConfig, Adapter
+from ..rl.adapt_checkpoint import check_config
 from ..rl.scoring import FLOORS, floor_scores
 from ..rollout import BY_STEP, runtime_error
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
@@ -36,7 +37,7 @@ from ..training.config import RunRequest
 from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
-from .budgets import BUDGETS, Budget, customized
+from .budgets import BUDGETS, WORLD_MODEL_ONLY, Budget, customized
 from .error_tables import write_error_summary, write_error_tables
 from .tables import ABLATED, ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
 
@@ -140,6 +141,10 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
     if what == "error" and not methods:
         raise UserInputError("--what error measures world models, and --arms names none")
     b = customized(BUDGETS[budget_name], adapt, domains)
+    for split in chosen:  # every arm's adaptation config, before any work (a bad setting is one line now, not later)
+        for method in cell_arms:
+            for domain in b.cell_domains:
+                _cell_config(split, "in", domain, method, 0, b)
     out = Path(out)
     _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
@@ -167,7 +172,10 @@ def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, c
             continue
         cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
                  for domain in b.cell_domains for method in arms]  # seed-major: early cells cover all
-        _run_cells(root, split, [c for c in cells if not _done(_cell_dir(root, *c) / "result.json")], b, workers, log)
+        done = [c for c in cells if _done(_cell_dir(root, *c) / "result.json")]
+        for c in done:  # a finished cell counts only if it ran with this run's settings
+            check_config(_cell_dir(root, *c), _cell_config(split, *c, b))
+        _run_cells(root, split, [c for c in cells if c not in done], b, workers, log)
         curves: dict = {}
         floors: dict = {}
         for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
@@ -278,7 +286,8 @@ def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int,
     return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=steps,
                        episode_length=b.adapt_episode_length, eval_every=b.eval_every or max(1, steps // 4),
                        checkpoint_every=max(b.adapt_episode_length, steps // 10),
-                       **{**b.adapt, "use_model": method not in MODEL_FREE,
+                       **{**{k: v for k, v in b.adapt.items() if method not in REFERENCE or k not in WORLD_MODEL_ONLY},
+                          "use_model": method not in MODEL_FREE,
                           **({"updates_per_step": 1} if method == SAC else {}),
                           **({"imagination": "oracle"} if method == ORACLE else {}), **VARIANTS.get(method, {})})
 

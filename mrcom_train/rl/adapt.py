@@ -264,11 +264,12 @@ class Adapter:
         self.log(f"adapting SAC{arm} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
-        gated = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
-        measured = (*(DIAGNOSTICS if c.use_model else ()), *(ENSEMBLE_DIAGNOSTICS if gated else ()))  # before timings
+        ensemble = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
+        # the diagnostics before the timings (those differ between runs)
+        measured = (*(DIAGNOSTICS if c.use_model else ()), *(ENSEMBLE_DIAGNOSTICS if ensemble else ()))
         adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
         refits = refit.REFIT_FIELDS if self.refitter is not None else ()
-        gates = gate.GATE_FIELDS if gated else ()
+        gates = gate.GATE_FIELDS if ensemble else ()
         metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
                                             "imagined_per_s", *adaptive, *refits, *gates], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)
@@ -310,7 +311,7 @@ class Adapter:
                 if c.use_model and self.step >= c.learning_starts and self.step % c.model_rollout_every == 0:
                     with self._with_live(episode):  # the current episode's states count as start states too
                         self.imagine(c.horizon(self.step))
-                        if gated and self.last_round:
+                        if ensemble and self.last_round:
                             metrics.write(self.step, self.last_round,
                                           {f"gate/{k}": v for k, v in self.last_round.items()})
                         if c.real_ratio_mode == "model_error":

@@ -145,15 +145,23 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0]})") from None
 
 
+def with_optional_buffers(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``weights`` with the model's own values of the buffers a checkpoint written before they existed lacks
+    (:attr:`~mrcom_core.base.BaseWorldModel.optional_buffers`: the reward scale of a ``reward_scale="raw"``
+    model, whose identity scale is what it trained with)."""
+    if not (isinstance(model, BaseWorldModel) and model.config.reward_scale == "raw"):
+        return weights
+    expected = model.state_dict()
+    return {**{k: expected[k] for k in model.optional_buffers if k in expected}, **weights}
+
+
 def load_weights(path: Path | str, model: torch.nn.Module) -> None:
     """Load ``model.safetensors`` into ``model``; every name and shape must match, else an error naming the
     first tensor that does not."""
     file = Path(path) / "model.safetensors"
     weights = _load_tensors(file)
     expected = model.state_dict()
-    if isinstance(model, BaseWorldModel) and model.config.reward_scale == "raw":
-        # saved before the reward's scale was kept with the weights: the model's identity scale is what it used
-        weights = {**{k: expected[k] for k in model.optional_buffers if k in expected}, **weights}
+    weights = with_optional_buffers(model, weights)
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
