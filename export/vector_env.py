@@ -3,8 +3,9 @@
 Standard RL code (SAC, PPO, …) can train inside the model, and ``mrcom adapt`` generates its imagined
 transitions through it: each ``reset`` starts every sub-environment from a prompt trajectory of the target
 scenario (``options={"prompts": …}``, or B drawn from the ``prompts`` given at construction), each ``step``
-is one batched call of the runtime (two with an ensemble: each step's ``info["disagreement"]`` (B,) says how far
-the ensemble's elites part on that transition, :meth:`~mrcom_export.runtime.Runtime.uncertainty`). Episodes
+is one batched call of the runtime (two when it measures uncertainty, which a model with an ensemble does by
+default: each step's ``info["disagreement"]`` (B,) says how far the ensemble's elites part on that transition,
+:meth:`~mrcom_export.runtime.Runtime.uncertainty`; ``uncertainty=False`` skips that second call). Episodes
 last ``horizon`` imagined steps (settable between resets) and are truncated together; the step after a
 truncation resets them (Gymnasium's ``NEXT_STEP`` autoreset).
 Needs gymnasium, numpy, onnxruntime.
@@ -44,15 +45,19 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
             scenario; a reset without ``options["prompts"]`` draws B of them (with replacement).
         horizon: imagined steps per episode.
         seed: seeds the prompt choice (``reset(seed=…)`` reseeds it and the runtime's noise).
+        uncertainty: whether each step reports ``info["disagreement"]`` (one more batched call of the runtime's
+            ``ensemble`` graph, 0.2–0.45 of an imagined step's cost); ``None``: whenever the model has an ensemble.
+            ``True`` for a model without one is an error. Settable between steps.
     """
 
     metadata = {"autoreset_mode": AutoresetMode.NEXT_STEP}
 
     def __init__(self, runtime: Runtime, num_envs: int, prompts: Prompts | None = None, horizon: int = 15,
-                 seed: int = 0):
+                 seed: int = 0, uncertainty: bool | None = None):
         if num_envs < 1:
             raise ExportError(f"num_envs must be >= 1, got {num_envs}")
         self.runtime = runtime
+        self.uncertainty = runtime.has_ensemble if uncertainty is None else uncertainty
         self.prompts = None if prompts is None else _as_prompts(prompts)
         self.num_envs = num_envs
         self.horizon = horizon
@@ -64,6 +69,17 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
         self._rng = np.random.default_rng(seed)
         self._t = 0
         self._needs_reset = True
+
+    @property
+    def uncertainty(self) -> bool:
+        return self._uncertainty
+
+    @uncertainty.setter
+    def uncertainty(self, value: bool) -> None:
+        if value and not self.runtime.has_ensemble:
+            raise ExportError(f"uncertainty=True needs a model exported with ensemble heads; {self.runtime.root} "
+                              "has none (train with model.ensemble > 0)")
+        self._uncertainty = bool(value)
 
     @property
     def horizon(self) -> int:
@@ -100,7 +116,7 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
             obs, info = self.reset()
             return obs, np.zeros(B, np.float32), np.zeros(B, bool), np.zeros(B, bool), info
         actions = real_array("actions", actions, f"({B}, act_dim)").reshape(B, -1)
-        info = {"disagreement": self.runtime.uncertainty(actions)["disagreement"]} if self.runtime.has_ensemble else {}
+        info = {"disagreement": self.runtime.uncertainty(actions)["disagreement"]} if self._uncertainty else {}
         obs, reward, _ = self.runtime.step(actions)
         self._t += 1
         truncated = np.full(B, self._t >= self.horizon)

@@ -88,12 +88,15 @@ def test_bad_imagined_reward_exits_2_before_the_run(tmp_path, capsys, sets, mess
 
 
 # --------------------------------------------------------------------------------------- in adaptation
-def test_model_error_is_logged_at_every_evaluation(unified_export, tmp_path):
-    adapter = Adapter(AdaptConfig(**TINY), tmp_path / "run", unified_export, **QUIET)
+def test_model_error_and_the_gate_are_logged(unified_export, tmp_path):
+    adapter = Adapter(AdaptConfig(**TINY, gate="truncate"), tmp_path / "run", unified_export, **QUIET)
     result = adapter.run()
     rows = list(csv.DictReader(open(tmp_path / "run" / "metrics.csv")))
     assert list(rows[0]) == ["env_steps", "normalized_return", "imagined", *DIAGNOSTICS, *ENSEMBLE_DIAGNOSTICS,
-                             "wall_s", "imagined_per_s", *GATE_FIELDS]  # the model has an ensemble
+                             "wall_s", "imagined_per_s", *GATE_FIELDS]  # the model has an ensemble, and a gate
+    rounds = [r for r in rows if r["gate_kept"]]  # every imagination round
+    assert rounds
+    assert all(0 < float(r["gate_kept"]) <= 1 and float(r["disagreement"]) > 0 for r in rounds)
     rows = [r for r in rows if r["normalized_return"]]  # the evaluations
     assert [r["env_steps"] for r in rows] == ["0", "100", "200"]
     assert all(rows[0][k] == "" for k in DIAGNOSTICS)  # no real transition yet

@@ -126,6 +126,9 @@ def test_the_exported_graph_the_runtime_and_the_vector_env_report_every_head(tmp
     env.reset(seed=0)
     info = env.step(action)[4]
     assert info["disagreement"].shape == (B,) and np.all(info["disagreement"] > 0)
+    env = ImaginedVectorEnv(rt, B, prompts=prompts, horizon=1, uncertainty=False)  # the ensemble graph skipped
+    env.reset(seed=0)
+    assert "disagreement" not in env.step(action)[4]
 
     plain = _model(ensemble=0, ensemble_elites=0).eval()
     export_model(plain, tmp_path / "p", formats=("onnx",), horizon=2, blocks=False, log=lambda s: None)
@@ -137,6 +140,8 @@ def test_the_exported_graph_the_runtime_and_the_vector_env_report_every_head(tmp
     env = ImaginedVectorEnv(rt, B, prompts=prompts, horizon=1)
     env.reset(seed=0)
     assert "disagreement" not in env.step(action)[4]
+    with pytest.raises(UserInputError, match="uncertainty=True needs a model exported with ensemble heads"):
+        ImaginedVectorEnv(rt, B, uncertainty=True)
 
 
 # ------------------------------------------------------------------------------------------------ the gate

@@ -95,7 +95,9 @@ class Adapter:
             if export_dir is None:
                 raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
             runtime = Runtime(export_dir, seed=config.seed, threads=threads)
-            self.imagined_env = ImaginedVectorEnv(runtime, config.rollout_batch, seed=config.seed)
+            # the disagreement costs one more batched call per imagined step: measured only for the gate
+            self.imagined_env = ImaginedVectorEnv(runtime, config.rollout_batch, seed=config.seed,
+                                                  uncertainty=config.gate != "none" and runtime.has_ensemble)
             self.history = runtime.history_len
             space = UnifiedSpace(runtime.obs_dim, runtime.act_dim)
             if space.obs_dim < od or space.act_dim < ad:
@@ -269,7 +271,7 @@ class Adapter:
         measured = (*(DIAGNOSTICS if c.use_model else ()), *(ENSEMBLE_DIAGNOSTICS if ensemble else ()))
         adaptive = ("real_ratio", "recent_error") if c.real_ratio_mode == "model_error" else ()
         refits = refit.REFIT_FIELDS if self.refitter is not None else ()
-        gates = gate.GATE_FIELDS if ensemble else ()
+        gates = gate.GATE_FIELDS if ensemble and c.gate != "none" else ()
         metrics = MetricsLog(self.run_dir, ["env_steps", "normalized_return", "imagined", *measured, "wall_s",
                                             "imagined_per_s", *adaptive, *refits, *gates], self.step)
         bar = tqdm(total=c.env_steps, initial=self.step, unit="step", disable=not self.progress, dynamic_ncols=True)

@@ -57,10 +57,10 @@ class AdaptConfig:
     export (its manifest names it, or ``Adapter(run=…)`` / ``mrcom adapt --run``).
 
     ``gate``: what the world model's ensemble disagreement (:mod:`~mrcom_train.rl.gate`; the export needs an
-    ensemble) does to imagined transitions: ``"none"`` (nothing; it is still logged), ``"truncate"`` (MACURA:
-    a rollout stops at the first step whose disagreement exceeds the ``gate_percentile``-th percentile of the
-    round's first-step disagreement, the step not kept) or ``"penalty"`` (MOPO: the reward minus
-    ``gate_penalty`` × disagreement).
+    ensemble) does to imagined transitions: ``"none"`` (nothing, and not measured on imagined steps),
+    ``"truncate"`` (MACURA: a rollout stops at the first step whose disagreement exceeds the
+    ``gate_percentile``-th percentile of the round's first-step disagreement, the step not kept) or
+    ``"penalty"`` (MOPO: the reward minus ``gate_penalty`` × disagreement).
 
     ``imagination``: what the imagined rollouts come from: ``"model"`` (the exported world model) or
     ``"oracle"`` (the target's own simulator branched from the stored real states,

@@ -9,9 +9,10 @@ imagined transition, how far its elite members disagree (:meth:`~mrcom_export.ru
   the disagreement at the round's first step, which starts from real states; a rollout whose disagreement
   exceeds it stops there (that transition and every later one of the rollout are dropped);
 * ``"penalty"`` (MOPO, Yu et al. 2020): every imagined reward minus ``gate_penalty`` × disagreement;
-* ``"none"``: nothing, but the disagreement is still measured and logged.
+* ``"none"``: nothing; the disagreement is not measured (it costs one more batched call of the runtime per
+  imagined step), only at evaluations on the agent's real transitions (:mod:`~mrcom_train.rl.diagnostics`).
 
-Each round records the mean disagreement of the transitions it generated and the share it kept
+With a gate, each round records the mean disagreement of the transitions it generated and the share it kept
 (:data:`GATE_FIELDS`, in ``metrics.csv`` and TensorBoard).
 """
 
@@ -28,7 +29,8 @@ GATE_FIELDS = ("disagreement", "gate_kept")  # what each imagination round logs 
 def imagine_round(adapter, horizon: int) -> tuple[int, dict[str, float]]:
     """One round of ``adapter``'s (:class:`~mrcom_train.rl.adapt.Adapter`) imagined rollouts from real states
     into its model buffer (resized first to hold the latest ``retain_rounds`` rounds at this horizon). Returns
-    the transitions added and the round's :data:`GATE_FIELDS` (empty without an ensemble)."""
+    the transitions added and the round's :data:`GATE_FIELDS` (empty when the env reports no disagreement: the
+    adapter's measures it only with a gate)."""
     cfg, start = adapter.cfg, time.perf_counter()
     adapter.model.resize(cfg.retain_rounds * cfg.rollout_batch * horizon)
     env = adapter.imagined_env
