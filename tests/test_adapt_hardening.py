@@ -463,3 +463,22 @@ def test_a_garbage_policy_file_is_one_line_without_unsafe_advice(tmp_path, kind)
     good = tmp_path / "good.pt"
     torch.save({"agent": SAC(5, 2).state_dict()}, good)
     assert load_actor(good).obs_dim == 5
+
+
+def test_a_model_free_run_resumes_whatever_its_imagination_settings_but_a_model_run_does_not(tmp_path):
+    """The resume check compares the fields a run reads: a model-free run never reads the imagination settings, so
+    a budget that changes them (say the real ratio of the model arms) still resumes its finished SAC cells."""
+    from mrcom_train.rl.adapt_checkpoint import check_config
+    from mrcom_train.rl.adapt_config import IMAGINATION_FIELDS
+
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(TINY)))
+    changed = dataclasses.replace(TINY, real_ratio=0.5, rollout_batch=99, refit_every=7)
+    check_config(tmp_path, changed)
+    assert set(TINY.unused_fields()) == set(IMAGINATION_FIELDS) and "real_ratio" in IMAGINATION_FIELDS
+    with pytest.raises(UserInputError, match="ran with batch_size=32, now 64"):  # a field SAC reads
+        check_config(tmp_path, dataclasses.replace(TINY, batch_size=64))
+    model = dataclasses.replace(TINY, use_model=True)
+    assert model.unused_fields() == ()
+    (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(model)))
+    with pytest.raises(UserInputError, match="ran with real_ratio=0.05, now 0.5"):
+        check_config(tmp_path, dataclasses.replace(model, real_ratio=0.5))

@@ -121,6 +121,11 @@ def test_domains_and_set_customize_the_adaptation_cells(tmp_path, capsys):
                   "--domains", domain, *(x for s in sets for x in ("--set", s)), "--out", str(tmp_path)])
         lines = capsys.readouterr().err.strip().splitlines()
         assert info.value.code == 2 and len(lines) == 1 and message in lines[0], lines
+    # the model-free cells never read the imagination settings, so another real ratio reuses them as they are
+    finished = {p: p.stat().st_mtime_ns for p in cells.glob("cheetah/*/s0/result.json")}
+    main(["reproduce", "--table", "1", "--budget", "smoke", "--splits", "t1-a5b20", "--arms", "sac,sac-g",
+          "--domains", "cheetah", "--set", "updates_per_step=3", "--set", "real_ratio=0.7", "--out", str(tmp_path)])
+    assert len(finished) == 2 and {p: p.stat().st_mtime_ns for p in finished} == finished
     # a world model's settings leave the arms without one alone
     from mrcom_train.experiments.budgets import BUDGETS, customized
     from mrcom_train.experiments.reproduce import _cell_config

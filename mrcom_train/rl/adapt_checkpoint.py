@@ -63,11 +63,15 @@ def open_checkpoints(run_dir: Path) -> tuple[Path, dict] | None:
 
 
 def check_config(run_dir: Path, config) -> None:
-    """Refuse to resume ``run_dir`` with a config (a dataclass) that differs from its ``config.json``. A field
-    the file lacks (a run started before the field existed) counts as its default."""
+    """Refuse to resume ``run_dir`` with an :class:`~mrcom_train.rl.adapt_config.AdaptConfig` that differs from
+    its ``config.json`` in a field the run reads (``config.unused_fields()`` may differ). A field the file lacks
+    (a run started before the field existed) counts as its default."""
     saved = read_json(run_dir / "config.json", "adapt run config")
     defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    unused = set(config.unused_fields())
     for name, value in dataclasses.asdict(config).items():
+        if name in unused:
+            continue
         before = saved.get(name, defaults[name])
         if before != value:
             raise UserInputError(f"cannot resume {run_dir}: it ran with {name}={before!r}, now {value!r}")

@@ -26,6 +26,12 @@ IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
 GATES = ("none", "truncate", "penalty")  # what the ensemble's disagreement does to imagined transitions
 REAL_RATIO_MODES = ("fixed", "model_error")  # how the real share of SAC batches is set (AdaptConfig.real_ratio_mode)
+#: the fields only imagination reads: a model-free run (``use_model=False``) ignores them, so they may differ
+#: between its config and the one it resumes with (:meth:`AdaptConfig.unused_fields`)
+IMAGINATION_FIELDS = ("real_ratio", "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start",
+                      "horizon_end", "imagined_reward", "imagination", "real_ratio_mode", "real_ratio_max", "refit",
+                      "refit_every", "refit_steps", "refit_rehearsal", "refit_lr", "gate", "gate_percentile",
+                      "gate_penalty")
 
 
 @dataclass(frozen=True)
@@ -160,6 +166,10 @@ class AdaptConfig:
         if not 0 < self.gate_percentile <= 100:
             raise UserInputError(f"gate_percentile must be in (0, 100], got {self.gate_percentile}")
         check_number("gate_penalty", self.gate_penalty)
+
+    def unused_fields(self) -> tuple[str, ...]:
+        """The fields this run never reads (:data:`IMAGINATION_FIELDS` for a model-free run, else none)."""
+        return () if self.use_model else IMAGINATION_FIELDS
 
     @property
     def oracle(self) -> bool:
