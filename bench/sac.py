@@ -2,7 +2,7 @@
 
 Run as ``python bench/sac.py [--configs 256x2:256,128x2:128,64x2:256] [--threads 1] [--rounds 7]``.
 For each config (``HIDDENxLAYERS:BATCH``) it builds :class:`LegacySAC` (a frozen copy of the update as it was
-before issue 11: single-tensor Adam, two separate critic MLPs, a Python Polyak loop, ``requires_grad``
+before its rewrite: single-tensor Adam, two separate critic MLPs, a Python Polyak loop, ``requires_grad``
 toggling, six ``.item()`` host syncs) and the current :class:`~mrcom_train.rl.sac.SAC` from the same seed,
 feeds both the same batches and times them in interleaved rounds (median), so machine noise hits both;
 it reports wall-clock updates/s and updates per CPU-second of the process (robust when the machine is shared).
@@ -43,7 +43,7 @@ class LegacyTwinQ(nn.Module):
 
 
 class LegacySAC:
-    """Frozen copy of ``SAC`` construction, ``update`` and ``state_dict`` before issue 11 (do not optimize)."""
+    """Frozen copy of ``SAC`` construction, ``update`` and ``state_dict`` before the rewrite (do not optimize)."""
 
     def __init__(self, obs_dim: int, act_dim: int, config: SACConfig, seed: int = 0):
         self.obs_dim, self.act_dim, self.config = obs_dim, act_dim, config

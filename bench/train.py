@@ -8,7 +8,7 @@ forward, backward, Adam) in interleaved rounds (median per round), so machine no
 * **now** — today's training step (with ``train.overlap_overshoot``: on a CPU with 2+ threads the overshooting
   term runs in a second thread beside the other terms);
 * **one stream** — today's pass with the overlap off (every term in one stream on all threads);
-* **before** — :func:`per_step_window`, a frozen copy of ``MrCoM.observe_window`` as it was before issue 13
+* **before** — :func:`per_step_window`, a frozen copy of ``MrCoM.observe_window`` as it was earlier
   (u and h priors and their fused sample+KL evaluated inside the per-step posterior loop; same losses bit for
   bit, a test checks it);
 * **re-encoding** — the context encoder run over every step's window instead of streaming once.
@@ -44,7 +44,7 @@ from mrcom_core.losses import MrCoMWindow  # noqa: E402
 
 
 def per_step_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
-    """``MrCoM.observe_window`` before issue 13 (frozen copy, the bench's "before" column): the priors of u and
+    """``MrCoM.observe_window`` as it was (frozen copy, the bench's "before" column): the priors of u and
     h and their fused sample+KL run inside the per-step loop with the posteriors."""
     c = self.config
     obs_n = self.normalize(batch["obs"])

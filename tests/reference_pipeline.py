@@ -5,7 +5,7 @@ the same pipeline and checks it reproduces those numbers to float tolerance, so 
 behaviour on fixed seeds fails. The committed file was written by the code before the "one place per
 concept" refactor (commit d0a52a2 holds that version of this script). Since then the exports leave out the
 building-block graphs (``blocks=False``), which no recorded number comes from. Rewritten once on purpose
-(issue 11): the target-speed reward's margin became a field of the split (``max(v_i, 0.1 v_max)``) and hopper
+(the protocol change): the target-speed reward's margin became a field of the split (``max(v_i, 0.1 v_max)``) and hopper
 got a smooth standing term, which changes every recorded reward and what is learned from it; the numbers
 that depend on observations only moved by float rounding (e.g. the RSSM's reconstruction terms). Rewritten
 again on purpose when the reward head began to regress standardized rewards (``model.reward_scale="unit"``):

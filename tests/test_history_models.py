@@ -1,4 +1,4 @@
-"""The paper's two other world-model baselines (issue 12): the context-augmented RSSM (``rssm_ctx``, the paper's
+"""The paper's two other world-model baselines: the context-augmented RSSM (``rssm_ctx``, the paper's
 DreamerV3) and the MAMBA-style model (``mamba``), whose recurrent context never forgets a step of the history.
 Training, export parity and runtime rollouts of both are also covered by the baseline tests of test_model,
 test_steps and test_export; here: what makes them different, and that they adapt through MrCoM's code path."""

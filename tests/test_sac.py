@@ -273,7 +273,7 @@ def test_learns_contextual_bandit():
 
 
 def _frozen_original():
-    """bench/sac.py's LegacySAC: the update as it was before issue 11 (tests may not have bench on sys.path)."""
+    """bench/sac.py's LegacySAC: the update as it was before its rewrite (tests may not have bench on sys.path)."""
     path = Path(__file__).resolve().parent.parent / "bench" / "sac.py"
     spec = importlib.util.spec_from_file_location("mrcom_bench_sac", path)
     module = importlib.util.module_from_spec(spec)
