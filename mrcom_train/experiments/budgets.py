@@ -13,9 +13,6 @@ from mrcom_core.errors import UserInputError
 from ..rl.adapt_config import AdaptConfig
 from ..scenarios import DOMAINS
 
-#: AdaptConfig fields that concern a world model of the arm's own: the arms without one (SAC, the oracle) ignore them
-WORLD_MODEL_ONLY = ("refit", "refit_every", "refit_steps", "refit_rehearsal", "refit_lr", "gate", "gate_percentile",
-                    "gate_penalty")
 #: AdaptConfig fields the protocol sets for every cell itself (``--set`` may not)
 PER_CELL = ("split", "range", "domain", "seed", "env_steps", "episode_length", "use_model", "imagination",
             "eval_every", "checkpoint_every")
@@ -85,7 +82,7 @@ BUDGETS = {
 def customized(b: Budget, adapt: dict | None = None, domains: tuple[str, ...] = ()) -> Budget:
     """``b`` with ``adapt`` (AdaptConfig field → value or string, e.g. ``{"updates_per_step": "20"}``: every arm's
     adaptation setting, except that SAC (G=1) keeps G = 1 and the arms without a world model of their own ignore
-    :data:`WORLD_MODEL_ONLY`) and the adaptation cells limited to ``domains`` (the
+    :data:`~mrcom_train.rl.adapt_config.WORLD_MODEL_FIELDS`) and the adaptation cells limited to ``domains`` (the
     world models still learn every domain of the budget). Bad fields and values are one line naming them."""
     adapt = dict(adapt or {})
     fixed = [k for k in adapt if k in PER_CELL]

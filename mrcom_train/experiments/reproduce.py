@@ -30,6 +30,7 @@ from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
 from ..rl.adapt import AdaptConfig, Adapter
 from ..rl.adapt_checkpoint import check_config
+from ..rl.adapt_config import WORLD_MODEL_FIELDS
 from ..rl.scoring import FLOORS, floor_scores
 from ..rollout import BY_STEP, runtime_error
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
@@ -37,7 +38,7 @@ from ..training.config import RunRequest
 from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
-from .budgets import BUDGETS, WORLD_MODEL_ONLY, Budget, customized
+from .budgets import BUDGETS, Budget, customized
 from .error_tables import write_error_summary, write_error_tables
 from .tables import ABLATED, ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
 
@@ -286,7 +287,8 @@ def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int,
     return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=steps,
                        episode_length=b.adapt_episode_length, eval_every=b.eval_every or max(1, steps // 4),
                        checkpoint_every=max(b.adapt_episode_length, steps // 10),
-                       **{**{k: v for k, v in b.adapt.items() if method not in REFERENCE or k not in WORLD_MODEL_ONLY},
+                       **{**{k: v for k, v in b.adapt.items()
+                             if method not in REFERENCE or k not in WORLD_MODEL_FIELDS},
                           "use_model": method not in MODEL_FREE,
                           **({"updates_per_step": 1} if method == SAC else {}),
                           **({"imagination": "oracle"} if method == ORACLE else {}), **VARIANTS.get(method, {})})

@@ -26,12 +26,14 @@ IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
 GATES = ("none", "truncate", "penalty")  # what the ensemble's disagreement does to imagined transitions
 REAL_RATIO_MODES = ("fixed", "model_error")  # how the real share of SAC batches is set (AdaptConfig.real_ratio_mode)
+#: the fields only a world model of the run's own reads (a refit, a gate): the oracle and model-free runs ignore them
+WORLD_MODEL_FIELDS = ("refit", "refit_every", "refit_steps", "refit_rehearsal", "refit_lr", "gate", "gate_percentile",
+                      "gate_penalty")
 #: the fields only imagination reads: a model-free run (``use_model=False``) ignores them, so they may differ
 #: between its config and the one it resumes with (:meth:`AdaptConfig.unused_fields`)
 IMAGINATION_FIELDS = ("real_ratio", "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start",
-                      "horizon_end", "imagined_reward", "imagination", "real_ratio_mode", "real_ratio_max", "refit",
-                      "refit_every", "refit_steps", "refit_rehearsal", "refit_lr", "gate", "gate_percentile",
-                      "gate_penalty")
+                      "horizon_end", "imagined_reward", "imagination", "real_ratio_mode", "real_ratio_max",
+                      *WORLD_MODEL_FIELDS)
 
 
 @dataclass(frozen=True)
