@@ -13,3 +13,18 @@ class UserInputError(ValueError):
 class Interrupted(Exception):
     """The user stopped a long command (Ctrl-C); the message says what was kept and how to continue. The
     ``mrcom`` command prints ``mrcom: interrupted: <message>`` and exits with status 130."""
+
+
+# OS errors a user can fix (a full disk, a read-only or foreign folder): one line, exit 2, no traceback.
+USER_OS_ERRORS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "EFBIG"}
+
+
+def os_error_message(e: OSError) -> str | None:
+    """One line for an OS error the user can fix (:data:`USER_OS_ERRORS`), else None (a bug: let the traceback
+    show)."""
+    import errno
+
+    if errno.errorcode.get(e.errno) not in USER_OS_ERRORS:
+        return None
+    where = f" {e.filename}" if e.filename else ""
+    return f"cannot write or read{where}: {e.strerror}"

@@ -9,15 +9,13 @@ from pathlib import Path
 
 import click
 
-from mrcom_core.errors import Interrupted, UserInputError
+from mrcom_core.errors import Interrupted, UserInputError, os_error_message
 
 # What a Ctrl-C keeps, per resumable command (train and collect say it themselves, with what they kept).
 _RESUME_HINTS = {
     "adapt": "the last checkpoint is kept; continue with the same command plus --resume",
     "reproduce": "finished stages and cells are kept; run the same command again to continue",
 }
-# OS errors a user can fix (a full disk, a read-only or foreign folder): one line, exit 2, no traceback.
-_USER_OS_ERRORS = {"ENOSPC", "EDQUOT", "EROFS", "EACCES", "EPERM", "ENOTDIR", "EISDIR", "ENAMETOOLONG", "EFBIG"}
 
 
 def _quiet_third_party() -> None:
@@ -27,6 +25,22 @@ def _quiet_third_party() -> None:
     import logging
 
     logging.getLogger("absl").setLevel(logging.ERROR)
+
+
+def _threads_option(command):
+    """``--threads N``: the intra-op threads of this process (:mod:`mrcom_train.threads`)."""
+    return click.option("--threads", type=int, default=None,
+                        help="Threads this process computes with [default: the cores other processes leave free, "
+                             "or OMP_NUM_THREADS]; worker processes use one each.")(command)
+
+
+def _start_threads(threads: int | None) -> int:
+    """Choose and set this process's threads; print the choice (the command's first header line)."""
+    from .threads import apply_threads, describe
+
+    choice = apply_threads(threads)
+    click.echo(describe(choice))
+    return choice.threads
 
 
 def _domains(value: str) -> tuple[str, ...]:
@@ -68,10 +82,12 @@ def cli() -> None:
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False), help="Output dataset folder.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted collection in --out.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_threads_option
 def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario, episode_length, policy,
             workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, sac_chain, out,
-            resume, no_progress):
+            resume, no_progress, threads):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
+    _start_threads(threads)
     from .datasets.collect import CollectConfig
     from .datasets.collect import collect as run_collect
     from .scenarios import DOMAINS
@@ -105,8 +121,11 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
               help="Override one config field, e.g. --set model.u_dim=16 --set train.lr=1e-3.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def train(data, out, preset, steps, batch_size, device, model_type, ablations, config_file, sets, resume, no_progress):
+@_threads_option
+def train(data, out, preset, steps, batch_size, device, model_type, ablations, config_file, sets, resume, no_progress,
+          threads):
     """Train a world model (MrCoM by default) on a collected dataset (under torchrun: DistributedDataParallel)."""
+    _start_threads(threads)
     from .training.config import RunRequest
     from .training.evaluation import format_errors
     from .training.trainer import Trainer
@@ -140,7 +159,8 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
 @click.option("--checkpoint", "which", type=click.Choice(["best", "latest"]), default="best", show_default=True,
               help="best: the checkpoint with the lowest held-out open-loop error (the latest when the run has no "
                    "best one); latest: the last checkpoint.")
-def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which):
+@_threads_option
+def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which, threads):
     """Freeze the world model of training run RUN into ONNX/TorchScript graphs plus manifest.json.
 
     The new export replaces OUT in one step once it is complete and verified (a failed or killed export
@@ -154,6 +174,7 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which):
     formats = FORMATS if fmt == "all" else (fmt,)
     if fmt != "all" and fmt not in FORMATS:
         raise UserInputError(f"--format: unknown format {fmt!r}; choose onnx, torchscript or all")
+    _start_threads(threads)
     model, state = load_model(run, which)
     actor = None
     if policy:
@@ -189,12 +210,14 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which):
 @click.option("--provider", default=None,
               help="ONNX Runtime provider, e.g. CPUExecutionProvider (must be available in this ONNX Runtime).")
 @click.option("--mean-latents", is_flag=True, help="Predict with the latents' means instead of sampling them.")
-def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latents):
+@_threads_option
+def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latents, threads):
     """Imagine B rollouts from dataset prompts with the real actions; print the error vs the real data."""
     from .rollout import runtime_error
 
+    threads = _start_threads(threads)
     runtime_error(export_dir, data, batch, horizon, seed, mean_latents=mean_latents, bench=bench, provider=provider,
-                  log=click.echo)
+                  threads=threads, log=click.echo)
 
 
 @cli.command()
@@ -216,9 +239,10 @@ def rollout(export_dir, data, batch, horizon, seed, bench, provider, mean_latent
               help="The training run behind --model, for --set refit=heads|all [default: the one its manifest "
                    "names].")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
-@click.option("--no-progress", is_flag=True)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@_threads_option
 def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, train_run,
-          resume, no_progress):
+          resume, no_progress, threads):
     """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
     from mrcom_core.config import apply_overrides, parse_assignments
 
@@ -227,8 +251,9 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
     config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
                          episode_length=episode_length, use_model=not model_free)
     config = apply_overrides(config, parse_assignments(sets), "adapt")
+    threads = _start_threads(threads)
     with Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
-                 log=click.echo, run=train_run) as adapter:
+                 log=click.echo, run=train_run, threads=threads) as adapter:
         result = adapter.run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
                f"({result['imagined']} imagined transitions); run folder {out} (final agent: {out}/agent.pt)")
@@ -254,9 +279,12 @@ def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_leng
               help="An adaptation setting for every arm, as `mrcom adapt --set` (SAC (G=1) keeps G = 1), e.g. --set "
                    "updates_per_step=20.")
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False))
-def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, domains, sets, out):
+@_threads_option
+def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, domains, sets, out, threads):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
     from mrcom_core.config import parse_assignments
+
+    _start_threads(threads)
 
     from .experiments.reproduce import run_reproduction
 
@@ -307,32 +335,10 @@ def models():
 
 
 def _print_dataset(path) -> None:
-    from .datasets.dataset import Dataset
+    from .datasets.dataset import Dataset, describe
 
-    ds = Dataset(path)  # checks the manifest, the episode folders and every file's header and checksum
-    m = ds.manifest
-    click.echo(f"dataset {ds.root}: {len(ds.scenarios)} scenarios, {len(ds)} episodes, {ds.num_steps} steps; "
-               f"obs_dim {ds.obs_dim}, act_dim {ds.act_dim}; split {m.get('split', '?')}/{m.get('range', '?')}, "
-               f"policy {m.get('policy', '?')}; {3 * len(ds)} files verified")
-    for domain in dict.fromkeys(s.domain for s in ds.scenarios):
-        eps = [e for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
-        rets = [e.ret for e in eps]
-        last = {e.scenario: e for e in sorted(eps, key=lambda e: e.index)}  # each scenario's final episode
-        final = [e.ret for e in last.values()]
-        n = sum(1 for s in ds.scenarios if s.domain == domain)
-        click.echo(f"  {domain:<8} {n} scenarios, {len(rets)} episodes, "
-                   f"return mean {sum(rets) / len(rets):.1f} (min {min(rets):.1f}, max {max(rets):.1f}); "
-                   f"final episodes {sum(final) / len(final):.1f} (min {min(final):.1f}, max {max(final):.1f})")
-
-
-def _os_error(e: OSError) -> str | None:
-    """One line for an OS error the user can fix, else None (a bug: let the traceback show)."""
-    import errno
-
-    if errno.errorcode.get(e.errno) not in _USER_OS_ERRORS:
-        return None
-    where = f" {e.filename}" if e.filename else ""
-    return f"cannot write or read{where}: {e.strerror}"
+    for line in describe(Dataset(path)):  # Dataset checks the manifest, the episode folders and every file
+        click.echo(line)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -356,7 +362,7 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"mrcom: interrupted{': ' + hint if hint else ''}", err=True)
         sys.exit(130)
     except OSError as e:
-        message = _os_error(e)
+        message = os_error_message(e)
         if message is None:
             raise
         click.echo(f"mrcom: error: {message}", err=True)

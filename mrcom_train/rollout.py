@@ -29,7 +29,7 @@ def prompts_from_dataset(dataset: Dataset, context_len: int, horizon: int, batch
 
 
 def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, mean_latents: bool = False,
-                  bench: bool = False, provider: str | None = None,
+                  bench: bool = False, provider: str | None = None, threads: int | None = None,
                   log: Callable[[str], None] = lambda s: None) -> dict[str, float]:
     """Imagine ``batch`` rollouts of ``horizon`` steps through the export's runtime from prompts of dataset
     ``data`` (default: the one the model trained on) with the real actions; returns the open-loop error
@@ -38,11 +38,12 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
 
     ``batch``, ``horizon`` (>= 1) and ``seed`` (>= 0) are checked before anything is opened; ``provider``
     must be one this ONNX Runtime offers (one :class:`ExportError` line otherwise), and the log names the
-    providers the runtime actually ran on."""
+    providers the runtime actually ran on. ``threads``: the runtime's intra-op threads (None: ONNX Runtime's
+    default)."""
     for flag, value, minimum in (("--batch", batch, 1), ("--horizon", horizon, 1), ("--seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
             raise UserInputError(f"{flag} must be >= {minimum}, got {value!r}")
-    rt = Runtime(export_dir, seed=seed, providers=[provider] if provider else None)
+    rt = Runtime(export_dir, seed=seed, providers=[provider] if provider else None, threads=threads)
     source = rt.manifest.get("source")
     data = data or (source.get("data") if isinstance(source, dict) else None)
     if not data:

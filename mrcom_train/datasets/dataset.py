@@ -371,3 +371,21 @@ def observation_stats(chunks: Iterable[tuple[np.ndarray, np.ndarray]], dim: int)
     std = np.sqrt(np.maximum(np.where(seen, total_sq / np.maximum(count, 1), 1.0) - mean**2, 0.0))
     std = np.where(std < 1e-6, 1.0, std)
     return mean.astype(np.float32), std.astype(np.float32)
+
+
+def describe(ds: Dataset) -> list[str]:
+    """What ``mrcom info`` prints: the dataset in one line, then per domain its scenarios, episodes and returns
+    (all episodes, and each scenario's final one)."""
+    m = ds.manifest
+    lines = [f"dataset {ds.root}: {len(ds.scenarios)} scenarios, {len(ds)} episodes, {ds.num_steps} steps; obs_dim "
+             f"{ds.obs_dim}, act_dim {ds.act_dim}; split {m.get('split', '?')}/{m.get('range', '?')}, policy "
+             f"{m.get('policy', '?')}; {3 * len(ds)} files verified"]
+    for domain in dict.fromkeys(s.domain for s in ds.scenarios):
+        eps = [e for e in ds.episodes if ds.scenarios[e.scenario].domain == domain]
+        rets = [e.ret for e in eps]
+        final = [e.ret for e in {e.scenario: e for e in sorted(eps, key=lambda e: e.index)}.values()]
+        n = sum(1 for s in ds.scenarios if s.domain == domain)
+        lines.append(f"  {domain:<8} {n} scenarios, {len(rets)} episodes, return mean {sum(rets) / len(rets):.1f} "
+                     f"(min {min(rets):.1f}, max {max(rets):.1f}); final episodes {sum(final) / len(final):.1f} "
+                     f"(min {min(final):.1f}, max {max(final):.1f})")
+    return lines

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from mrcom_core import ensemble
-from mrcom_core.config import ModelConfig
+from mrcom_core.config import ABLATIONS, ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import write_json_atomic, writing
 from mrcom_core.losses import loss_overshoot
@@ -341,6 +341,17 @@ class Trainer:
                     "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
         logger = MetricsLog(self.run_dir, [*LOG_FIELDS, *(f"{KEY}_{d}" for d in dict.fromkeys(self.domains))],
                             self.step) if main else None
+        if main:  # the header and the first evaluation before the bar, which then owns the last line
+            params = sum(p.numel() for p in self.model.parameters())
+            removed = [name for name in ABLATIONS if getattr(self.model_config, name, False)]
+            variant = f" (ablation {', '.join(removed)})" if removed else ""
+            self.log(f"training {self.preset} {self.model_config.model_type}{variant} ({params / 1e6:.2f}M parameters) "
+                     f"on {self.dataset.root} ({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} "
+                     f"steps) for {c.steps} updates on {self.device} × {self.world}; run folder {self.run_dir}")
+        if main and self.step == 0:
+            first = self.evaluate()
+            logger.write(self.step, first, _scalars(first))
+            self.log(f"step 0: open-loop error {format_errors(first)}")
         bar = tqdm(total=c.steps, initial=self.step, unit="upd", disable=not (self.progress and main),
                    dynamic_ncols=True)
         try:
@@ -352,16 +363,6 @@ class Trainer:
 
     def _loop(self, logger: MetricsLog | None, bar) -> dict[str, float]:
         c, main = self.config, self.rank == 0
-        if main:
-            params = sum(p.numel() for p in self.model.parameters())
-            self.log(f"training {self.preset} {self.model_config.model_type} ({params / 1e6:.2f}M parameters) on "
-                     f"{self.dataset.root} "
-                     f"({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} steps) for {c.steps} "
-                     f"updates on {self.device} × {self.world}; run folder {self.run_dir}")
-        if main and self.step == 0:
-            first = self.evaluate()
-            logger.write(self.step, first, _scalars(first))
-            self.log(f"step 0: open-loop error {format_errors(first)}")
         result: dict[str, float] = {}
         tick, tick_step = time.perf_counter(), self.step
         while self.step < c.steps:
