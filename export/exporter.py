@@ -223,6 +223,7 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
     gen = torch.Generator().manual_seed(0)
     obs_std = model.obs_std.numpy()
     graphs_meta, parity, tolerances = {}, {}, {}
+    log(f"{len(names)} graphs, each checked against eager PyTorch:")
     for name in names:
         start = time.perf_counter()
         module = G.build_graph(name, model, policy).eval()

@@ -99,8 +99,8 @@ def test_summary_and_bad_config():
 
 @pytest.mark.parametrize("args,message", [
     (["--model", "{tmp}/none"], "manifest.json is missing"),
-    (["--domain", "ant"], "unknown domain 'ant'"),
-    (["--range", "sideways"], "has no range 'sideways'"),
+    (["--domain", "ant"], "Invalid value for '--domain': 'ant'"),
+    (["--range", "sideways"], "Invalid value for '--range': 'sideways'"),
     (["--set", "horizon_end=lots"], "adapt.horizon_end: cannot read 'lots'"),
 ])
 def test_adapt_cli_bad_input_exits_2(tmp_path, args, message):

@@ -206,8 +206,8 @@ def test_mrcom_s_adaptation_variants_run_only_when_named_and_use_its_model(tmp_p
     (["--table", "1", "--arms", "oracle,dreamer"], "--arms: unknown arm 'dreamer'"),
     (["--table", "1", "--arms", "sac", "--what", "error"], "--arms names none"),
     (["--table", "1", "--what", "returns"], "Invalid value for '--what'"),
-    (["--table", "7"], "unknown table 7"),
-    (["--table", "1", "--budget", "huge"], "unknown budget 'huge'"),
+    (["--table", "7"], "Invalid value for '--table': '7'"),
+    (["--table", "1", "--budget", "huge"], "Invalid value for '--budget': 'huge'"),
     (["--table", "1", "--splits", "t2-a5"], "not part of table 1"),
     (["--table", "1", "--seeds", "0"], "--seeds must be >= 1"),
 ])

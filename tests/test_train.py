@@ -136,7 +136,7 @@ def _mrcom(*args):
 @pytest.mark.parametrize("args,message", [
     (["--data", "{tmp}/none"], "manifest.json is missing"),
     (["--data", "{tmp}/old"], "format version 0"),
-    (["--preset", "huge"], "unknown preset 'huge'"),
+    (["--preset", "huge"], "Invalid value for '--preset': 'huge'"),
     (["--ablation", "no_x"], "unknown ablation 'no_x'"),
     (["--set", "model.u_dim=lots"], "model.u_dim: cannot read 'lots'"),
     (["--set", "u_dim=3"], "expected model.FIELD=VALUE"),

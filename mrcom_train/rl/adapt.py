@@ -93,7 +93,8 @@ class Adapter:
             self.imagined_env = OracleRollouts(self.spec, space, seed=config.seed + 1)
         elif config.use_model:
             if export_dir is None:
-                raise UserInputError("--model EXPORT_DIR is needed (or use_model=False for model-free SAC)")
+                raise UserInputError("--model EXPORT_DIR is needed (or --model-free for plain SAC; use_model=False in "
+                                     "a config)")
             runtime = Runtime(export_dir, seed=config.seed, threads=threads)
             # the disagreement costs one more batched call per imagined step: measured only for the gate
             self.imagined_env = ImaginedVectorEnv(runtime, config.rollout_batch, seed=config.seed,
@@ -266,6 +267,9 @@ class Adapter:
         self.log(f"adapting SAC{arm} to "
                  f"{self.spec.describe()} for {c.env_steps} env steps; run folder {self.run_dir}"
                  + (f"; resuming at env step {self.step}" if self.step else ""))
+        if c.env_steps <= c.learning_starts:
+            self.log(f"warning: env_steps {c.env_steps} <= learning_starts {c.learning_starts}: the agent never "
+                     f"updates, so the score is its untrained policy's (raise env_steps or lower learning_starts)")
         ensemble = isinstance(self.imagined_env, ImaginedVectorEnv) and self.imagined_env.runtime.has_ensemble
         # the diagnostics before the timings (those differ between runs)
         measured = (*(DIAGNOSTICS if c.use_model else ()), *(ENSEMBLE_DIAGNOSTICS if ensemble else ()))

@@ -13,7 +13,7 @@ from mrcom_core.config import check_int, check_number
 from mrcom_core.errors import UserInputError
 from mrcom_core.resources import format_bytes
 
-from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, sample_scenarios
+from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, target_scenario
 from .sac import SACConfig, parameter_counts
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
@@ -180,9 +180,7 @@ class AdaptConfig:
 
     def target(self) -> ScenarioSpec:
         """The target scenario: drawn (seeded) from the split's ``range`` for ``domain``."""
-        spec = sample_scenarios(get_split(self.split).range(self.range), (self.domain,), 1, 10_000 + self.seed,
-                                episode_length=self.episode_length)[0]
-        return spec
+        return target_scenario(self.split, self.range, self.domain, self.seed, self.episode_length)
 
     def horizon(self, step: int) -> int:
         """MBPO's linear horizon schedule over the env steps after ``learning_starts``."""

@@ -7,10 +7,10 @@ from .env import ScenarioEnv, UnifiedSpace, pad
 from .obs_functions import OBS_FUNCTIONS, affected_count, make_obs_function
 from .obs_reward import check_obs_reward, reward_from_obs
 from .spec import ScenarioSpec
-from .splits import SPLITS, ScenarioRange, Split, get_split, override_range, sample_scenarios
+from .splits import SPLITS, ScenarioRange, Split, get_split, override_range, sample_scenarios, target_scenario
 
 __all__ = [
     "DOMAINS", "OBS_FUNCTIONS", "SPLITS", "ScenarioEnv", "ScenarioRange", "ScenarioSpec", "Split",
     "UnifiedSpace", "affected_count", "build_dm_env", "check_obs_reward", "get_split", "make_obs_function",
-    "override_range", "pad", "reward_from_obs", "sample_scenarios", "scaled_xml",
+    "override_range", "pad", "reward_from_obs", "sample_scenarios", "scaled_xml", "target_scenario",
 ]

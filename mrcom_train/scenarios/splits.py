@@ -187,3 +187,11 @@ def sample_scenarios(scenario_range: ScenarioRange, domains: list[str] | tuple[s
         specs += [scenario_range.sample(domain, rng, v_max=vm, episode_length=episode_length)
                   for _ in range(per_domain)]
     return specs
+
+
+def target_scenario(split: str, range_: str, domain: str, seed: int, episode_length: int = 1000) -> ScenarioSpec:
+    """The scenario ``mrcom adapt --split … --range … --domain … --seed …`` adapts to (and the Gymnasium ID
+    ``MrCoM/<domain>-v0`` builds): one drawn from the split's range with seed ``10_000 + seed``, apart from the
+    training data's draws."""
+    return sample_scenarios(get_split(split).range(range_), (domain,), 1, 10_000 + seed,
+                            episode_length=episode_length)[0]

@@ -10,7 +10,9 @@ the scenario's real dims, averaged over steps. Results are ``{"open_loop_error":
 
 from __future__ import annotations
 
+import csv
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
@@ -38,3 +40,14 @@ def format_errors(result: dict[str, float]) -> str:
     """``0.1234 (hopper 0.2, walker 0.1, …)``."""
     parts = [f"{k.removeprefix(KEY + '_')} {v:.4f}" for k, v in result.items() if k.startswith(KEY + "_")]
     return f"{result[KEY]:.4f}" + (f" ({', '.join(parts)})" if parts else "")
+
+
+def recorded_errors(run_dir: str | Path) -> list[tuple[int, dict[str, float]]]:
+    """Every evaluation a training run's ``metrics.csv`` holds: ``[(step, {"open_loop_error": …, per domain}), …]``
+    in order (empty without the file)."""
+    path = Path(run_dir) / "metrics.csv"
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r.get(KEY)]
+    return [(int(r["step"]), {k: float(v) for k, v in r.items() if k.startswith(KEY) and v}) for r in rows]

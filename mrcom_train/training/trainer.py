@@ -341,7 +341,9 @@ class Trainer:
                     "data": str(self.dataset.root.resolve()), "world_size": self.world, "device": str(self.device)})
         logger = MetricsLog(self.run_dir, [*LOG_FIELDS, *(f"{KEY}_{d}" for d in dict.fromkeys(self.domains))],
                             self.step) if main else None
-        if main:  # the header and the first evaluation before the bar, which then owns the last line
+        if main and self.step >= c.steps:
+            self.log(f"{self.run_dir} has its {c.steps} updates already: nothing to train")
+        elif main:  # the header and the first evaluation before the bar, which then owns the last line
             params = sum(p.numel() for p in self.model.parameters())
             removed = [name for name in ABLATIONS if getattr(self.model_config, name, False)]
             variant = f" (ablation {', '.join(removed)})" if removed else ""

@@ -1,0 +1,89 @@
+"""The ``mrcom adapt`` and ``mrcom reproduce`` commands (registered on the ``mrcom`` group by :mod:`.cli`)."""
+
+from __future__ import annotations
+
+import click
+
+from .cli_options import BUDGET_NAMES, DOMAIN_NAMES, RANGES, start_threads, threads_option
+
+
+@click.command()
+@click.option("--model", "export_dir", type=click.Path(), default=None,
+              help="Export folder (mrcom export, ONNX) whose world model imagines rollouts.")
+@click.option("--model-free", is_flag=True, help="Plain SAC with the same env-step budget (no --model).")
+@click.option("--split", default="t1-a5b20", show_default=True, help="Named split (see `mrcom splits`).")
+@click.option("--range", "range_", type=click.Choice(RANGES), default="in", show_default=True,
+              help="The range of the split the target scenario is drawn from.")
+@click.option("--domain", type=click.Choice(DOMAIN_NAMES), default="hopper", show_default=True,
+              help="The target scenario's domain.")
+@click.option("--env-steps", type=int, default=20_000, show_default=True, help="Real env steps in the target.")
+@click.option("--episode-length", type=int, default=1000, show_default=True, help="Steps per real episode.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seeds the target scenario and the agent.")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="Any other AdaptConfig field, e.g. --set real_ratio=0.2 --set horizon_end=10.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Run folder: config.json, metrics.csv, tb/, checkpoints/, and when done result.json and "
+                   "agent.pt (the final agent, for `mrcom export --policy`).")
+@click.option("--run", "train_run", type=click.Path(file_okay=False), default=None,
+              help="The training run behind --model, for --set refit=heads|all [default: the one its manifest "
+                   "names].")
+@click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@threads_option
+def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, train_run,
+          resume, no_progress, threads):
+    """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
+    from mrcom_core.config import apply_overrides, parse_assignments
+
+    from .rl.adapt import AdaptConfig, Adapter
+
+    config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
+                         episode_length=episode_length, use_model=not model_free)
+    config = apply_overrides(config, parse_assignments(sets), "adapt")
+    threads = start_threads(threads)
+    with Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
+                 log=click.echo, run=train_run, threads=threads) as adapter:
+        result = adapter.run()
+    click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
+               f"({result['imagined']} imagined transitions); run folder {out} (final agent: {out}/agent.pt)")
+
+
+@click.command()
+@click.option("--table", type=click.Choice(["1", "2", "3"]), required=True, help="The paper's table.")
+@click.option("--budget", type=click.Choice(BUDGET_NAMES), default="smoke", show_default=True,
+              help="How much data, training and adaptation (docs/results.md says what each costs).")
+@click.option("--seeds", type=int, default=1, show_default=True, help="Adaptation seeds per cell.")
+@click.option("--splits", default="", help="Comma-separated subset of the table's training splits "
+                                           "(e.g. t1-a10b50 for Table 1 (c)/(d)).")
+@click.option("--ablations", is_flag=True, help="Also train and adapt MrCoM's four ablations and its literal-eq.-6 "
+                                            "variant (five more models; paper Fig. 3).")
+@click.option("--what", type=click.Choice(["all", "error"]), default="all", show_default=True,
+              help="all: the whole protocol; error: stop after the prediction-error tables (no RL).")
+@click.option("--workers", "-w", type=int, default=1, show_default=True,
+              help="Worker processes for collection, world-model training and adaptation cells (one core "
+                   "each).")
+@click.option("--arms", default="", help="Comma-separated subset of the arms: world models by name (`mrcom "
+                                         "models`), sac, sac-g, oracle [default: all].")
+@click.option("--domains", default="", help="Comma-separated subset of the budget's domains to adapt on (the world "
+                                            "models still learn every one) [default: all].")
+@click.option("--set", "sets", multiple=True, metavar="FIELD=VALUE",
+              help="An adaptation setting for every arm, as `mrcom adapt --set` (SAC (G=1) keeps G = 1), e.g. --set "
+                   "updates_per_step=20.")
+@click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
+              help="Reproduction folder (data, models, exports, adaptation cells, tables); resumable.")
+@threads_option
+def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, domains, sets, out, threads):
+    """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
+    from mrcom_core.config import parse_assignments
+
+    start_threads(threads)
+
+    from .experiments.reproduce import run_reproduction
+
+    chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
+    run_reproduction(int(table), budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, what=what,
+                     arms=tuple(a.strip() for a in arms.split(",") if a.strip()), adapt=parse_assignments(sets),
+                     domains=tuple(d.strip() for d in domains.split(",") if d.strip()), log=click.echo)
+    errors = f"{out}/errors{table}.md (+ per-split errors.csv, error_vs_horizon.png)"
+    click.echo(f"done: {errors}" if what == "error" else
+               f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png) and {errors}")

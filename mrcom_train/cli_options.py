@@ -1,0 +1,31 @@
+"""The pieces the ``mrcom`` commands share: the fixed choices of their options and ``--threads``."""
+
+from __future__ import annotations
+
+import click
+
+# The fixed choices of the options, spelled here so that `mrcom --help` needs no heavy import;
+# tests/test_cli.py checks each against the library's own list.
+RANGES = ("train", "in", "ood")
+POLICIES = ("random", "sac")
+OBS_FUNCTIONS = ("none", "add-g", "add-d", "msk-r", "msk-f")
+PRESETS = ("tiny", "small", "base")
+EXPORT_FORMATS = ("onnx", "torchscript", "all")
+BUDGET_NAMES = ("smoke", "small", "long", "paper")
+DOMAIN_NAMES = ("hopper", "walker", "cheetah")
+
+
+def threads_option(command):
+    """``--threads N``: the intra-op threads of this process (:mod:`mrcom_train.threads`)."""
+    return click.option("--threads", type=int, default=None,
+                        help="Threads this process computes with [default: the cores other processes leave free, "
+                             "or OMP_NUM_THREADS]; worker processes use one each.")(command)
+
+
+def start_threads(threads: int | None) -> int:
+    """Choose and set this process's threads; print the choice (the command's first header line)."""
+    from .threads import apply_threads, describe
+
+    choice = apply_threads(threads)
+    click.echo(describe(choice))
+    return choice.threads
