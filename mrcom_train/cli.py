@@ -88,11 +88,11 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
             workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, sac_chain, out,
             resume, no_progress, threads):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
-    start_threads(threads)
     from .datasets.collect import CollectConfig
     from .datasets.collect import collect as run_collect
     from .scenarios import DOMAINS
 
+    start_threads(threads)
     config = CollectConfig(split=split, range=range_, domains=_domains(domains) if domains else tuple(DOMAINS),
                            scenarios_per_domain=scenarios_per_domain,
                            episodes_per_scenario=episodes_per_scenario, policy=policy,
@@ -117,7 +117,8 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
 @click.option("--ablation", "ablations", multiple=True,
               help="Remove a component: no_d, no_context, no_ls, no_lv (repeat or comma-separate).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
-              help="TOML file with preset, ablations, [model] and [train] tables.")
+              help="TOML file with preset, ablations, [model] and [train] tables, or a run's config.json (its "
+                   "settings on this --data).")
 @click.option("--set", "sets", multiple=True, metavar="SECTION.FIELD=VALUE",
               help="Override one config field, e.g. --set model.u_dim=16 --set train.lr=1e-3.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
@@ -126,11 +127,12 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
 def train(data, out, preset, steps, batch_size, device, model_type, ablations, config_file, sets, resume, no_progress,
           threads):
     """Train a world model (MrCoM by default) on a collected dataset (under torchrun: DistributedDataParallel)."""
-    start_threads(threads)
+    from .plots import plot_training
     from .training.config import RunRequest
     from .training.evaluation import format_errors, recorded_errors
     from .training.trainer import Trainer
 
+    start_threads(threads)
     names = tuple(a.strip() for item in ablations for a in item.split(",") if a.strip())
     sets = (*sets, f"model.model_type={model_type}") if model_type else sets
     request = RunRequest.from_sources(preset, names, config_file, sets,
@@ -145,6 +147,8 @@ def train(data, out, preset, steps, batch_size, device, model_type, ablations, c
             (first, before), (last, after) = evaluations[0], evaluations[-1]
             click.echo(f"{trainer.config.eval_horizon}-step open-loop error: step {first} {format_errors(before)} → "
                        f"step {last} {format_errors(after)}")
+        if plot_training(out):
+            click.echo(f"learning curves: {out}/curves.png")
 
 
 @cli.command("export")
@@ -264,7 +268,9 @@ def models():
     """List the registered world models (the names `mrcom train --model` and `mrcom reproduce --arms` take)."""
     from mrcom_core.registry import MODELS
 
-    rows = [(name, cls.label, _plain((cls.__doc__ or "").strip().split("\n")[0])) for name, cls in MODELS.items()]
+    from .config_reference import plain
+
+    rows = [(name, cls.label, plain((cls.__doc__ or "").strip().split("\n")[0])) for name, cls in MODELS.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(2)]
     click.echo(f"{'name':<{widths[0]}}  {'label':<{widths[1]}}  summary")
     for name, label, summary in rows:
@@ -273,14 +279,6 @@ def models():
 
 cli.add_command(adapt)
 cli.add_command(reproduce)
-
-
-def _plain(text: str) -> str:
-    """A docstring line without its Sphinx markup: ``x`` → x, :class:`~a.B` → B, :func:`f` → f."""
-    import re
-
-    text = re.sub(r":[a-z]+:`~?([^`]+)`", lambda m: m.group(1).rsplit(".", 1)[-1], text)
-    return text.replace("``", "")
 
 
 def _print_dataset(path) -> None:

@@ -27,25 +27,40 @@ from .cli_options import BUDGET_NAMES, DOMAIN_NAMES, RANGES, start_threads, thre
 @click.option("--run", "train_run", type=click.Path(file_okay=False), default=None,
               help="The training run behind --model, for --set refit=heads|all [default: the one its manifest "
                    "names].")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="An adaptation run's config.json (or a JSON object of AdaptConfig fields): its settings, under "
+                   "the flags and --set given here.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @threads_option
-def adapt(export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, train_run,
-          resume, no_progress, threads):
+@click.pass_context
+def adapt(ctx, export_dir, model_free, split, range_, domain, env_steps, episode_length, seed, sets, out, train_run,
+          config_file, resume, no_progress, threads):
     """MBPO-style SAC in a target scenario with imagined rollouts from an exported world model."""
     from mrcom_core.config import apply_overrides, parse_assignments
 
+    from .plots import plot_adaptation
     from .rl.adapt import AdaptConfig, Adapter
+    from .rl.adapt_config import read_adapt_config
 
-    config = AdaptConfig(split=split, range=range_, domain=domain, seed=seed, env_steps=env_steps,
-                         episode_length=episode_length, use_model=not model_free)
+    flags = {"split": split, "range": range_, "domain": domain, "seed": seed, "env_steps": env_steps,
+             "episode_length": episode_length, "use_model": not model_free}
+    given = {name: ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE for name, param in
+             (("split", "split"), ("range", "range_"), ("domain", "domain"), ("seed", "seed"),
+              ("env_steps", "env_steps"), ("episode_length", "episode_length"), ("use_model", "model_free"))}
+    saved = read_adapt_config(config_file) if config_file else {}
+    config = AdaptConfig(**{k: v for k, v in flags.items() if given[k] or k not in saved})
+    config = apply_overrides(config, {k: v for k, v in saved.items() if not given.get(k)}, "adapt")
     config = apply_overrides(config, parse_assignments(sets), "adapt")
+    model_free = not config.use_model
     threads = start_threads(threads)
     with Adapter(config, out, None if model_free else export_dir, resume=resume, progress=not no_progress,
                  log=click.echo, run=train_run, threads=threads) as adapter:
         result = adapter.run()
     click.echo(f"done: normalized return {result['normalized_return']:.1f} after {result['env_steps']} env steps "
                f"({result['imagined']} imagined transitions); run folder {out} (final agent: {out}/agent.pt)")
+    if plot_adaptation(out):
+        click.echo(f"learning curves: {out}/curves.png")
 
 
 @click.command()

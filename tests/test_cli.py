@@ -79,3 +79,38 @@ def test_adapt_says_when_the_agent_never_updates_and_names_the_flag(tmp_path, ca
     with pytest.raises(SystemExit):
         main(["adapt", "--out", str(tmp_path / "other")])
     assert "--model-free" in capsys.readouterr().err
+
+
+def test_a_run_config_json_is_accepted_back_by_config(data, tmp_path):
+    import json
+
+    main(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--preset", "tiny", "--steps", "2",
+          "--set", "model.u_dim=5", "--set", "train.lr=0.002", "--no-progress"])
+    main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--config", str(tmp_path / "a" / "config.json"),
+          "--steps", "3", "--no-progress"])
+    a, b = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("a", "b"))
+    assert a["model"] == b["model"] and b["model"]["u_dim"] == 5
+    assert {**a["train"], "steps": 3} == b["train"] and b["train"]["lr"] == 0.002
+
+    main(["adapt", "--model-free", "--domain", "walker", "--env-steps", "40", "--episode-length", "20",
+          "--set", "learning_starts=20", "--set", "eval_episodes=1", "--set", "batch_size=8", "--no-progress",
+          "--out", str(tmp_path / "c")])
+    main(["adapt", "--config", str(tmp_path / "c" / "config.json"), "--env-steps", "60", "--no-progress",
+          "--out", str(tmp_path / "d")])
+    c, d = (json.loads((tmp_path / r / "config.json").read_text()) for r in ("c", "d"))
+    assert {**c, "env_steps": 60} == d
+    for run in "abcd":  # each single run draws its learning curves
+        assert (tmp_path / run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    with pytest.raises(SystemExit) as done:
+        main(["adapt", "--config", str(tmp_path / "bad.json"), "--model-free", "--out", str(tmp_path / "e")])
+    assert done.value.code == 2
+
+
+def test_an_overshoot_past_the_window_is_refused_unless_it_is_the_presets_own(data, tmp_path, capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["train", "--data", str(data), "--out", str(tmp_path / "a"), "--preset", "tiny", "--steps", "1",
+              "--set", "model.overshoot_horizon=12"])
+    assert done.value.code == 2 and "longer than the training window" in capsys.readouterr().err
+    main(["train", "--data", str(data), "--out", str(tmp_path / "b"), "--preset", "tiny", "--steps", "1",
+          "--set", "model.overshoot_horizon=15", "--set", "train.window_len=8", "--no-progress"])  # tiny's own pair

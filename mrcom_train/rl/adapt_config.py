@@ -247,3 +247,21 @@ def adaptive_real_ratio(error: float, floor: float, ceiling: float) -> float:
 
 def normalized_return(episode_return: float, episode_length: int) -> float:
     return 100.0 * episode_return / episode_length
+
+
+def read_adapt_config(path) -> dict:
+    """The AdaptConfig fields of a JSON file (an adaptation run's ``config.json``: its ``target``, which the
+    fields determine, is left out); values are checked when applied (:func:`~mrcom_core.config.apply_overrides`)."""
+    import json
+    from pathlib import Path
+
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserInputError(f"config file {path} not found") from None
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"config file {path}: expected an object of AdaptConfig fields, got {data!r}")
+    data.pop("target", None)
+    return data

@@ -87,15 +87,11 @@ class RunRequest:
     @classmethod
     def from_sources(cls, preset: str | None, ablations: tuple[str, ...], config_file: str | None,
                      sets: tuple[str, ...], train_flags: dict) -> RunRequest:
-        """Merge a TOML file, ``--set section.field=value`` pairs and explicit flags (later wins)."""
+        """Merge a config file (TOML, or a run's ``config.json``: :func:`read_config_file`), ``--set
+        section.field=value`` pairs and explicit flags (later wins)."""
         model, train, file_preset, file_ablations = {}, {}, None, ()
         if config_file:
-            try:
-                data = tomllib.loads(Path(config_file).read_text())
-            except FileNotFoundError:
-                raise UserInputError(f"config file {config_file} not found") from None
-            except tomllib.TOMLDecodeError as e:
-                raise UserInputError(f"config file {config_file} is not valid TOML: {e}") from None
+            data = read_config_file(config_file)
             unknown = set(data) - {"preset", "ablations", "model", "train"}
             if unknown:
                 raise UserInputError(f"config file {config_file}: unknown key(s) {sorted(unknown)}; use preset, "
@@ -115,6 +111,39 @@ class RunRequest:
         train.update(sets["train"])
         train.update({k: v for k, v in train_flags.items() if v is not None})
         return cls(preset or file_preset, tuple(ablations) or file_ablations, model, train)
+
+
+#: what a run's config.json records about the run rather than asks of it: left out when it is read back
+RECORDED_KEYS = ("data", "world_size", "device")
+DATASET_FIELDS = ("obs_dim", "act_dim", "num_scenarios")  # model fields the dataset sets
+
+
+def read_config_file(path: str | Path) -> dict:
+    """A ``--config`` file as ``{preset, ablations, model, train}``: TOML, or a training run's ``config.json``
+    (``*.json``: the run's own settings, without what it records of its dataset and machine, so the same
+    settings train on the ``--data`` given)."""
+    import json
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise UserInputError(f"config file {path} not found") from None
+    if path.suffix != ".json":
+        try:
+            return tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise UserInputError(f"config file {path} is not valid TOML: {e}") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserInputError(f"config file {path} is not valid JSON: {e}") from None
+    if not isinstance(data, dict):
+        raise UserInputError(f"config file {path}: expected an object with preset, model and train, got {data!r}")
+    data = {k: v for k, v in data.items() if k not in RECORDED_KEYS}
+    if isinstance(data.get("model"), dict):
+        data["model"] = {k: v for k, v in data["model"].items() if k not in DATASET_FIELDS}
+    return data
 
 
 def _ablation_names(value, source: str) -> tuple[str, ...]:
@@ -141,7 +170,9 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
     base = TrainConfig(**{**TRAIN_PRESETS[preset]}) if saved is None else \
         apply_overrides(TrainConfig(), saved["train_config"], "train")
     tcfg = apply_overrides(base, request.train, "train")
-    check_overshoot(mcfg, tcfg, request)
+    own = (model_config(preset, request.ablations, {}, **dims).overshoot_horizon,
+           TrainConfig(**TRAIN_PRESETS[preset]).window_len)
+    check_overshoot(mcfg, tcfg, request, own)
     if saved is not None:
         old = saved["model_config"]
         for name, value in mcfg.to_dict().items():
@@ -151,14 +182,17 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
     return mcfg, tcfg, preset
 
 
-def check_overshoot(mcfg: ModelConfig, tcfg: TrainConfig, request: RunRequest) -> None:
+def check_overshoot(mcfg: ModelConfig, tcfg: TrainConfig, request: RunRequest,
+                    preset_pair: tuple[int, int] | None = None) -> None:
     """Refuse a ``model.overshoot_horizon`` longer than the training window ``train.window_len``: the
     overshooting loss imagines ``min(overshoot_horizon, window_len)`` steps (the window's L actions), so the
     rest would be dropped silently. Checked when ``request`` sets either; a preset's own pair is the preset's
-    choice (``tiny``'s 8-step windows imagine 8 of MrCoM's default 15 steps), and a resumed run keeps what it
-    was trained with."""
+    choice (``tiny``'s 8-step windows imagine 8 of MrCoM's default 15 steps), also when a request repeats it
+    (``preset_pair``: the preset's (overshoot_horizon, window_len), as a run's ``config.json`` read back does), and
+    a resumed run keeps what it was trained with."""
     horizon, window = mcfg.overshoot_horizon, tcfg.window_len
-    if ("overshoot_horizon" in request.model or "window_len" in request.train) and horizon > window:
+    asked = "overshoot_horizon" in request.model or "window_len" in request.train
+    if asked and horizon > window and (horizon, window) != preset_pair:
         raise UserInputError(f"model.overshoot_horizon={horizon} is longer than the training window "
                              f"(train.window_len={window}), and the overshooting loss imagines at most the window's "
                              f"steps; lower model.overshoot_horizon or raise train.window_len")

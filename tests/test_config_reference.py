@@ -1,0 +1,27 @@
+"""docs/config.md is what the config dataclasses give (python -m mrcom_train.config_reference docs/config.md)."""
+
+import dataclasses
+from pathlib import Path
+
+from mrcom_train.config_reference import render
+
+DOC = Path(__file__).resolve().parents[1] / "docs" / "config.md"
+
+
+def test_the_committed_reference_is_the_generated_one():
+    assert DOC.read_text() == render(), "docs/config.md is stale: python -m mrcom_train.config_reference docs/config.md"
+
+
+def test_every_field_of_every_config_is_listed_once():
+    from mrcom_core.config import ModelConfig
+    from mrcom_train.datasets.collect_config import CollectConfig
+    from mrcom_train.rl.adapt_config import AdaptConfig
+    from mrcom_train.rl.sac import SACConfig
+    from mrcom_train.training.config import TrainConfig
+
+    text = render()
+    for cls in (ModelConfig, TrainConfig, AdaptConfig, CollectConfig, SACConfig):
+        section = text.split(f"(`{cls.__name__}`)")[1].split("\n## ")[0]
+        for f in dataclasses.fields(cls):
+            assert section.count(f"| `{f.name}` |") == 1, (cls.__name__, f.name)
+    assert ":class:" not in text and "``" not in text
