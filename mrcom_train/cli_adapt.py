@@ -43,14 +43,14 @@ def adapt(ctx, export_dir, model_free, split, range_, domain, env_steps, episode
     from .rl.adapt import AdaptConfig, Adapter
     from .rl.adapt_config import read_adapt_config
 
-    flags = {"split": split, "range": range_, "domain": domain, "seed": seed, "env_steps": env_steps,
-             "episode_length": episode_length, "use_model": not model_free}
-    given = {name: ctx.get_parameter_source(param) == click.core.ParameterSource.COMMANDLINE for name, param in
-             (("split", "split"), ("range", "range_"), ("domain", "domain"), ("seed", "seed"),
-              ("env_steps", "env_steps"), ("episode_length", "episode_length"), ("use_model", "model_free"))}
+    params = {"split": "split", "range": "range_", "domain": "domain", "seed": "seed", "env_steps": "env_steps",
+              "episode_length": "episode_length", "use_model": "model_free"}  # AdaptConfig field → flag
+    flags = {**{field: ctx.params[param] for field, param in params.items()}, "use_model": not model_free}
+    given = {f for f, p in params.items() if ctx.get_parameter_source(p) is click.core.ParameterSource.COMMANDLINE}
     saved = read_adapt_config(config_file) if config_file else {}
-    config = AdaptConfig(**{k: v for k, v in flags.items() if given[k] or k not in saved})
-    config = apply_overrides(config, {k: v for k, v in saved.items() if not given.get(k)}, "adapt")
+    # a --config file's settings replace the flags' defaults; flags given on the command line and --set win
+    config = AdaptConfig(**{f: v for f, v in flags.items() if f in given or f not in saved})
+    config = apply_overrides(config, {f: v for f, v in saved.items() if f not in given}, "adapt")
     config = apply_overrides(config, parse_assignments(sets), "adapt")
     model_free = not config.use_model
     threads = start_threads(threads)
