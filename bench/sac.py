@@ -3,7 +3,7 @@
 Run as ``python bench/sac.py [--configs 256x2:256,128x2:128,64x2:256] [--threads 1] [--rounds 7]``.
 For each config (``HIDDENxLAYERS:BATCH``) it builds :class:`LegacySAC` (a frozen copy of the update as it was
 before its rewrite: single-tensor Adam, two separate critic MLPs, a Python Polyak loop, ``requires_grad``
-toggling, six ``.item()`` host syncs) and the current :class:`~mrcom_train.rl.sac.SAC` from the same seed,
+toggling, six ``.item()`` host syncs) and the current :class:`~mrcom_train.agents.sac.SAC` from the same seed,
 feeds both the same batches and times them in interleaved rounds (median), so machine noise hits both;
 it reports wall-clock updates/s and updates per CPU-second of the process (robust when the machine is shared).
 FLOPs per update are counted with ``torch.utils.flop_counter.FlopCounterMode`` over one whole update
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mrcom_train.rl.sac import SAC, Actor, SACConfig, mlp
+from mrcom_train.agents.sac import SAC, Actor, SACConfig, mlp
 
 
 class LegacyTwinQ(nn.Module):

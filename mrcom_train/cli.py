@@ -177,7 +177,7 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which, threads)
     from mrcom_export.exporter import FORMATS, export_model
     from mrcom_export.graphs import PolicyActor
 
-    from .rl.sac import load_actor
+    from .agents.sac import load_actor
     from .training.checkpoint import load_model
 
     formats = FORMATS if fmt == "all" else (fmt,)

@@ -59,9 +59,9 @@ def render() -> str:
     """The whole page."""
     from mrcom_core.config import PRESETS, ModelConfig
 
+    from .agents.sac import SACConfig
     from .datasets.collect_config import CollectConfig
     from .rl.adapt_config import AdaptConfig
-    from .rl.sac import SACConfig
     from .training.config import TRAIN_PRESETS, TrainConfig
 
     sections = [

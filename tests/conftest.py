@@ -160,7 +160,7 @@ def exported(tmp_path_factory):
     """One ONNX + TorchScript export (with a SAC policy) shared by the export and C++ tests."""
     from mrcom_export import graphs as G
     from mrcom_export.exporter import export_model
-    from mrcom_train.rl.sac import SAC, SACConfig
+    from mrcom_train.agents.sac import SAC, SACConfig
 
     out = tmp_path_factory.mktemp("export") / "exp"
     model = export_model_for_tests()

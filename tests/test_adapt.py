@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from mrcom_core.errors import UserInputError
+from mrcom_train.agents.sac import load_actor
 from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return, summarize
-from mrcom_train.rl.sac import load_actor
 from mrcom_train.rl.scoring import floor_scores
 from mrcom_train.scenarios import ScenarioEnv
 

@@ -21,8 +21,8 @@ import torch
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import LOCK_NAME, sha256
 from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_train.agents.sac import SAC, SACConfig, load_actor, parameter_counts
 from mrcom_train.rl.adapt import AdaptConfig, Adapter
-from mrcom_train.rl.sac import SAC, SACConfig, load_actor, parameter_counts
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 QUIET = dict(progress=False, log=lambda s: None)

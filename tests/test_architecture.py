@@ -1,7 +1,7 @@
 """The layering, read from the source (AST), so a violation fails before anything runs:
 
-* no import cycle anywhere among first-party modules, counting imports inside functions too (they are
-  still dependencies, only hidden);
+* no import cycle anywhere among first-party modules, nor between sub-packages (``mrcom_train.rl`` ↔
+  ``mrcom_train.datasets``…), counting imports inside functions too (they are still dependencies, only hidden);
 * ``mrcom_core`` imports neither ``mrcom_train`` nor ``mrcom_export``; ``mrcom_export`` never imports
   ``mrcom_train``;
 * the torch-free side of ``mrcom_export`` (``runtime``, ``vector_env``, ``bundle``, ``manifest``) never
@@ -91,6 +91,39 @@ def test_no_import_cycles():
     for node in sorted(first_party):
         if node not in state:
             visit(node)
+
+
+def _unit(name: str) -> str:
+    """A module's sub-package (``mrcom_train.rl`` for ``mrcom_train.rl.adapt``), or the module itself at a
+    package's top level."""
+    parts = name.split(".")
+    return ".".join(parts[:2]) if len(parts) >= 3 else name
+
+
+def test_no_import_cycles_between_subpackages():
+    units: dict[str, set[str]] = {}
+    for name, deps in GRAPH.items():
+        for dep in deps:
+            if dep in MODULES and _unit(dep) != _unit(name) and dep not in _parents(name):
+                units.setdefault(_unit(name), set()).add(_unit(dep))
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in sorted(units.get(node, ())):
+            if state.get(nxt) == 1:
+                pytest.fail("sub-package import cycle: " + " → ".join(stack[stack.index(nxt):] + [nxt]))
+            if nxt not in state:
+                visit(nxt)
+        stack.pop()
+        state[node] = 2
+
+    for node in sorted(units):
+        if node not in state:
+            visit(node)
+    assert "mrcom_train.rl" in units and "mrcom_train.agents" in units["mrcom_train.rl"]  # the scan sees them
 
 
 @pytest.mark.parametrize("layer,forbidden", [("mrcom_core", ("mrcom_train", "mrcom_export")),

@@ -14,9 +14,9 @@ def test_the_committed_reference_is_the_generated_one():
 
 def test_every_field_of_every_config_is_listed_once():
     from mrcom_core.config import ModelConfig
+    from mrcom_train.agents.sac import SACConfig
     from mrcom_train.datasets.collect_config import CollectConfig
     from mrcom_train.rl.adapt_config import AdaptConfig
-    from mrcom_train.rl.sac import SACConfig
     from mrcom_train.training.config import TrainConfig
 
     text = render()

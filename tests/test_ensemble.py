@@ -13,9 +13,9 @@ from conftest import make_batch, make_noise
 from mrcom_core import ensemble
 from mrcom_core.errors import UserInputError
 from mrcom_core.registry import build_model, model_config
+from mrcom_train.agents.sac import ReplayBuffer
 from mrcom_train.rl import gate
 from mrcom_train.rl.adapt_config import AdaptConfig
-from mrcom_train.rl.sac import ReplayBuffer
 
 DIMS = dict(obs_dim=10, act_dim=3, num_scenarios=2)
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from mrcom_train.rl.sac import SAC, ReplayBuffer, SACConfig, load_actor, mlp
+from mrcom_train.agents.sac import SAC, ReplayBuffer, SACConfig, load_actor, mlp
 
 torch.set_num_threads(1)
 

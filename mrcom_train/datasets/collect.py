@@ -164,7 +164,7 @@ def _run_sac_unit(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> N
 
 
 def _sac_episodes(unit: Unit, spec: ScenarioSpec, env: ScenarioEnv, report) -> None:
-    from ..rl.sac import SAC, ReplayBuffer, SACConfig
+    from ..agents.sac import SAC, ReplayBuffer, SACConfig
 
     cfg = unit.config
     K, T = cfg["episodes_per_scenario"], spec.episode_length

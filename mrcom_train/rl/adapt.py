@@ -45,6 +45,7 @@ from mrcom_core.resources import require_memory
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
 
+from ..agents.sac import SAC, ReplayBuffer, SACConfig
 from ..metrics_log import MetricsLog
 from ..scenarios import ScenarioEnv, UnifiedSpace, reward_from_obs
 from . import adapt_checkpoint as checkpoint
@@ -52,7 +53,6 @@ from . import diagnostics, gate, refit
 from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
 from .diagnostics import DIAGNOSTICS, ENSEMBLE_DIAGNOSTICS
 from .oracle import OracleRollouts
-from .sac import SAC, ReplayBuffer, SACConfig
 from .scoring import evaluate_policy, floor_scores
 
 __all__ = ["AdaptConfig", "Adapter", "normalized_return", "summarize"]

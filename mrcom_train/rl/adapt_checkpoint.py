@@ -30,7 +30,7 @@ from mrcom_core import snapshots
 from mrcom_core.errors import UserInputError
 from mrcom_core.files import atomic_path, read_json, require_fields, write_json_atomic
 
-from .sac import SAC
+from ..agents.sac import SAC
 
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 1
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/ + latest.json

@@ -13,8 +13,8 @@ from mrcom_core.config import check_int, check_number
 from mrcom_core.errors import UserInputError
 from mrcom_core.resources import format_bytes
 
+from ..agents.sac import SACConfig, parameter_counts
 from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, target_scenario
-from .sac import SACConfig, parameter_counts
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
@@ -205,7 +205,7 @@ class AdaptConfig:
 
         * the replay buffers (:meth:`buffer_bytes`) and the real episodes kept for prompts (each real step's
           observation, action and reward once more);
-        * the SAC networks at width ``sac_hidden`` (:func:`~mrcom_train.rl.sac.parameter_counts`): the actor and
+        * the SAC networks at width ``sac_hidden`` (:func:`~mrcom_train.agents.sac.parameter_counts`): the actor and
           the twin critic with their gradients and Adam's two moments, and the target critic;
         * one SAC update: its batch of ``batch_size`` transitions and the hidden activations its backward pass
           keeps (the actor's and both critics', one per hidden layer);

@@ -24,6 +24,7 @@ from mrcom_core.config import ABLATIONS, ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.files import write_json_atomic, writing
 from mrcom_core.losses import loss_overshoot
+from mrcom_core.optim import adam_options
 from mrcom_core.outputs import TRAINING_RUN, claim_output, claimed, undo_fresh
 from mrcom_core.registry import build_model, history_steps
 from mrcom_core.resources import require_memory
@@ -35,7 +36,6 @@ from ..metrics_log import MetricsLog
 from .checkpoint import clean_checkpoints, latest_checkpoint, load_checkpoint, read_state, save_best, save_checkpoint
 from .config import RunRequest, TrainConfig, resolve_configs
 from .evaluation import KEY, by_domain, format_errors, open_loop_error
-from .optim import adam_options
 
 
 class TrainingDiverged(RuntimeError):

@@ -24,8 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mrcom_core.errors import UserInputError
-
-from ..training.optim import adam_options
+from mrcom_core.optim import adam_options
 
 LOG_STD_MIN, LOG_STD_MAX = -5.0, 2.0
 _LOG_2PI = math.log(2.0 * math.pi)

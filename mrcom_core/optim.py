@@ -1,4 +1,4 @@
-"""The optimizer settings shared by world-model training and SAC."""
+"""The optimizer settings shared by world-model training and the SAC agent."""
 
 from __future__ import annotations
 
