@@ -154,7 +154,7 @@ def test_adaptation_resumes_exactly_after_a_kill(unified_export, tmp_path, monke
 
 # ---------------------------------------------------------------------------------------------------- MBPO
 def test_g_updates_happen_per_env_step(tmp_path, monkeypatch):
-    from mrcom_train.rl import sac as sac_module
+    from mrcom_train.agents import sac as sac_module
 
     calls = []
     real = sac_module.SAC.update

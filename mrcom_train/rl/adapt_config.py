@@ -18,9 +18,6 @@ from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, targ
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
-# MBPO's rollout-length schedules (Janner et al. 2019, appendix C: Hopper 1 → 15 over epochs 20 → 100, Walker2d
-# and HalfCheetah 1), as (start, end) per domain; the schedule runs over the adaptation's env steps.
-HORIZONS = {"hopper": (1, 15), "walker": (1, 1), "cheetah": (1, 1)}
 IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
@@ -45,7 +42,7 @@ class AdaptConfig:
     ``real_ratio`` (share of real transitions in each SAC batch), ``model_rollout_every`` env steps one round
     of ``rollout_batch`` imagined rollouts, ``retain_rounds`` (the model buffer holds the latest rounds
     only), ``horizon_start`` → ``horizon_end`` (rollout length, linear over the run; ``None``: the domain's
-    MBPO schedule, :data:`HORIZONS`).
+    MBPO schedule, ``Domain.mbpo_horizon``: 1 → 15 on hopper, 1 on walker and cheetah).
 
     ``imagined_reward``: what scores an imagined transition: ``"model"`` (the world model's reward head) or
     ``"true"`` (the target task's reward function applied to the imagined next observation,
@@ -116,7 +113,7 @@ class AdaptConfig:
         get_split(self.split).range(self.range)
         if self.domain not in DOMAINS:
             raise UserInputError(f"domain: unknown domain {self.domain!r}; choose from {', '.join(DOMAINS)}")
-        start, end = HORIZONS[self.domain]
+        start, end = DOMAINS[self.domain].mbpo_horizon
         object.__setattr__(self, "horizon_start", start if self.horizon_start is None else self.horizon_start)
         object.__setattr__(self, "horizon_end", max(end, self.horizon_start) if self.horizon_end is None
                            else self.horizon_end)

@@ -193,17 +193,20 @@ class Domain:
     v_max: float
     obs_dim: int
     act_dim: int
+    # MBPO's imagined-rollout length (start, end), linear over an adaptation's env steps (Janner et al. 2019,
+    # appendix C: Hopper 1 → 15 over epochs 20 → 100, Walker2d and HalfCheetah 1)
+    mbpo_horizon: tuple[int, int]
 
 
 DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("hopper", hopper, "hopper.xml", _scale_hopper, "hop",
            lambda random: hopper.Hopper(hopping=True, random=random),
-           HopperTargetSpeed, hopper._CONTROL_TIMESTEP, float(hopper._HOP_SPEED), 15, 4),
+           HopperTargetSpeed, hopper._CONTROL_TIMESTEP, float(hopper._HOP_SPEED), 15, 4, (1, 15)),
     Domain("walker", walker, "walker.xml", _scale_walker, "run",
            lambda random: walker.PlanarWalker(move_speed=walker._RUN_SPEED, random=random),
-           WalkerTargetSpeed, walker._CONTROL_TIMESTEP, float(walker._RUN_SPEED), 24, 6),
+           WalkerTargetSpeed, walker._CONTROL_TIMESTEP, float(walker._RUN_SPEED), 24, 6, (1, 1)),
     Domain("cheetah", cheetah, "cheetah.xml", _scale_cheetah, "run", lambda random: cheetah.Cheetah(random=random),
-           CheetahTargetSpeed, None, float(cheetah._RUN_SPEED), 17, 6),
+           CheetahTargetSpeed, None, float(cheetah._RUN_SPEED), 17, 6, (1, 1)),
 )}
 
 
