@@ -5,4 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh dev
 .venv/bin/ruff check .
 # One test worker per core (pytest-xdist; each worker runs torch single-threaded), a test file per worker.
-MUJOCO_GL=disable .venv/bin/python -m pytest -q -rs -n "${MRCOM_TEST_WORKERS:-auto}" --dist loadfile "$@"
+MUJOCO_GL=disable .venv/bin/python -m pytest -q -n "${MRCOM_TEST_WORKERS:-auto}" --dist loadfile "$@"
