@@ -211,6 +211,8 @@ def export_cmd(run, out, fmt, horizon, policy, no_blocks, force, which, threads)
               "data": state["data"]["path"], "policy": str(Path(policy).resolve()) if policy else None}
     export_model(model, out, formats=formats, horizon=horizon, policy=actor, blocks=not no_blocks, source=source,
                  force=force, log=log)
+    while pending:  # an export that logged nothing still names what it exported
+        click.echo(pending.pop())
     click.echo(f"wrote {out}/manifest.json; every graph passed the ONNX checker and eager parity")
 
 
