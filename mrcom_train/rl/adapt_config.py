@@ -249,16 +249,8 @@ def normalized_return(episode_return: float, episode_length: int) -> float:
 def read_adapt_config(path) -> dict:
     """The AdaptConfig fields of a JSON file (an adaptation run's ``config.json``: its ``target``, which the
     fields determine, is left out); values are checked when applied (:func:`~mrcom_core.config.apply_overrides`)."""
-    import json
-    from pathlib import Path
+    from mrcom_core.files import read_json
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserInputError(f"config file {path} not found") from None
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"config file {path}: expected an object of AdaptConfig fields, got {data!r}")
+    data = read_json(path, "config file")
     data.pop("target", None)
     return data

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mrcom_core.config import ModelConfig, apply_overrides, check_int, check_number, parse_assignments
 from mrcom_core.errors import UserInputError
+from mrcom_core.files import read_json
 from mrcom_core.registry import check_config, model_config
 
 from ..datasets.dataset import Dataset
@@ -122,25 +123,15 @@ def read_config_file(path: str | Path) -> dict:
     """A ``--config`` file as ``{preset, ablations, model, train}``: TOML, or a training run's ``config.json``
     (``*.json``: the run's own settings, without what it records of its dataset and machine, so the same
     settings train on the ``--data`` given)."""
-    import json
-
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise UserInputError(f"config file {path} not found") from None
     if path.suffix != ".json":
         try:
-            return tomllib.loads(text)
+            return tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise UserInputError(f"config file {path} not found") from None
         except tomllib.TOMLDecodeError as e:
             raise UserInputError(f"config file {path} is not valid TOML: {e}") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UserInputError(f"config file {path} is not valid JSON: {e}") from None
-    if not isinstance(data, dict):
-        raise UserInputError(f"config file {path}: expected an object with preset, model and train, got {data!r}")
-    data = {k: v for k, v in data.items() if k not in RECORDED_KEYS}
+    data = {k: v for k, v in read_json(path, "config file").items() if k not in RECORDED_KEYS}
     if isinstance(data.get("model"), dict):
         data["model"] = {k: v for k, v in data["model"].items() if k not in DATASET_FIELDS}
     return data
