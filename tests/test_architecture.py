@@ -71,26 +71,33 @@ def test_the_scan_sees_the_project():
     assert "mrcom_train.datasets.dataset" in GRAPH["mrcom_train.datasets.collect"]  # relative imports resolve
 
 
-def test_no_import_cycles():
-    first_party = {n: {m for m in deps if m in MODULES and m != n} for n, deps in GRAPH.items()}
+def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One cycle of ``graph`` (node → the nodes it imports) as ``[a, b, …, a]``, or None."""
     state: dict[str, int] = {}  # 1: on the stack, 2: done
     stack: list[str] = []
 
-    def visit(node: str) -> None:
+    def visit(node: str) -> list[str] | None:
         state[node] = 1
         stack.append(node)
-        for nxt in sorted(first_party[node]):
+        for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                cycle = stack[stack.index(nxt):] + [nxt]
-                pytest.fail("import cycle: " + " → ".join(cycle))
-            if nxt not in state:
-                visit(nxt)
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt not in state and (found := visit(nxt)):
+                return found
         stack.pop()
         state[node] = 2
+        return None
 
-    for node in sorted(first_party):
-        if node not in state:
-            visit(node)
+    for node in sorted(graph):
+        if node not in state and (found := visit(node)):
+            return found
+    return None
+
+
+def test_no_import_cycles():
+    first_party = {n: {m for m in deps if m in MODULES and m != n} for n, deps in GRAPH.items()}
+    cycle = _cycle(first_party)
+    assert cycle is None, "import cycle: " + " → ".join(cycle)
 
 
 def _unit(name: str) -> str:
@@ -106,23 +113,8 @@ def test_no_import_cycles_between_subpackages():
         for dep in deps:
             if dep in MODULES and _unit(dep) != _unit(name) and dep not in _parents(name):
                 units.setdefault(_unit(name), set()).add(_unit(dep))
-    state: dict[str, int] = {}
-    stack: list[str] = []
-
-    def visit(node: str) -> None:
-        state[node] = 1
-        stack.append(node)
-        for nxt in sorted(units.get(node, ())):
-            if state.get(nxt) == 1:
-                pytest.fail("sub-package import cycle: " + " → ".join(stack[stack.index(nxt):] + [nxt]))
-            if nxt not in state:
-                visit(nxt)
-        stack.pop()
-        state[node] = 2
-
-    for node in sorted(units):
-        if node not in state:
-            visit(node)
+    cycle = _cycle(units)
+    assert cycle is None, "sub-package import cycle: " + " → ".join(cycle)
     assert "mrcom_train.rl" in units and "mrcom_train.agents" in units["mrcom_train.rl"]  # the scan sees them
 
 
