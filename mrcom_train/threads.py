@@ -1,9 +1,9 @@
 """How many threads one ``mrcom`` process computes with.
 
 Torch's default intra-op pool has a thread per core, and its threads wait for each other at every kernel: when
-another process holds one of two cores, training on two threads collapses (measured: 0.2 against 10 updates/s
-with one thread, ``bench/threads.py``). So every command chooses its thread count before it starts work
-(:func:`choose_threads`):
+another process holds one of two cores, training on two threads collapses (``bench/threads.py``, 2-core AMD EPYC,
+``train --preset tiny`` beside a spinning core: 5.2 updates/s on two threads, 21.8 on one). So every command
+chooses its thread count before it starts work (:func:`choose_threads`):
 
 * ``--threads N`` (or ``OMP_NUM_THREADS``, the usual variable for it) is taken as given;
 * otherwise the cores this process may run on (its CPU affinity, capped by a cgroup CPU quota) less the cores
