@@ -22,7 +22,6 @@ from torch import nn
 
 from .config import ABLATIONS, ModelConfig
 from .ensemble import EnsembleHeads
-from .errors import UserInputError
 from .layers import KVCache, RolloutCache, StreamingContextEncoder
 
 
@@ -93,20 +92,25 @@ class BaseWorldModel(nn.Module):
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
         raise NotImplementedError
 
+    #: the config switches only some classes honour: field → (what a class needs for it, the class attribute that
+    #: says it has it); an ablation's field is honoured by the classes that list it in :attr:`ablations`
+    switches: ClassVar[dict[str, tuple[str, str]]] = {
+        "overshoot_horizon": ("an overshooting loss", "supports_overshoot"),
+        "ensemble": ("a loss that trains the ensemble heads", "supports_ensemble"),
+        "history_len": ("a recurrent context", "recurrent_history"),
+        **{name: ("the ablation", "ablations") for name in ABLATIONS},
+    }
+
     @classmethod
-    def check_config(cls, config: ModelConfig, name: str) -> None:
-        """Raise :class:`UserInputError` for a switch this class does not honour (``name``: its registry key)."""
-        for ablation in ABLATIONS:
-            if getattr(config, ablation) and ablation not in cls.ablations:
-                raise UserInputError(f"model.{ablation}: ablations apply to model.model_type=mrcom, not {name}")
-        if config.overshoot_horizon and not cls.supports_overshoot:
-            raise UserInputError(f"model.overshoot_horizon applies to models with an overshooting loss (mrcom and the "
-                                 f"RSSMs), not {name}")
-        if config.ensemble and not cls.supports_ensemble:
-            raise UserInputError(f"model.ensemble applies to models whose loss trains the ensemble heads (mrcom and "
-                                 f"the built-in baselines), not {name}")
-        if config.history_len and not cls.recurrent_history:
-            raise UserInputError(f"model.history_len applies to models with a recurrent context (mamba), not {name}")
+    def honours(cls, field: str) -> bool:
+        """Whether this class honours the switch ``field`` (one of :attr:`switches`)."""
+        flag = cls.switches[field][1]
+        return field in cls.ablations if flag == "ablations" else bool(getattr(cls, flag))
+
+    @classmethod
+    def unhonoured(cls, config: ModelConfig) -> str | None:
+        """The first switch ``config`` sets that this class does not honour (None: every one it sets is)."""
+        return next((f for f in cls.switches if getattr(config, f) and not cls.honours(f)), None)
 
     #: buffers a checkpoint saved before they existed may lack (their initial values are what it trained with)
     optional_buffers: ClassVar[tuple[str, ...]] = ("reward_mean", "reward_std")

@@ -53,8 +53,14 @@ def model_class(name: str) -> type[BaseWorldModel]:
 
 
 def check_config(config: ModelConfig) -> ModelConfig:
-    """``config`` if its ``model_type`` is registered and every switch it sets is honoured by that class."""
-    model_class(config.model_type).check_config(config, config.model_type)
+    """``config`` if its ``model_type`` is registered and every switch it sets is honoured by that class (else a
+    :class:`UserInputError` naming the field and the registered models that honour it)."""
+    cls, name = model_class(config.model_type), config.model_type
+    field = cls.unhonoured(config)
+    if field is not None:
+        need = cls.switches[field][0]
+        honoured_by = ", ".join(n for n, c in MODELS.items() if c.honours(field)) or "none registered"
+        raise UserInputError(f"model.{field} applies to models with {need} ({honoured_by}), not {name}")
     return config
 
 

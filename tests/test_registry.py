@@ -2,6 +2,7 @@
 parity checks), rolls out through the runtime and joins ``mrcom reproduce``'s methods, without any other file
 knowing about it."""
 
+import csv
 from typing import NamedTuple
 
 import numpy as np
@@ -28,7 +29,8 @@ def drift_loss(model, window: DriftWindow, batch, noise):
     obs = window.obs[:, :-1]
     empty = obs.new_zeros(*obs.shape[:2], 0)
     reward = reward_nll(model, LatentState(obs, empty, empty), batch).mean()
-    return {"loss": recon + reward, "recon": recon, "reward": reward}
+    drift = window.mean.abs().mean().detach()  # a term no built-in model logs: it must still reach metrics.csv
+    return {"loss": recon + reward, "recon": recon, "reward": reward, "drift_size": drift}
 
 
 class Drift(BaseWorldModel):
@@ -91,6 +93,11 @@ def test_a_registered_model_trains_exports_and_rolls_out(drift, tmp_path):
     result = trainer.run()
     assert trainer.step == 30 and np.isfinite(result["open_loop_error"])
     assert trainer.train_step()["loss"] < first  # it learned
+    with open(tmp_path / "run" / "metrics.csv", newline="") as f:
+        logged = [row for row in csv.DictReader(f) if row["drift_size"]]
+    # every update run() logged (the first one, taken by hand above, was not)
+    assert [int(row["step"]) for row in logged] == list(range(2, 31))
+    assert all(np.isfinite(float(row["drift_size"])) for row in logged)
     model, _ = load_model(tmp_path / "run")
     assert type(model) is Drift
     manifest = export_model(model, tmp_path / "export", formats=("onnx",), horizon=2, blocks=False,
@@ -114,8 +121,16 @@ def test_registry_rejects_what_it_cannot_build(drift):
         register_model("drift", type("Other", (Drift,), {}))
     with pytest.raises(TypeError, match="not a BaseWorldModel"):
         register_model("nope", dict)
-    with pytest.raises(UserInputError, match="ablations apply to model.model_type=mrcom, not drift"):
+    with pytest.raises(UserInputError, match=r"model.no_d applies to models with the ablation \(mrcom\), not drift"):
         model_config("tiny", ["no_d"], {"model_type": "drift"})
+    # the message names the registered models that honour the switch, the registered one included
+    register_model("drift_os", type("DriftOS", (Drift,), {"supports_overshoot": True}))
+    try:
+        honoured_by = r"overshooting loss \(mrcom, rssm_ctx, rssm, mamba, drift_os\), not drift"
+        with pytest.raises(UserInputError, match=honoured_by):
+            model_config("tiny", overrides={"model_type": "drift", "overshoot_horizon": 3})
+    finally:
+        unregister_model("drift_os")
     unregister_model("drift")
     with pytest.raises(UserInputError, match="model.model_type must be one of"):
         model_config("tiny", overrides={"model_type": "drift"})
