@@ -79,7 +79,9 @@ class EventFile:
 class MetricsLog:
     """Args:
         run_dir: the run folder (``metrics.csv`` and ``tb/`` go there).
-        fields: the CSV columns; the first one is the step counter.
+        fields: the first CSV columns; the first one is the step counter. A field a row brings that is not
+            a column yet becomes one (the file is rewritten with the longer header), so every logged term
+            reaches the CSV without a list of them kept anywhere.
         step: the step the run starts (or resumes) at.
     """
 
@@ -87,18 +89,22 @@ class MetricsLog:
         run_dir = Path(run_dir)
         self.fields, self.path = list(fields), run_dir / "metrics.csv"
         rows = self._rows_up_to(step) if step and self.path.exists() else []
-        with writing(self.path), atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
-            kept = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
-            kept.writeheader()
-            kept.writerows(rows)
-        self.file = open(self.path, "a", newline="")
-        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+        self.fields += [k for k in dict.fromkeys(k for row in rows for k in row) if k and k not in self.fields]
+        self._rewrite(rows)
         try:
             self.tb = EventFile(run_dir / "tb", purge_step=step or None)
         except BaseException:
             self.file.close()
             raise
 
+    def _rewrite(self, rows: list[dict]) -> None:
+        """Replace the CSV by ``rows`` under the current header (atomically) and open it for appending."""
+        with writing(self.path), atomic_path(self.path) as tmp, open(tmp, "w", newline="") as f:
+            kept = csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore")
+            kept.writeheader()
+            kept.writerows(rows)
+        self.file = open(self.path, "a", newline="")
+        self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
     def _rows_up_to(self, step: int) -> list[dict]:
         """The log's rows up to ``step``. A last row cut short by a crash is dropped; a file that is not this
         run's log is one error line (the checkpoint itself is intact; delete the file to resume anyway)."""
@@ -123,6 +129,13 @@ class MetricsLog:
 
     def write(self, step: int, row: dict[str, float], scalars: dict[str, float] | None = None) -> None:
         """Append ``row`` at ``step`` to the CSV and ``scalars`` (TensorBoard tag → value) to TensorBoard."""
+        new = [k for k in row if k not in self.fields]
+        if new:  # a term the log has no column for yet: the file gets the longer header, its rows kept
+            self.file.close()
+            with open(self.path, newline="", encoding="utf-8") as f:
+                rows = list(csv.DictReader(f))
+            self.fields += new
+            self._rewrite(rows)
         with writing(self.path):
             self.writer.writerow({self.fields[0]: step, **row})
             self.file.flush()

@@ -39,7 +39,10 @@ def test_training_runs_logs_and_checkpoints(data, tmp_path):
     assert set(result) == {"open_loop_error", "open_loop_error_hopper", "open_loop_error_walker",
                            "open_loop_error_cheetah", "elite_error"}  # the model's ensemble: its elites' error
     lines = (run / "metrics.csv").read_text().strip().splitlines()
-    assert lines[0].startswith("step,loss,var") and len(lines) == 1 + 1 + 4 + 2  # header, eval@0, 4 logs, 2 evals
+    assert len(lines) == 1 + 1 + 4 + 2  # header, eval@0, 4 logs, 2 evals
+    header = lines[0].split(",")
+    assert header[:2] == ["step", "loss"] and len(set(header)) == len(header)
+    assert {*trainer.train_step(), *result} <= set(header)  # every term an update logs, every evaluation's
     assert list((run / "tb").glob("events.out.tfevents.*"))
     ckpt = latest_checkpoint(run)
     assert ckpt.name == "step_00000020"

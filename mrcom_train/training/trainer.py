@@ -70,8 +70,9 @@ def memory_lower_bound(model_config: ModelConfig, config: TrainConfig) -> int:
     return 16 * params + batch + activations
 
 
-LOG_FIELDS = ["step", "loss", "var", "kl_u", "kl_h", "recon", "reward", "s", "value_i", "value", "v", "overshoot",
-              "ensemble", "grad_norm", "updates_per_s", "elite_error", KEY]
+#: the first columns of ``metrics.csv``; every other term (the model's loss dict, the open-loop errors, the
+#: throughput) becomes a column when it is first logged (:class:`~mrcom_train.metrics_log.MetricsLog`)
+LOG_FIELDS = ["step", "loss", KEY]
 
 
 def _scalars(metrics: dict[str, float]) -> dict[str, float]:
