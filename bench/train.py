@@ -1,4 +1,4 @@
-"""World-model training throughput and model FLOPs utilization (MFU), before/after in one run.
+"""World-model training throughput and model FLOPs utilization (MFU): the training pass's variants in one run.
 
 Run as ``python bench/train.py [--preset small] [--steps 4] [--rounds 5] [--threads T] [--data PATH]``. It
 collects a small random dataset (hopper, walker, cheetah) into a temp folder (or reads ``--data``), builds one
@@ -8,9 +8,9 @@ forward, backward, Adam) in interleaved rounds (median per round), so machine no
 * **now** — today's training step (with ``train.overlap_overshoot``: on a CPU with 2+ threads the overshooting
   term runs in a second thread beside the other terms);
 * **one stream** — today's pass with the overlap off (every term in one stream on all threads);
-* **before** — :func:`per_step_window`, a frozen copy of ``MrCoM.observe_window`` as it was earlier
-  (u and h priors and their fused sample+KL evaluated inside the per-step posterior loop; same losses bit for
-  bit, a test checks it);
+* **scan** — the training pass as the plain scan of ``MrCoM.posterior_step`` (``observe_window(...,
+  hoisted=False)``), where "now" takes the GEMMs over what every step knows in advance out of the loop (same
+  losses and gradients within float rounding, a test checks it);
 * **re-encoding** — the context encoder run over every step's window instead of streaming once.
 
 FLOPs per update (forward + backward) are counted by torch's flop counter; MFU = FLOPs × updates/s ÷ the
@@ -22,12 +22,12 @@ columns are timed on the GPU.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import platform
 import tempfile
 import time
-import types
 import warnings
 from pathlib import Path
 
@@ -38,60 +38,12 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from mrcom_core.base import Gaussian, LatentState  # noqa: E402
-from mrcom_core.kernels import gaussian_sample_kl  # noqa: E402
-from mrcom_core.losses import MrCoMWindow  # noqa: E402
-
-
-def per_step_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
-    """``MrCoM.observe_window`` as it was (frozen copy, the bench's "before" column): the priors of u and
-    h and their fused sample+KL run inside the per-step loop with the posteriors."""
-    c = self.config
-    obs_n = self.normalize(batch["obs"])
-    B, T1, _ = obs_n.shape
-    context = self.window_context(batch)
-    prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
-    reverse = c.kl_direction == "prior_post"
-    if not self.u_on_d:
-        p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
-        q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
-        u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
-                                     reverse=reverse)
-    state = self.initial_state(B, obs_n.device)
-    ds, hs, kls, h_priors, u_steps = [], [], [], [], []
-    for j in range(T1):
-        if self.u_on_d:
-            pj = Gaussian.split(self.u_prior(self.u_inputs(context[:, j], prev_action[:, j], state.d)))
-            qj = Gaussian.split(self.u_post(self.u_inputs(context[:, j], prev_action[:, j], state.d, obs_n[:, j])))
-            uj, kl_uj = gaussian_sample_kl(pj.mean, pj.std_raw, qj.mean, qj.std_raw, noise["u"][:, j],
-                                           min_std=c.min_std, reverse=reverse)
-            u_steps.append((uj, kl_uj, pj, qj))
-        else:
-            uj = u[:, j]
-        d = self.deterministic(state.d, uj, prev_action[:, j])
-        hp = Gaussian.split(self.h_prior(torch.cat([context[:, j], state.h], -1)))
-        hq = Gaussian.split(self.h_post(torch.cat([context[:, j], state.h, obs_n[:, j]], -1)))
-        h, kl_h = gaussian_sample_kl(hp.mean, hp.std_raw, hq.mean, hq.std_raw, noise["h"][:, j],
-                                     min_std=c.min_std, reverse=reverse)
-        ds.append(d)
-        hs.append(h)
-        kls.append(kl_h)
-        h_priors.append(hp)
-        state = LatentState(uj, d, h)
-    if self.u_on_d:
-        us, kl_us, ps, qs = zip(*u_steps, strict=True)
-        u, kl_u = torch.stack(us, 1), torch.stack(kl_us, 1)
-        p, q = (Gaussian(*(torch.stack(x, 1) for x in zip(*g, strict=True))) for g in (ps, qs))
-    posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
-    h_prior = Gaussian(*(torch.stack(x, 1) for x in zip(*h_priors, strict=True)))
-    return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, torch.stack(kls, 1))
-
 
 def use_pass(model, which: str) -> None:
-    """Switch ``model`` to the ``now`` or ``before`` training pass (an instance attribute shadows the class
-    method; deleting it restores today's)."""
-    if which == "before":
-        model.observe_window = types.MethodType(per_step_window, model)
+    """Switch ``model`` to the ``now`` (hoisted) or ``scan`` (plain scan of ``posterior_step``) training pass (an
+    instance attribute shadows the class method; deleting it restores the default)."""
+    if which == "scan":
+        model.observe_window = functools.partial(type(model).observe_window, model, hoisted=False)
     elif "observe_window" in vars(model):
         del model.observe_window
 
@@ -122,7 +74,7 @@ def main() -> int:
     from mrcom_train.training.trainer import Trainer
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("# MrCoM training throughput: today's pass vs before, streaming context vs re-encoding\n")
+    print("# MrCoM training throughput: the hoisted pass vs the plain scan, streaming context vs re-encoding\n")
     print(f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{args.threads} CPU thread(s)" + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-train-") as tmp:
@@ -141,7 +93,7 @@ def main() -> int:
                                       progress=False, log=lambda s: None)
                         for name in ("streaming", "one stream", "re-encoding")}
             columns = {"now": (trainers["streaming"], "now"), "one stream": (trainers["one stream"], "now"),
-                       "before": (trainers["one stream"], "before"), "re-encoding": (trainers["re-encoding"], "now")}
+                       "scan": (trainers["one stream"], "scan"), "re-encoding": (trainers["re-encoding"], "now")}
             for trainer, which in columns.values():
                 use_pass(trainer.model, which)
                 for _ in range(args.warmup):
@@ -167,15 +119,15 @@ def main() -> int:
         print(f"- preset {args.preset}: batch {tc.batch_size}, window L={tc.window_len}, context m={mc.context_len}, "
               f"{mc.ctx_layers} encoder layers of width {mc.ctx_width}; {args.rounds} interleaved rounds of "
               f"{args.steps} updates per column after {args.warmup} warm-up\n")
-        print("| device | now upd/s | one stream upd/s | before upd/s | now / before | now upd/CPU-s "
-              "| before upd/CPU-s | GFLOP/update | GEMM peak GFLOP/s | MFU now | MFU before | re-encoding upd/s "
+        print("| device | now upd/s | one stream upd/s | scan upd/s | one stream / scan | now upd/CPU-s "
+              "| scan upd/CPU-s | GFLOP/update | GEMM peak GFLOP/s | MFU now | MFU scan | re-encoding upd/s "
               "| streaming / re-encoding |")
         print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for device, rate, per_cpu, flops, peak in rows:
-            print(f"| {device} | {rate['now']:.2f} | {rate['one stream']:.2f} | {rate['before']:.2f} | "
-                  f"{rate['now'] / rate['before']:.2f}× | "
-                  f"{per_cpu['now']:.2f} | {per_cpu['before']:.2f} | {flops / 1e9:.2f} | {peak / 1e9:.0f} | "
-                  f"{flops * rate['now'] / peak:.0%} | {flops * rate['before'] / peak:.0%} | "
+            print(f"| {device} | {rate['now']:.2f} | {rate['one stream']:.2f} | {rate['scan']:.2f} | "
+                  f"{rate['one stream'] / rate['scan']:.2f}× | "
+                  f"{per_cpu['now']:.2f} | {per_cpu['scan']:.2f} | {flops / 1e9:.2f} | {peak / 1e9:.0f} | "
+                  f"{flops * rate['now'] / peak:.0%} | {flops * rate['scan'] / peak:.0%} | "
                   f"{rate['re-encoding']:.2f} | {rate['now'] / rate['re-encoding']:.1f}× |")
     return 0
 

@@ -31,7 +31,7 @@ from torch.func import functional_call
 
 from .base import BaseWorldModel, Gaussian, LatentState
 from .ensemble import loss_ensemble
-from .kernels import gaussian_sample, gaussian_sample_kl
+from .kernels import gaussian_sample_kl
 from .steps import prime_from_batch, rollout
 
 Batch = dict[str, torch.Tensor]
@@ -41,6 +41,7 @@ class MrCoMWindow(NamedTuple):
     """What MrCoM's training pass over a window returns (time axis = window steps 0 … L)."""
 
     state: LatentState  # posterior latents, each (B, L+1, ·)
+    prev: LatentState  # the posterior before each step: s_{-1} (the initial zeros), s_0 … s_{L-1}
     context: torch.Tensor  # (B, L+1, ctx) c_0 … c_L
     prev_action: torch.Tensor  # (B, L+1, A) a_{-1} … a_{L-1}
     u_prior: Gaussian  # p(u_j | c_j, a_{j-1}), (B, L+1, U)
@@ -87,14 +88,10 @@ def loss_s(model: BaseWorldModel, window: MrCoMWindow) -> torch.Tensor:
 
 
 def one_step_priors(model: BaseWorldModel, window: MrCoMWindow, noise: Batch) -> LatentState:
-    """ŝ_j, the prior's prediction of each window step from the posterior ``s_{j-1}`` (``s_{-1}`` = 0):
-    ``[û_j, GRU(d_{j-1}, [û_j, a_{j-1}]), ĥ_j]``, sampled with ``noise["u_prior"]`` / ``noise["h_prior"]``."""
-    ms = model.config.min_std
-    u_hat = gaussian_sample(window.u_prior.mean, window.u_prior.std_raw, noise["u_prior"], min_std=ms)
-    d = window.state.d
-    d_prev = torch.cat([d.new_zeros(d.shape[0], 1, d.shape[2]), d[:, :-1]], dim=1)
-    h_hat = gaussian_sample(window.h_prior.mean, window.h_prior.std_raw, noise["h_prior"], min_std=ms)
-    return LatentState(u_hat, model.deterministic(d_prev, u_hat, window.prev_action), h_hat)
+    """ŝ_j, the prior's prediction of each window step from the posterior ``s_{j-1}`` (``s_{-1}`` = 0): the
+    model's own transition from the window's priors, sampled with ``noise["u_prior"]`` / ``noise["h_prior"]``."""
+    return model.transition(window.prev, (window.u_prior, window.h_prior), window.prev_action, noise["u_prior"],
+                            noise["h_prior"])
 
 
 def loss_value_heads(model: BaseWorldModel, window: MrCoMWindow, batch: Batch) -> dict[str, torch.Tensor]:

@@ -1,6 +1,6 @@
 """The MrCoM world model (paper §3.1), with separate ``observe`` (posterior) and ``imagine`` (prior) steps.
 
-Index convention (DESIGN.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}`` and
+Index convention (docs/design.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}`` and
 ``c_t = Enc(C_t)``;
 
 * stochastic ``u_t``: prior ``p(u_t | c_t, a_{t-1})``, posterior ``q(u_t | c_t, a_{t-1}, o_t)`` (eq. 6 read
@@ -18,6 +18,8 @@ inside: every sample takes its standard-normal noise as an input.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -27,6 +29,15 @@ from ..config import ABLATIONS, ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp, split_inputs
 from ..losses import MrCoMWindow, total_loss
+from ..scan import scan, shifted, stack_steps
+
+
+class Posterior(NamedTuple):
+    """What :meth:`MrCoM.posterior_step` returns per step (and a window pass, stacked over the steps)."""
+
+    state: LatentState  # the posterior sample s_t
+    u: Gaussian  # q(u_t | c_t, a_{t-1}(, d_{t-1}), o_t)
+    h: Gaussian  # q(h_t | c_t, h_{t-1}, o_t)
 
 
 class MrCoM(BaseWorldModel):
@@ -82,53 +93,88 @@ class MrCoM(BaseWorldModel):
         return torch.cat([*parts, *obs_n], -1)
 
     # ------------------------------------------------------------------------------------ step functions
-    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+    def priors(self, prev: LatentState, context: torch.Tensor, prev_action: torch.Tensor) -> tuple[Gaussian, Gaussian]:
+        """``p(u_t | c_t, a_{t-1}(, d_{t-1}))`` and ``p(h_t | c_t, h_{t-1})`` from the previous state ``prev``;
+        one step ``(B, ·)`` or a whole window ``(B, T, ·)`` at once."""
+        return (Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, prev.d))),
+                Gaussian.split(self.h_prior(torch.cat([context, prev.h], -1))))
+
+    def posteriors(self, prev: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
+                   obs_n: torch.Tensor) -> tuple[Gaussian, Gaussian]:
+        """``q(u_t | c_t, a_{t-1}(, d_{t-1}), o_t)`` and ``q(h_t | c_t, h_{t-1}, o_t)``."""
+        return (Gaussian.split(self.u_post(self.u_inputs(context, prev_action, prev.d, obs_n))),
+                Gaussian.split(self.h_post(torch.cat([context, prev.h, obs_n], -1))))
+
+    def transition(self, prev: LatentState, dists: tuple[Gaussian, Gaussian], prev_action: torch.Tensor,
+                   noise_u: torch.Tensor, noise_h: torch.Tensor) -> LatentState:
+        """``s_t`` from ``s_{t-1}`` and the distributions of ``u_t`` and ``h_t`` (the priors or the posteriors):
+        ``u_t`` and ``h_t`` sampled with the given standard-normal noise, ``d_t`` by the GRU."""
         ms = self.config.min_std
-        q = Gaussian.split(self.u_post(self.u_inputs(context, prev_action, state.d, obs_n)))
-        u = gaussian_sample(q.mean, q.std_raw, noise_u, min_std=ms)
-        d = self.deterministic(state.d, u, prev_action)
-        qh = Gaussian.split(self.h_post(torch.cat([context, state.h, obs_n], -1)))
-        return LatentState(u, d, gaussian_sample(qh.mean, qh.std_raw, noise_h, min_std=ms))
+        (u_mean, u_raw), (h_mean, h_raw) = dists
+        u = gaussian_sample(u_mean, u_raw, noise_u, min_std=ms)
+        return LatentState(u, self.deterministic(prev.d, u, prev_action),
+                           gaussian_sample(h_mean, h_raw, noise_h, min_std=ms))
+
+    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+        return self.transition(state, self.posteriors(state, context, prev_action, obs_n), prev_action, noise_u,
+                               noise_h)
 
     def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
-        ms = self.config.min_std
-        p = Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, state.d)))
-        u = gaussian_sample(p.mean, p.std_raw, noise_u, min_std=ms)
-        d = self.deterministic(state.d, u, prev_action)
-        ph = Gaussian.split(self.h_prior(torch.cat([context, state.h], -1)))
-        return LatentState(u, d, gaussian_sample(ph.mean, ph.std_raw, noise_h, min_std=ms))
+        return self.transition(state, self.priors(state, context, prev_action), prev_action, noise_u, noise_h)
+
+    def posterior_step(self, prev: LatentState, context, prev_action, obs_n, noise_u,
+                       noise_h) -> tuple[LatentState, Posterior]:
+        """:meth:`observe_step` that also returns the posteriors it sampled from (the step a window scans)."""
+        q = self.posteriors(prev, context, prev_action, obs_n)
+        state = self.transition(prev, q, prev_action, noise_u, noise_h)
+        return state, Posterior(state, *q)
 
     # ------------------------------------------------------------------------------ training-time pass
-    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
-        """Posterior pass over a sampled window (see ``mrcom_train.datasets.sampler`` for the batch layout).
+    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor], *,
+                       hoisted: bool = True) -> MrCoMWindow:
+        """Posterior pass over a sampled window (see ``mrcom_train.datasets.sampler`` for the batch layout): a
+        scan of :meth:`posterior_step`, then the priors of every step from the posterior before it and their KL
+        terms, over the whole window at once (they feed nothing inside the loop).
 
-        The context and window form one (m + L)-token sequence that the streaming encoder reads once;
-        ``c_j`` for window step j is the readout at token ``m - 1 + j``. In the literal reading ``u`` depends
-        on no recurrent state, so its posterior and prior heads and their fused sample+KL run over all steps
-        at once; under ``u_on_d`` they see ``d_{j-1}`` (``d_{-1}`` = 0, as in :func:`~mrcom_core.steps.prime`)
-        and the posterior runs step by step with ``d`` and ``h``. Priors and KL terms always run over the whole
-        window after the loop. Inside the loop, the first layers of the posteriors and the GRU's input gates
-        are split by input (:func:`~mrcom_core.layers.split_inputs`): the part that reads what is known for
-        every step in advance (context, previous action, observation) is one window-wide GEMM before the
-        loop, and each step adds only the recurrent part (``d_{j-1}``, ``h_{j-1}``, ``u_j``) with one
-        ``addmm`` — the same function as :meth:`observe_step`, up to float rounding. Uses ``noise["u"]`` and
-        ``noise["h"]`` (B, L+1, ·).
+        The context and window form one (m + L)-token sequence that the streaming encoder reads once; ``c_j``
+        for window step j is the readout at token ``m - 1 + j``. ``hoisted`` (the default) runs the scan as
+        :meth:`hoisted_posteriors`, the same function with the GEMMs over what is known in advance taken out of
+        the loop (measured by ``bench/train.py``; a test pins it to the plain scan, ``hoisted=False``). Uses
+        ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
         """
         c = self.config
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
-        B, T1, _ = obs_n.shape
         context = self.window_context(batch)  # (B, L+1, ctx)
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
-        C, A, O = context.shape[-1], prev_action.shape[-1], obs_n.shape[-1]
-
+        start = self.initial_state(obs_n.shape[0], obs_n.device)
+        if hoisted:
+            post = self.hoisted_posteriors(start, context, prev_action, obs_n, noise)
+        else:
+            _, post = scan(self.posterior_step, start, context, prev_action, obs_n, noise["u"], noise["h"])
+        prev = shifted(start, post.state)
+        u_prior, h_prior = self.priors(prev, context, prev_action)
+        # the fused kernel's sample equals the posterior's (same distribution and noise); only its KL is kept
         reverse = c.kl_direction == "prior_post"
+        _, kl_u = gaussian_sample_kl(u_prior.mean, u_prior.std_raw, post.u.mean, post.u.std_raw, noise["u"],
+                                     min_std=c.min_std, reverse=reverse)
+        _, kl_h = gaussian_sample_kl(h_prior.mean, h_prior.std_raw, post.h.mean, post.h.std_raw, noise["h"],
+                                     min_std=c.min_std, reverse=reverse)
+        return MrCoMWindow(post.state, prev, context, prev_action, u_prior, post.u, h_prior, kl_u, kl_h)
+
+    def hoisted_posteriors(self, start: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
+                           obs_n: torch.Tensor, noise: dict[str, torch.Tensor]) -> Posterior:
+        """The scan of :meth:`posterior_step` over a window with the known parts taken out of the loop (equal up
+        to float rounding). The first layers of the posteriors and the GRU's input gates are split by input
+        (:func:`~mrcom_core.layers.split_inputs`): the part that reads what every step knows in advance
+        (context, previous action, observation) is one window-wide GEMM, and each step adds only the recurrent
+        part (``d_{j-1}``, ``h_{j-1}``, ``u_j``) with one ``addmm``. Without ``u_on_d``, ``u`` reads no
+        recurrent state, so its posterior and sample run over the whole window at once."""
+        c = self.config
+        C, A, O = context.shape[-1], prev_action.shape[-1], obs_n.shape[-1]
         if not self.u_on_d:
-            p = Gaussian.split(self.u_prior(torch.cat([context, prev_action], -1)))
-            q = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
-            u, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
-                                         reverse=reverse)
-        # The known parts of the sequential heads' first layers, for every step at once (unbind: one backward
-        # node per tensor, where indexing [:, j] would add one per step).
+            q_u = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
+            u_steps = gaussian_sample(q_u.mean, q_u.std_raw, noise["u"], min_std=c.min_std).unbind(1)
+        # unbind: one backward node per tensor, where indexing [:, j] would add one per step
         h_first, h_rest = self.h_post[0], self.h_post[1:]
         hc, hh, ho = split_inputs(h_first, [C, c.h_dim, O])
         h_known = F.linear(torch.cat([context, obs_n], -1), torch.cat([hc, ho], 1), h_first.bias).unbind(1)
@@ -140,43 +186,22 @@ class MrCoM(BaseWorldModel):
         if self.gru is not None:
             gu, ga = split_inputs(self.gru.x2h, [c.u_dim, A])
             g_known = F.linear(prev_action, ga, self.gru.x2h.bias) if self.u_on_d else \
-                self.gru.x2h(torch.cat([u, prev_action], -1))
+                self.gru.x2h(torch.cat([torch.stack(u_steps, 1), prev_action], -1))
             g_known = g_known.unbind(1)
         noise_u, noise_h = noise["u"].unbind(1), noise["h"].unbind(1)
-        u_steps = None if self.u_on_d else u.unbind(1)
-        # Only the posteriors, their samples and the GRU are sequential; the priors and KL terms feed nothing
-        # inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels). The
-        # fused kernel's sample there equals the loop's (same posterior and noise); only its KL is kept.
-        state = self.initial_state(B, obs_n.device)
-        us, ds, hs, d_prev, h_prev, q_steps, hq_steps = [], [], [], [], [], [], []
-        for j in range(T1):
+        state, states, q_steps, hq_steps = start, [], [], []
+        for j in range(obs_n.shape[1]):
             if self.u_on_d:
                 qj = Gaussian.split(u_rest(torch.addmm(u_known[j], state.d, ud.t())))
                 uj = gaussian_sample(qj.mean, qj.std_raw, noise_u[j], min_std=c.min_std)
                 q_steps.append(qj)
-                us.append(uj)
-                d_prev.append(state.d)
                 gates = None if self.gru is None else torch.addmm(g_known[j], uj, gu.t())
             else:
                 uj = u_steps[j]
                 gates = None if self.gru is None else g_known[j]
             d = state.d if self.gru is None else self.gru.from_input_gates(gates, state.d)
             hq = Gaussian.split(h_rest(torch.addmm(h_known[j], state.h, hh.t())))
-            h = gaussian_sample(hq.mean, hq.std_raw, noise_h[j], min_std=c.min_std)
-            h_prev.append(state.h)
+            state = LatentState(uj, d, gaussian_sample(hq.mean, hq.std_raw, noise_h[j], min_std=c.min_std))
             hq_steps.append(hq)
-            ds.append(d)
-            hs.append(h)
-            state = LatentState(uj, d, h)
-        if self.u_on_d:
-            q = Gaussian.stack(q_steps)
-            p = Gaussian.split(self.u_prior(self.u_inputs(context, prev_action, torch.stack(d_prev, 1))))
-            _, kl_u = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
-                                         reverse=reverse)
-            u = torch.stack(us, 1)
-        hq = Gaussian.stack(hq_steps)
-        h_prior = Gaussian.split(self.h_prior(torch.cat([context, torch.stack(h_prev, 1)], -1)))
-        _, kl_h = gaussian_sample_kl(h_prior.mean, h_prior.std_raw, hq.mean, hq.std_raw, noise["h"],
-                                     min_std=c.min_std, reverse=reverse)
-        posterior = LatentState(u, torch.stack(ds, 1), torch.stack(hs, 1))
-        return MrCoMWindow(posterior, context, prev_action, p, q, h_prior, kl_u, kl_h)
+            states.append(state)
+        return Posterior(stack_steps(states), stack_steps(q_steps) if self.u_on_d else q_u, stack_steps(hq_steps))

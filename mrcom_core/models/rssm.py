@@ -25,6 +25,14 @@ from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
 from ..losses import loss_overshoot, masked_sq_error, reward_nll, with_ensemble
+from ..scan import scan
+
+
+class Posterior(NamedTuple):
+    """What :meth:`RSSM.posterior_step` returns per step (and the window's scan, stacked over the steps)."""
+
+    state: LatentState  # the posterior sample s_t
+    u: Gaussian  # q(u_t | d_t(, c_t), o_t)
 
 
 class RSSMWindow(NamedTuple):
@@ -80,10 +88,16 @@ class RSSM(BaseWorldModel):
         """``[d_t(, c_t)(, o_t)]``: the prior's input, or the posterior's given ``o_t``."""
         return torch.cat([d, context, *obs_n] if self.uses_context else [d, *obs_n], -1)
 
-    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+    def posterior_step(self, state: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
+                       obs_n: torch.Tensor, noise_u: torch.Tensor) -> tuple[LatentState, Posterior]:
+        """:meth:`observe_step`, also returning the posterior it sampled from (the step a window scans)."""
         d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
         q = Gaussian.split(self.post(self._with_context(d, context, obs_n)))
-        return LatentState(gaussian_sample(q.mean, q.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
+        state = LatentState(gaussian_sample(q.mean, q.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
+        return state, Posterior(state, q)
+
+    def observe_step(self, state, context, prev_action, obs_n, noise_u, noise_h) -> LatentState:
+        return self.posterior_step(state, context, prev_action, obs_n, noise_u)[0]
 
     def imagine_step(self, state, context, prev_action, noise_u, noise_h) -> LatentState:
         d = self.gru(torch.cat([state.u, prev_action], -1), state.d)
@@ -91,30 +105,20 @@ class RSSM(BaseWorldModel):
         return LatentState(gaussian_sample(p.mean, p.std_raw, noise_u, min_std=self.config.min_std), d, state.h)
 
     def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> RSSMWindow:
-        """Posterior pass over the window; the prior and its KL (fused with the posterior sample) feed nothing
+        """Posterior pass over the window, a scan of :meth:`posterior_step`; the prior and its KL feed nothing
         inside the loop, so they run over the whole window at once afterwards (fewer, larger kernels)."""
         c = self.config
         obs_n = self.normalize(batch["obs"])
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)
         # c_0 … c_L, read once over context + window (0 dims without the context)
         context = self.window_context(batch) if self.uses_context else obs_n[..., :0]
-        state = self.initial_state(obs_n.shape[0], obs_n.device)
-        us, ds, qs = [], [], []
-        for j in range(obs_n.shape[1]):
-            d = self.gru(torch.cat([state.u, prev_action[:, j]], -1), state.d)
-            q = Gaussian.split(self.post(self._with_context(d, context[:, j], obs_n[:, j])))
-            u = gaussian_sample(q.mean, q.std_raw, noise["u"][:, j], min_std=c.min_std)
-            state = LatentState(u, d, state.h)
-            us.append(u)
-            ds.append(d)
-            qs.append(q)
-        d = torch.stack(ds, 1)
-        p = Gaussian.split(self.prior(self._with_context(d, context)))
-        # the fused kernel's sample equals the loop's (same posterior and noise); only its KL is kept
-        q = Gaussian.stack(qs)
+        start = self.initial_state(obs_n.shape[0], obs_n.device)
+        _, (state, q) = scan(self.posterior_step, start, context, prev_action, obs_n, noise["u"])
+        p = Gaussian.split(self.prior(self._with_context(state.d, context)))
+        # the fused kernel's sample equals the posterior's (same distribution and noise); only its KL is kept
         _, kl = gaussian_sample_kl(p.mean, p.std_raw, q.mean, q.std_raw, noise["u"], min_std=c.min_std,
                                    reverse=c.kl_direction == "prior_post")
-        return RSSMWindow(LatentState(torch.stack(us, 1), d, torch.stack([state.h] * len(us), 1)), kl)
+        return RSSMWindow(state, kl)
 
 
 class ContextRSSM(RSSM):
