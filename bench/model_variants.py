@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from mrcom_core.files import write_json_atomic
+from mrcom_core.io.files import write_json_atomic
 from mrcom_core.steps import open_loop_predictions
 from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.datasets.dataset import Dataset, is_complete

@@ -11,9 +11,9 @@ and ``mrcom export`` of the ``small`` model takes seconds, not minutes.
 Publication is all or nothing: the export holds the folder's lock (a sibling ``.NAME.mrcom.lock``, so a
 second ``mrcom export`` into the same folder stops with a message naming the first), refuses a non-empty
 folder unless ``force`` and it is a previous export holding nothing its manifest does not list (and never the
-source run, its dataset or the policy, nor a folder holding them: :mod:`mrcom_core.outputs`), and writes
+source run, its dataset or the policy, nor a folder holding them: :mod:`mrcom_core.io.outputs`), and writes
 everything into a temporary sibling folder that is verified (:func:`~.manifest.read_manifest` with
-checksums) and only then swapped in one step (:func:`mrcom_core.files.atomic_dir`). A failure or a kill
+checksums) and only then swapped in one step (:func:`mrcom_core.io.files.atomic_dir`). A failure or a kill
 mid-export leaves the previous export untouched.
 """
 
@@ -36,9 +36,10 @@ import onnx
 import torch
 
 from mrcom_core.base import BaseWorldModel
-from mrcom_core.files import TMP_PREFIX, atomic_dir, file_checksums, write_json_atomic
-from mrcom_core.outputs import EXPORT, claimed
-from mrcom_core.resources import require_memory
+from mrcom_core.errors import check_int
+from mrcom_core.io.files import TMP_PREFIX, atomic_dir, file_checksums, write_json_atomic
+from mrcom_core.io.outputs import EXPORT, claimed
+from mrcom_core.io.resources import require_memory
 
 from . import graphs as G
 from .manifest import FORMAT, MANIFEST, SELF_DIGEST, VERSION, ExportError, manifest_digest, read_manifest
@@ -151,15 +152,14 @@ def export_model(model: BaseWorldModel, out_dir: Path | str, *, formats: tuple[s
     :class:`~.graphs.PolicyActor`) adds the ``policy`` and ``policy_rollout`` graphs. Raises
     :class:`ExportError` if a graph fails the checker or the parity check (max abs error above
     :func:`parity_tolerance`: :data:`PARITY_TOLERANCE` per imagined step), or if ``out_dir`` is not empty
-    and ``force`` is not set; :class:`~mrcom_core.locks.FolderLocked` if another process exports into
+    and ``force`` is not set; :class:`~mrcom_core.io.locks.FolderLocked` if another process exports into
     ``out_dir``. The new export replaces ``out_dir`` in one step once it is complete and verified; on any
     failure ``out_dir`` keeps what it held.
     """
     unknown = set(formats) - set(FORMATS)
     if unknown or not formats:
         raise ExportError(f"unknown export format(s) {sorted(unknown)}; choose from {', '.join(FORMATS)}")
-    if isinstance(horizon, bool) or not isinstance(horizon, int | np.integer) or horizon < 1:
-        raise ExportError(f"rollout horizon must be an integer >= 1, got {horizon!r}")
+    check_int("rollout horizon", horizon, error=ExportError)
     check_parity_memory(model, int(horizon), policy)
     out = Path(out_dir)
     source = source or {}
@@ -197,7 +197,7 @@ def _export_entries(folder: Path) -> set[str]:
 
 def _remove_stale_exports(out: Path) -> None:
     """Delete the temporary folders a killed export of ``out`` left beside it (the caller holds its lock):
-    ``.tmp-NAME-PID`` (:func:`~mrcom_core.files.atomic_dir`) and ``.tmp-old-PID-NAME`` (its swap fallback)."""
+    ``.tmp-NAME-PID`` (:func:`~mrcom_core.io.files.atomic_dir`) and ``.tmp-old-PID-NAME`` (its swap fallback)."""
     if not out.parent.is_dir():
         return
     name = re.escape(out.name)

@@ -2,7 +2,7 @@
 
 Every graph takes raw (un-normalized, zero-padded) observations and returns raw predictions; all
 tensors are float32 with the batch as the dynamic first axis (the key/value cache: second axis); every
-random number is an input. The contract (index convention of DESIGN.md)::
+random number is an input. The contract (index convention of docs/design.md)::
 
     context_full (obs[B,m,D], action[B,m,A], reward[B,m])         -> context[B,C], keys, values
     context_step (obs[B,D], action[B,A], reward[B], keys, values)  -> context, keys, values

@@ -35,7 +35,7 @@ import re
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import inside, read_versioned_json, require_fields, sha256, verify_checksums
+from mrcom_core.io.files import inside, read_versioned_json, require_fields, sha256, verify_checksums
 
 __all__ = ["FORMAT", "VERSION", "MANIFEST", "GRAPH_FORMATS", "ExportError", "read_manifest", "manifest_digest",
            "check_graph_io", "graph_floats", "sha256"]

@@ -26,13 +26,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from numbers import Integral
 from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 
-from mrcom_core.resources import require_memory
+from mrcom_core.errors import check_int
+from mrcom_core.io.resources import require_memory
 
 from .manifest import ExportError, check_graph_io, graph_floats, read_manifest
 from .providers import CUDA_PROVIDERS, check_providers, default_providers, provider_name
@@ -41,10 +41,8 @@ _STATE = ("u", "d", "h")
 
 
 def _count(name: str, value, minimum: int = 1) -> int:
-    """``value`` as an int, refused unless it is an integer (numpy integers too; not a bool) >= ``minimum``."""
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < minimum:
-        raise ExportError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
+    """``value`` as an int, refused (:class:`ExportError`) unless it is an integer >= ``minimum``."""
+    return check_int(name, value, minimum, error=ExportError)
 
 
 def real_array(name: str, value, shape: tuple | str) -> np.ndarray:

@@ -18,6 +18,8 @@ import numpy as np
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
+from mrcom_core.errors import check_int
+
 from .manifest import ExportError
 from .runtime import Runtime, real_array
 
@@ -54,8 +56,7 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
 
     def __init__(self, runtime: Runtime, num_envs: int, prompts: Prompts | None = None, horizon: int = 15,
                  seed: int = 0, uncertainty: bool | None = None):
-        if num_envs < 1:
-            raise ExportError(f"num_envs must be >= 1, got {num_envs}")
+        check_int("num_envs", num_envs, error=ExportError)
         self.runtime = runtime
         self.uncertainty = runtime.has_ensemble if uncertainty is None else uncertainty
         self.prompts = None if prompts is None else _as_prompts(prompts)
@@ -87,9 +88,7 @@ class ImaginedVectorEnv(gym.vector.VectorEnv):
 
     @horizon.setter
     def horizon(self, value: int) -> None:
-        if value < 1:
-            raise ExportError(f"horizon must be >= 1, got {value}")
-        self._horizon = int(value)
+        self._horizon = check_int("horizon", value, error=ExportError)
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         """Start B rollouts: from ``options["prompts"]`` (B prompts) or B drawn from the stored prompts."""

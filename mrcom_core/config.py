@@ -22,12 +22,11 @@ Ablations (paper §5.3) really remove their component (MrCoM only):
 from __future__ import annotations
 
 import dataclasses
-import math
 import types
 import typing
 from dataclasses import dataclass, fields
 
-from .errors import UserInputError
+from .errors import UserInputError, check_int, check_number
 
 ABLATIONS = ("no_d", "no_context", "no_ls", "no_lv")
 KL_DIRECTIONS = ("post_prior", "prior_post")
@@ -140,23 +139,16 @@ class ModelConfig:
         positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
                     "ctx_dim", "u_dim", "h_dim", "hidden_dim", "hidden_layers")
         for name in positive:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise UserInputError(f"model.{name} must be an integer >= 1, got {value!r}")
-        if isinstance(self.d_dim, bool) or not isinstance(self.d_dim, int) or self.d_dim < 1:
-            raise UserInputError(f"model.d_dim must be an integer >= 1, got {self.d_dim!r} (use no_d to remove d)")
+            check_int(f"model.{name}", getattr(self, name))
+        check_int("model.d_dim", self.d_dim, hint=" (use no_d to remove d)")
         if self.ctx_width % self.ctx_heads:
             raise UserInputError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
                                  f"({self.ctx_heads})")
         for name in ("min_std", "lambda_var", "lambda_s", "lambda_v", "value_loss_weight", "kl_free_nats",
                      "reward_loss_weight", "overshoot_weight"):
-            value = getattr(self, name)
-            if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
-                raise UserInputError(f"model.{name} must be a finite number >= 0, got {value!r}")
+            check_number(f"model.{name}", getattr(self, name))
         for name in ("overshoot_horizon", "history_len", "ensemble", "ensemble_elites"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise UserInputError(f"model.{name} must be an integer >= 0, got {value!r}")
+            check_int(f"model.{name}", getattr(self, name), minimum=0)
         if self.history_len and self.history_len < self.context_len:
             raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
                                  f"({self.context_len})")
@@ -227,22 +219,6 @@ def _coerce(cls, name: str, value, prefix: str):
     except ValueError:
         raise UserInputError(f"{prefix}.{name}: cannot read {value!r} as {kind.__name__}") from None
     return value
-
-
-def check_int(name: str, value, minimum: int = 1) -> None:
-    """Raise :class:`UserInputError` naming field ``name`` unless ``value`` is an integer >= ``minimum``
-    (``bool`` is not an integer here). The one integer check every config dataclass uses."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UserInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
-
-
-def check_number(name: str, value, minimum: float = 0.0, strict: bool = False) -> None:
-    """Raise :class:`UserInputError` naming ``name`` unless ``value`` is a finite number >= ``minimum``
-    (> with ``strict``)."""
-    ok = (not isinstance(value, bool) and isinstance(value, int | float) and math.isfinite(value)
-          and (value > minimum if strict else value >= minimum))
-    if not ok:
-        raise UserInputError(f"{name} must be a finite number {'>' if strict else '>='} {minimum:g}, got {value!r}")
 
 
 def apply_overrides(config, overrides: dict, prefix: str = "model"):

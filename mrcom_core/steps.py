@@ -1,7 +1,7 @@
 """The imagination steps, written once for every model: evaluation, the overshooting loss, the exported
 graphs (and through them the runtime and the C++ examples) all call these functions.
 
-Step order (DESIGN.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}``.
+Step order (docs/design.md): the context of step t is ``C_t = {(o_k, a_k, r_k)}_{k=t-m}^{t-1}``.
 
 * :func:`prime` — a prompt of m real steps fills the context FIFO; the first posterior step observes
   ``o_t`` right after it.

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_path, writing
+from mrcom_core.io.files import atomic_path, writing
 
 _files = itertools.count()  # tells apart the event files one process opens in the same second
 
@@ -27,7 +27,7 @@ class EventFile:
     """A TensorBoard event file (``DIR/events.out.tfevents.*``) of scalars, written synchronously.
 
     TensorBoard's own writer writes from a background thread, where a failed write is printed as a traceback
-    and raised only at a later call; this one raises it (:func:`~mrcom_core.files.writing`) from
+    and raised only at a later call; this one raises it (:func:`~mrcom_core.io.files.writing`) from
     :meth:`scalars`. ``purge_step``: events of earlier files at this step and later are hidden (a resumed
     run), as ``SummaryWriter(purge_step=…)`` does.
     """

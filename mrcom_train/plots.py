@@ -16,7 +16,7 @@ import csv
 import json
 from pathlib import Path
 
-from mrcom_core.files import atomic_path
+from mrcom_core.io.files import atomic_path
 
 
 def _columns(run_dir: Path) -> dict[str, list[tuple[float, float]]]:

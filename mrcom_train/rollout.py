@@ -9,7 +9,7 @@ from collections.abc import Callable
 import numpy as np
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.resources import require_memory
+from mrcom_core.io.resources import require_memory
 from mrcom_export.manifest import ExportError
 from mrcom_export.runtime import Runtime
 

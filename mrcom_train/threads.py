@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import UserInputError, check_int
 
 SAMPLE_SECONDS = 0.2  # how long busy_cores watches /proc/stat
 
@@ -85,9 +85,7 @@ def choose_threads(requested: int | None, environ, cores: int, busy: Callable[[]
     choose), the environment ``environ``, the ``cores`` it may use, and ``busy()`` (the cores other processes
     keep busy, or None when unknown; called only when needed)."""
     if requested is not None:
-        if requested < 1:
-            raise UserInputError(f"--threads must be at least 1, got {requested}")
-        return ThreadChoice(requested, "--threads")
+        return ThreadChoice(check_int("--threads", requested), "--threads")
     omp = environ.get("OMP_NUM_THREADS", "").strip()
     if omp:
         if not omp.isdigit() or int(omp) < 1:

@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import LOCK_NAME, sha256
-from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_core.io.files import LOCK_NAME, sha256
+from mrcom_core.io.locks import FolderLocked, folder_lock
 from mrcom_train.agents.sac import SAC, SACConfig, load_actor, parameter_counts
 from mrcom_train.rl.adapt import AdaptConfig, Adapter
 

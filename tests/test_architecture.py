@@ -19,7 +19,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = {"mrcom_core": ROOT / "mrcom_core", "mrcom_train": ROOT / "mrcom_train", "mrcom_export": ROOT / "export"}
 TORCH_FREE = ("mrcom_export.runtime", "mrcom_export.vector_env", "mrcom_export.bundle", "mrcom_export.manifest",
-              "mrcom_core.errors", "mrcom_core.files")
+              "mrcom_core.errors", "mrcom_core.io.files")
 MAX_LINES = 400
 
 

@@ -14,8 +14,8 @@ from conftest import mrcom_under_file_size_limit
 import mrcom_train.datasets.collect as collect_mod
 import mrcom_train.datasets.dataset as dataset_mod
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import LOCK_NAME, has_content
-from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_core.io.files import LOCK_NAME, has_content
+from mrcom_core.io.locks import FolderLocked, folder_lock
 from mrcom_train.cli import main
 from mrcom_train.datasets.collect import CollectConfig, collect
 from mrcom_train.datasets.dataset import MANIFEST, Dataset, read_episode

@@ -18,8 +18,8 @@ from conftest import collect_train_export, write_manifest
 from conftest import export_model_for_tests as _model
 from conftest import prompt_for as _prompt
 
-from mrcom_core.files import sha256
-from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_core.io.files import sha256
+from mrcom_core.io.locks import FolderLocked, folder_lock
 from mrcom_export import exporter
 from mrcom_export import graphs as G
 from mrcom_export.exporter import export_model

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.outputs import ADAPT_RUN, DATASET, EXPORT, TRAINING_RUN, folder_kind
+from mrcom_core.io.outputs import ADAPT_RUN, DATASET, EXPORT, TRAINING_RUN, folder_kind
 from mrcom_train.cli import main
 
 ADAPT = ["--model-free", "--split", "t1-a5b20", "--domain", "cheetah", "--env-steps", "40", "--episode-length", "20",

@@ -35,7 +35,7 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkey
     assert table.count("| All |") == 2
     with open(split / "table.csv") as f:
         rows = list(csv.DictReader(f))
-    from mrcom_core.files import read_json
+    from mrcom_core.io.files import read_json
 
     methods = {"mrcom", "cadm", "mamba", "sac", "sac-g", "oracle", "floor:zero", "floor:random"}
     assert len(rows) == 2 * 3 * 8 and {r["method"] for r in rows} == methods
@@ -76,7 +76,7 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
     """A budget's ``domains`` bound what is collected, adapted and tabulated (``small`` leaves hopper out)."""
     from dataclasses import replace
 
-    from mrcom_core.files import read_json
+    from mrcom_core.io.files import read_json
     from mrcom_train.datasets.dataset import Dataset
     from mrcom_train.experiments import reproduce
 
@@ -97,7 +97,7 @@ def test_a_budget_can_leave_domains_out(tmp_path, monkeypatch):
 def test_domains_and_set_customize_the_adaptation_cells(tmp_path, capsys):
     """``--domains`` limits the cells (not what is collected), ``--set`` changes every arm's adaptation setting but
     SAC (G=1)'s G; both are recorded; a setting the protocol owns is refused with one line."""
-    from mrcom_core.files import read_json
+    from mrcom_core.io.files import read_json
     from mrcom_train.cli import main
 
     main(["reproduce", "--table", "1", "--budget", "smoke", "--splits", "t1-a5b20", "--arms", "sac,sac-g",
@@ -186,7 +186,7 @@ def test_arms_without_a_world_model_need_no_data_training_or_export(tmp_path):
 
 
 def test_mrcom_s_adaptation_variants_run_only_when_named_and_use_its_model(tmp_path):
-    from mrcom_core.files import read_json
+    from mrcom_core.io.files import read_json
 
     results = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), arms=("mrcom+refit-all", "mrcom+follow"),
                                log=lambda s: None)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from mrcom_core.files import LOCK_NAME
+from mrcom_core.io.files import LOCK_NAME
 from mrcom_train.cli import main
 
 STEPS = 2  # training updates: the checkpoint folder is step_00000002

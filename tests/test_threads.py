@@ -30,7 +30,7 @@ def test_a_requested_count_wins_and_nothing_is_measured():
     assert describe(choose_threads(1, {}, 2, never_measured)) == "threads: 1 (--threads)"
 
 
-@pytest.mark.parametrize("requested, omp, message", [(0, "", "--threads must be at least 1, got 0"),
+@pytest.mark.parametrize("requested, omp, message", [(0, "", "--threads must be an integer >= 1, got 0"),
                                                      (None, "two", "OMP_NUM_THREADS must be a whole number"),
                                                      (None, "0", "OMP_NUM_THREADS must be a whole number")])
 def test_bad_counts_are_one_line_naming_the_source(requested, omp, message):
@@ -60,4 +60,4 @@ def test_the_cli_prints_and_applies_its_choice(tmp_path, capsys):
         main(["collect", "--threads", "0", "--out", str(tmp_path / "other")])
     assert exit_.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == ["mrcom: error: --threads must be at least 1, got 0"]
+    assert err == ["mrcom: error: --threads must be an integer >= 1, got 0"]

@@ -13,8 +13,8 @@ import pytest
 from conftest import mrcom_under_file_size_limit
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import LOCK_NAME
-from mrcom_core.locks import FolderLocked, folder_lock
+from mrcom_core.io.files import LOCK_NAME
+from mrcom_core.io.locks import FolderLocked, folder_lock
 from mrcom_train.cli import main
 from mrcom_train.training.checkpoint import latest_checkpoint, load_weights
 from mrcom_train.training.config import RunRequest

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import TMP_PREFIX, require_fields
+from mrcom_core.io.files import TMP_PREFIX, require_fields
 
 from ..scenarios import ScenarioSpec
 

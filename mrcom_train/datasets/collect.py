@@ -34,8 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import TMP_PREFIX, atomic_path, writing
-from mrcom_core.outputs import DATASET, claimed, undo_fresh
+from mrcom_core.io.files import TMP_PREFIX, atomic_path, writing
+from mrcom_core.io.outputs import DATASET, claimed, undo_fresh
 
 from ..scenarios import ScenarioEnv, ScenarioSpec, UnifiedSpace
 from ..workers import WorkerPool
@@ -264,7 +264,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
 
     ``resume=True`` continues a killed or finished collection in ``out`` (same config, any worker count);
     the episodes already there are checked first (:meth:`DatasetWriter.scan`) and a damaged one stops the
-    collection, untouched; a non-empty ``out`` that is not a dataset is refused (:func:`mrcom_core.outputs.claimed`,
+    collection, untouched; a non-empty ``out`` that is not a dataset is refused (:func:`mrcom_core.io.outputs.claimed`,
     which also locks the folder for the whole call).
     A collection that fails before finishing its first episode leaves ``out`` as it found it (removed if
     this call created it); one that fails later keeps its finished episodes for ``--resume``.

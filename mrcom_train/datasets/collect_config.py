@@ -8,10 +8,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from mrcom_core.config import check_int
-from mrcom_core.errors import UserInputError
-from mrcom_core.files import require_fields
-from mrcom_core.resources import require_memory
+from mrcom_core.errors import UserInputError, check_int
+from mrcom_core.io.files import require_fields
+from mrcom_core.io.resources import require_memory
 
 from ..scenarios import DOMAINS, ScenarioSpec, UnifiedSpace, get_split, override_range, sample_scenarios
 from .dataset import MANIFEST, read_manifest
@@ -106,7 +105,7 @@ def required_memory(config: CollectConfig, specs: list[ScenarioSpec], space: Uni
 
 
 def check_memory(config: CollectConfig, specs: list[ScenarioSpec], space: UnifiedSpace) -> None:
-    """Stop (:func:`mrcom_core.resources.require_memory`) unless one worker's :func:`required_memory` is free."""
+    """Stop (:func:`mrcom_core.io.resources.require_memory`) unless one worker's :func:`required_memory` is free."""
     T, K = config.episode_length, config.episodes_per_scenario
     if config.policy == "sac":
         what = f"collecting episodes of {T} steps with a SAC replay of {K * T} transitions"

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import (
+from mrcom_core.io.files import (
     atomic_dir,
     file_checksums,
     read_versioned_json,
@@ -144,7 +144,7 @@ class DatasetWriter:
     :meth:`finalize` once every episode is there, with the observation statistics. ``meta`` (split, policy,
     collect config…) is stored in the manifest as is. Opening a folder removes what a killed writer left
     half-written and reads the finished episodes from disk (:meth:`scan`). The caller holds the folder's
-    lock (:func:`mrcom_core.locks.folder_lock`).
+    lock (:func:`mrcom_core.io.locks.folder_lock`).
     """
 
     def __init__(self, root: Path | str, specs: Sequence[ScenarioSpec], space: UnifiedSpace, meta: dict,

@@ -27,7 +27,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import UserInputError, check_int
 
 from .dataset import Dataset
 
@@ -47,12 +47,9 @@ class SequenceSampler:
 
     def __init__(self, dataset: Dataset, context_len: int, window_len: int, batch_size: int,
                  episodes: Sequence[int] | None = None, seed: int = 0):
-        if context_len < 0:
-            raise UserInputError(f"context_len must be >= 0, got {context_len}")
-        if window_len < 1:
-            raise UserInputError(f"window_len must be >= 1, got {window_len}")
-        if batch_size < 1:
-            raise UserInputError(f"batch_size must be >= 1, got {batch_size}")
+        check_int("context_len", context_len, minimum=0)
+        check_int("window_len", window_len)
+        check_int("batch_size", batch_size)
         self.ds, self.m, self.L, self.B = dataset, context_len, window_len, batch_size
         ids = list(range(len(dataset))) if episodes is None else [int(i) for i in episodes]
         self.episodes = [i for i in ids if dataset.episodes[i].length >= max(window_len, context_len)]

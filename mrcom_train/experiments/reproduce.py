@@ -18,10 +18,10 @@ from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
-from mrcom_core.errors import UserInputError
-from mrcom_core.files import read_json, write_json_atomic
-from mrcom_core.locks import folder_lock
-from mrcom_core.outputs import a, folder_kind
+from mrcom_core.errors import UserInputError, check_int
+from mrcom_core.io.files import read_json, write_json_atomic
+from mrcom_core.io.locks import folder_lock
+from mrcom_core.io.outputs import a, folder_kind
 from mrcom_core.registry import MODELS, model_class
 from mrcom_export.exporter import export_model
 from mrcom_export.manifest import ExportError, read_manifest
@@ -123,8 +123,7 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
         raise UserInputError(f"unknown table {table}; choose one of {', '.join(map(str, TABLE_SPLITS))}")
     if budget_name not in BUDGETS:
         raise UserInputError(f"unknown budget {budget_name!r}; choose one of {', '.join(BUDGETS)}")
-    if seeds < 1:
-        raise UserInputError(f"--seeds must be >= 1, got {seeds}")
+    check_int("--seeds", seeds)
     chosen = splits or TABLE_SPLITS[table]
     for s in chosen:
         if s not in TABLE_SPLITS[table]:

@@ -39,9 +39,9 @@ import numpy as np
 import torch
 
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import write_json_atomic
-from mrcom_core.outputs import ADAPT_RUN, claimed
-from mrcom_core.resources import require_memory
+from mrcom_core.io.files import write_json_atomic
+from mrcom_core.io.outputs import ADAPT_RUN, claimed
+from mrcom_core.io.resources import require_memory
 from mrcom_export.runtime import Runtime
 from mrcom_export.vector_env import ImaginedVectorEnv
 
@@ -65,7 +65,7 @@ class Adapter:
     continues from the last one exactly (a finished run returns its result). ``threads`` caps the
     runtime's intra-op threads (set 1 when several adapters share the cores); results do not depend on it.
 
-    The run folder is locked (:func:`~mrcom_core.locks.folder_lock`) from the constructor until
+    The run folder is locked (:func:`~mrcom_core.io.locks.folder_lock`) from the constructor until
     :meth:`run` returns or raises, or :meth:`close` (also a context manager: ``with Adapter(…) as a``).
     """
 

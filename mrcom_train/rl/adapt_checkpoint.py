@@ -9,7 +9,7 @@ adapt`` at a time per folder (``RUN/.mrcom.lock``).
 
 Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz``, with refits the
 refit world model ``refit.safetensors``, and ``state.json`` with every random state and the SHA-256 of each file),
-made current by an atomic ``checkpoints/latest.json`` pointer (:mod:`mrcom_core.snapshots`), so a crash or Ctrl-C
+made current by an atomic ``checkpoints/latest.json`` pointer (:mod:`mrcom_core.io.snapshots`), so a crash or Ctrl-C
 while one is written leaves the previous one whole and pointed to, and ``--resume`` checks every file before
 loading it, then their fields against each other and the run's config (:func:`restore`). The final checkpoint
 holds the agent and the result.
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from mrcom_core import snapshots
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import atomic_path, read_json, require_fields, write_json_atomic
+from mrcom_core.io import snapshots
+from mrcom_core.io.files import atomic_path, read_json, require_fields, write_json_atomic
 
 from ..agents.sac import SAC
 
@@ -79,7 +79,7 @@ def check_config(run_dir: Path, config) -> None:
 
 def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
     """Publish a checkpoint folder ``checkpoints/step_XXXXXXXX/`` of ``adapter``'s run
-    (:func:`mrcom_core.snapshots.publish`: written aside, checksummed, made current by the atomic
+    (:func:`mrcom_core.io.snapshots.publish`: written aside, checksummed, made current by the atomic
     ``latest.json``): the agent (``agent.pt``, loadable with ``weights_only=True``), and, at an episode
     boundary (``env_state``: the real env's random state for its next reset), the replay buffers and real
     episodes (``buffers.npz``) and every random state. ``result`` marks the final checkpoint (agent and result

@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mrcom_core.config import check_int, check_number
-from mrcom_core.errors import UserInputError
-from mrcom_core.resources import format_bytes
+from mrcom_core.errors import UserInputError, check_int, check_number
+from mrcom_core.io.resources import format_bytes
 
 from ..agents.sac import SACConfig, parameter_counts
 from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, target_scenario
@@ -225,7 +224,7 @@ class AdaptConfig:
         return parts
 
     def memory_request(self, obs_dim: int, act_dim: int) -> tuple[int, str, str]:
-        """The arguments of the up-front :func:`~mrcom_core.resources.require_memory` check: the sum of
+        """The arguments of the up-front :func:`~mrcom_core.io.resources.require_memory` check: the sum of
         :meth:`memory_parts`, described by its largest part, whose fields are the fix."""
         parts = self.memory_parts(obs_dim, act_dim)
         largest, part, fields = max(parts, key=lambda p: p[0])
@@ -249,7 +248,7 @@ def normalized_return(episode_return: float, episode_length: int) -> float:
 def read_adapt_config(path) -> dict:
     """The AdaptConfig fields of a JSON file (an adaptation run's ``config.json``: its ``target``, which the
     fields determine, is left out); values are checked when applied (:func:`~mrcom_core.config.apply_overrides`)."""
-    from mrcom_core.files import read_json
+    from mrcom_core.io.files import read_json
 
     data = read_json(path, "config file")
     data.pop("target", None)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import UserInputError, check_int
 
 from .domains import DOMAINS
 from .obs_functions import OBS_FUNCTIONS, affected_count
@@ -55,8 +55,7 @@ class ScenarioSpec:
                                  f"choose one of {', '.join(OBS_FUNCTIONS)}")
         if not self.obs_noise_std >= 0:
             raise UserInputError(f"ScenarioSpec.obs_noise_std must be >= 0, got {self.obs_noise_std}")
-        if self.episode_length < 1:
-            raise UserInputError(f"ScenarioSpec.episode_length must be >= 1, got {self.episode_length}")
+        check_int("ScenarioSpec.episode_length", self.episode_length)
 
     @property
     def obs_dim(self) -> int:

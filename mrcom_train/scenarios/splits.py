@@ -27,8 +27,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mrcom_core.config import check_int, check_number
-from mrcom_core.errors import UserInputError
+from mrcom_core.errors import UserInputError, check_int, check_number
 
 from .domains import DOMAINS
 from .obs_functions import OBS_FUNCTIONS

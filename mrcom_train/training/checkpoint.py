@@ -1,6 +1,6 @@
 """Training checkpoints that load without executing pickled code, written atomically, checksummed.
 
-Layout of ``RUN/checkpoints/`` (see :mod:`mrcom_core.snapshots`, which writes and verifies it)::
+Layout of ``RUN/checkpoints/`` (see :mod:`mrcom_core.io.snapshots`, which writes and verifies it)::
 
     step_00001000/model.safetensors       model weights and buffers (observation statistics)
     step_00001000/optimizer.safetensors   Adam moments and step counts, flattened
@@ -34,11 +34,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mrcom_core import snapshots
 from mrcom_core.base import BaseWorldModel
 from mrcom_core.config import ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
-from mrcom_core.files import read_versioned_json
+from mrcom_core.io import snapshots
+from mrcom_core.io.files import read_versioned_json
 from mrcom_core.registry import build_model
 
 FORMAT = "mrcom-checkpoint"

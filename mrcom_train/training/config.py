@@ -9,9 +9,9 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from mrcom_core.config import ModelConfig, apply_overrides, check_int, check_number, parse_assignments
-from mrcom_core.errors import UserInputError
-from mrcom_core.files import read_json
+from mrcom_core.config import ModelConfig, apply_overrides, parse_assignments
+from mrcom_core.errors import UserInputError, check_int, check_number
+from mrcom_core.io.files import read_json
 from mrcom_core.registry import check_config, model_config
 
 from ..datasets.dataset import Dataset

@@ -22,12 +22,12 @@ import torch
 from mrcom_core import ensemble
 from mrcom_core.config import ABLATIONS, ModelConfig
 from mrcom_core.errors import Interrupted, UserInputError
-from mrcom_core.files import write_json_atomic, writing
+from mrcom_core.io.files import write_json_atomic, writing
+from mrcom_core.io.outputs import TRAINING_RUN, claim_output, claimed, undo_fresh
+from mrcom_core.io.resources import require_memory
 from mrcom_core.losses import loss_overshoot
 from mrcom_core.optim import adam_options
-from mrcom_core.outputs import TRAINING_RUN, claim_output, claimed, undo_fresh
 from mrcom_core.registry import build_model, history_steps
-from mrcom_core.resources import require_memory
 from mrcom_core.steps import open_loop_predictions
 
 from ..datasets.dataset import Dataset
@@ -334,7 +334,7 @@ class Trainer:
         from tqdm import tqdm
 
         c, main = self.config, self.rank == 0
-        if main:  # config.json first: it is what marks the folder as a training run (mrcom_core.outputs)
+        if main:  # config.json first: it is what marks the folder as a training run (mrcom_core.io.outputs)
             self.run_dir.mkdir(parents=True, exist_ok=True)
             with writing(self.run_dir / "config.json"):  # a full disk names the file
                 write_json_atomic(self.run_dir / "config.json", {

@@ -26,7 +26,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 TMP_PREFIX = ".tmp-"
 LOCK_NAME = ".mrcom.lock"  # see :mod:`.locks`; never counts as content of a folder

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserInputError
+from ..errors import UserInputError
 from .files import LOCK_NAME
 
 

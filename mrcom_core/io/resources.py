@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 
-from .errors import UserInputError
+from ..errors import UserInputError
 
 
 def available_memory() -> int | None:

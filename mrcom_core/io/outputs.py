@@ -23,7 +23,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserInputError
+from ..errors import UserInputError
 from .files import LOCK_NAME, has_content
 from .locks import folder_lock
 

@@ -23,7 +23,7 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserInputError
+from ..errors import UserInputError
 from .files import (
     TMP_PREFIX,
     atomic_dir,
