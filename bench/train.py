@@ -5,12 +5,9 @@ collects a small random dataset (hopper, walker, cheetah) into a temp folder (or
 MrCoM :class:`~mrcom_train.training.trainer.Trainer` and times ``Trainer.train_step`` (sampling, noise,
 forward, backward, Adam) in interleaved rounds (median per round), so machine noise hits every column alike:
 
-* **now** — today's training step (with ``train.overlap_overshoot``: on a CPU with 2+ threads the overshooting
+* **now** — the training step (with ``train.overlap_overshoot``: on a CPU with 2+ threads the overshooting
   term runs in a second thread beside the other terms);
-* **one stream** — today's pass with the overlap off (every term in one stream on all threads);
-* **scan** — the training pass as the plain scan of ``MrCoM.posterior_step`` (``observe_window(...,
-  hoisted=False)``), where "now" takes the GEMMs over what every step knows in advance out of the loop (same
-  losses and gradients within float rounding, a test checks it);
+* **one stream** — the same pass with the overlap off (every term in one stream on all threads);
 * **re-encoding** — the context encoder run over every step's window instead of streaming once.
 
 FLOPs per update (forward + backward) are counted by torch's flop counter; MFU = FLOPs × updates/s ÷ the
@@ -22,7 +19,6 @@ columns are timed on the GPU.
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import os
 import platform
@@ -37,15 +33,6 @@ logging.getLogger("absl").setLevel(logging.ERROR)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-
-
-def use_pass(model, which: str) -> None:
-    """Switch ``model`` to the ``now`` (hoisted) or ``scan`` (plain scan of ``posterior_step``) training pass (an
-    instance attribute shadows the class method; deleting it restores the default)."""
-    if which == "scan":
-        model.observe_window = functools.partial(type(model).observe_window, model, hoisted=False)
-    elif "observe_window" in vars(model):
-        del model.observe_window
 
 
 def flops_per_update(trainer) -> float:
@@ -74,7 +61,7 @@ def main() -> int:
     from mrcom_train.training.trainer import Trainer
 
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    print("# MrCoM training throughput: the hoisted pass vs the plain scan, streaming context vs re-encoding\n")
+    print("# MrCoM training throughput: the overlapped overshooting term and the streaming context\n")
     print(f"- {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; torch {torch.__version__}, "
           f"{args.threads} CPU thread(s)" + (f"; GPU {torch.cuda.get_device_name()}" if "cuda" in devices else ""))
     with tempfile.TemporaryDirectory(prefix="mrcom-bench-train-") as tmp:
@@ -92,20 +79,17 @@ def main() -> int:
                                                         "overlap_overshoot": name != "one stream"}),
                                       progress=False, log=lambda s: None)
                         for name in ("streaming", "one stream", "re-encoding")}
-            columns = {"now": (trainers["streaming"], "now"), "one stream": (trainers["one stream"], "now"),
-                       "scan": (trainers["one stream"], "scan"), "re-encoding": (trainers["re-encoding"], "now")}
-            for trainer, which in columns.values():
-                use_pass(trainer.model, which)
+            columns = {"now": trainers["streaming"], "one stream": trainers["one stream"],
+                       "re-encoding": trainers["re-encoding"]}
+            for trainer in columns.values():
                 for _ in range(args.warmup):
                     trainer.train_step()
-            use_pass(trainers["one stream"].model, "now")
             flops = flops_per_update(trainers["one stream"])  # the flop counter sees only its own thread
             sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
             wall: dict[str, list[float]] = {n: [] for n in columns}
             cpu: dict[str, list[float]] = {n: [] for n in columns}
             for _ in range(args.rounds):
-                for name, (trainer, which) in columns.items():
-                    use_pass(trainer.model, which)
+                for name, trainer in columns.items():
                     t0, c0 = time.perf_counter(), time.process_time()
                     for _ in range(args.steps):
                         trainer.train_step()
@@ -119,15 +103,15 @@ def main() -> int:
         print(f"- preset {args.preset}: batch {tc.batch_size}, window L={tc.window_len}, context m={mc.context_len}, "
               f"{mc.ctx_layers} encoder layers of width {mc.ctx_width}; {args.rounds} interleaved rounds of "
               f"{args.steps} updates per column after {args.warmup} warm-up\n")
-        print("| device | now upd/s | one stream upd/s | scan upd/s | one stream / scan | now upd/CPU-s "
-              "| scan upd/CPU-s | GFLOP/update | GEMM peak GFLOP/s | MFU now | MFU scan | re-encoding upd/s "
+        print("| device | now upd/s | one stream upd/s | now / one stream | now upd/CPU-s | one stream upd/CPU-s "
+              "| GFLOP/update | GEMM peak GFLOP/s | MFU now | MFU one stream | re-encoding upd/s "
               "| streaming / re-encoding |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
         for device, rate, per_cpu, flops, peak in rows:
-            print(f"| {device} | {rate['now']:.2f} | {rate['one stream']:.2f} | {rate['scan']:.2f} | "
-                  f"{rate['one stream'] / rate['scan']:.2f}× | "
-                  f"{per_cpu['now']:.2f} | {per_cpu['scan']:.2f} | {flops / 1e9:.2f} | {peak / 1e9:.0f} | "
-                  f"{flops * rate['now'] / peak:.0%} | {flops * rate['scan'] / peak:.0%} | "
+            print(f"| {device} | {rate['now']:.2f} | {rate['one stream']:.2f} | "
+                  f"{rate['now'] / rate['one stream']:.2f}× | "
+                  f"{per_cpu['now']:.2f} | {per_cpu['one stream']:.2f} | {flops / 1e9:.2f} | {peak / 1e9:.0f} | "
+                  f"{flops * rate['now'] / peak:.0%} | {flops * rate['one stream'] / peak:.0%} | "
                   f"{rate['re-encoding']:.2f} | {rate['now'] / rate['re-encoding']:.1f}× |")
     return 0
 

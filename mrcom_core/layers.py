@@ -25,17 +25,6 @@ def mlp(in_dim: int, out_dim: int, hidden_dim: int, hidden_layers: int) -> nn.Se
     return nn.Sequential(*layers)
 
 
-def split_inputs(linear: nn.Linear, sizes: list[int]) -> tuple[torch.Tensor, ...]:
-    """``linear``'s weight split by input columns (``sizes`` sum to its input width), so that
-    ``linear(cat([x_1, …, x_k], -1)) == Σ_i x_i @ W_i.T + bias``: a time loop whose input is part known in
-    advance (context, observations, actions) and part recurrent computes the known part for every step in one
-    GEMM and per step only the recurrent one (``torch.addmm``)."""
-    if sum(sizes) != linear.in_features:
-        raise ValueError(f"split_inputs: sizes {sizes} sum to {sum(sizes)}, not the Linear's {linear.in_features} "
-                         "inputs")
-    return linear.weight.split(sizes, dim=1)
-
-
 class GRUCell(nn.Module):
     """A GRU cell from two Linears (PyTorch's gate layout), exportable where ``nn.GRUCell`` is not.
 
@@ -52,12 +41,7 @@ class GRUCell(nn.Module):
             nn.init.uniform_(p, -bound, bound)
 
     def forward(self, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return self.from_input_gates(self.x2h(x), h)
-
-    def from_input_gates(self, x_gates: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """The cell given ``x2h(x)`` already computed (a training loop hoists it out of the time loop when the
-        inputs are known in advance: one window-wide GEMM instead of one per step)."""
-        xr, xz, xn = x_gates.split(self.hidden_dim, dim=-1)  # not chunk: see Gaussian.split
+        xr, xz, xn = self.x2h(x).split(self.hidden_dim, dim=-1)  # not chunk: see Gaussian.split
         hr, hz, hn = self.h2h(h).split(self.hidden_dim, dim=-1)
         r = torch.sigmoid(xr + hr)
         z = torch.sigmoid(xz + hz)

@@ -5,7 +5,7 @@ from conftest import make_batch, make_noise
 from mrcom_core.base import LatentState
 from mrcom_core.config import ABLATIONS, PRESETS, ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
-from mrcom_core.layers import GRUCell, StreamingContextEncoder, split_inputs
+from mrcom_core.layers import GRUCell, StreamingContextEncoder
 from mrcom_core.losses import one_step_priors
 from mrcom_core.models.mrcom import MrCoM
 from mrcom_core.registry import build_model, model_config
@@ -72,23 +72,26 @@ def test_gru_cell_matches_torch_gru_cell():
     torch.testing.assert_close(ours(x, h), ref(x, h))
 
 
-def test_split_inputs_sums_to_the_linear_and_names_a_bad_split():
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(9, 4)
-    x = [torch.randn(3, n) for n in (2, 0, 7)]
-    w = split_inputs(linear, [2, 0, 7])
-    assert [t.shape for t in w] == [(4, 2), (4, 0), (4, 7)]
-    torch.testing.assert_close(sum(xi @ wi.t() for xi, wi in zip(x, w, strict=True)) + linear.bias,
-                               linear(torch.cat(x, -1)))
-    with pytest.raises(ValueError, match="sum to 8, not the Linear's 9"):
-        split_inputs(linear, [2, 6])
+def test_scan_stacks_nested_step_outputs_and_shifted_gives_the_previous_state():
+    from mrcom_core.base import Gaussian
+    from mrcom_core.scan import scan, shifted
 
+    xs = torch.arange(12.0).reshape(2, 3, 2)  # (B, T, 2)
 
-def test_gru_from_input_gates_is_the_cell():
-    torch.manual_seed(0)
-    cell = GRUCell(5, 7)
-    x, h = torch.randn(4, 5), torch.randn(4, 7)
-    torch.testing.assert_close(cell.from_input_gates(cell.x2h(x), h), cell(x, h))
+    def step(total, x):
+        total = total + x
+        return total, (LatentState(total, x, x[:, :0]), Gaussian(x, -x))
+
+    last, (states, g) = scan(step, torch.zeros(2, 2), xs)
+    torch.testing.assert_close(last, xs.sum(1))
+    torch.testing.assert_close(states.u, xs.cumsum(1))
+    assert isinstance(states, LatentState) and isinstance(g, Gaussian) and states.h.shape == (2, 3, 0)
+    torch.testing.assert_close(g.std_raw, -xs)
+    prev = shifted(LatentState(torch.zeros(2, 2), torch.ones(2, 2), torch.zeros(2, 0)), states)
+    torch.testing.assert_close(prev.u[:, 1:], states.u[:, :-1])
+    assert prev.u[:, 0].abs().sum() == 0 and (prev.d[:, 0] == 1).all()
+    with pytest.raises(ValueError, match="at least one sequence"):
+        scan(step, torch.zeros(2, 2))
 
 
 @pytest.mark.parametrize("layers,window", [(1, 4), (3, 6)])
@@ -353,26 +356,3 @@ def test_baselines_share_the_interface_and_learn(model_type):
     assert model.decode(nxt).shape == (B, 10) and model.reward(nxt, torch.zeros(B, 3)).shape == (B,)
     with pytest.raises(UserInputError, match="model.no_d applies to models with the ablation"):
         model_config("tiny", ["no_d"], {"model_type": model_type}, **DIMS)
-
-
-@pytest.mark.parametrize("overrides", [{"u_on_d": True}, {"u_on_d": False}, {"no_d": True},
-                                       {"no_context": True}, {"ensemble": 2}])
-def test_hoisted_window_pass_equals_the_plain_scan_of_its_step(overrides):
-    """The training pass's fast path (GEMMs over what is known in advance taken out of the loop) gives the same
-    latents, losses and gradients as the plain scan of ``posterior_step``, within float rounding."""
-    torch.manual_seed(0)
-    model = WorldModel(tiny(**overrides))
-    batch, noise = make_batch(model.config), make_noise(model)
-    results = []
-    for hoisted in (False, True):
-        model.zero_grad()
-        window = model.observe_window(batch, noise, hoisted=hoisted)
-        out = model.loss(window, batch, noise)
-        out["loss"].backward()
-        results.append((window.state.cat().detach(), {k: v.item() for k, v in out.items()},
-                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
-    (s_scan, scan, g_scan), (s_fast, fast, g_fast) = results
-    torch.testing.assert_close(s_fast, s_scan, rtol=1e-5, atol=1e-5)
-    assert fast.keys() == scan.keys() and all(fast[k] == pytest.approx(scan[k], rel=1e-5, abs=1e-6) for k in fast)
-    assert len(g_fast) == len(g_scan) > 0
-    assert max(float((a - b).abs().max()) for a, b in zip(g_fast, g_scan, strict=True)) < 1e-5

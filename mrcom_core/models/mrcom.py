@@ -21,15 +21,14 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
-import torch.nn.functional as F
 
 from .. import ensemble
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ABLATIONS, ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
-from ..layers import GRUCell, mlp, split_inputs
+from ..layers import GRUCell, mlp
 from ..losses import MrCoMWindow, total_loss
-from ..scan import scan, shifted, stack_steps
+from ..scan import scan, shifted
 
 
 class Posterior(NamedTuple):
@@ -130,27 +129,20 @@ class MrCoM(BaseWorldModel):
         return state, Posterior(state, *q)
 
     # ------------------------------------------------------------------------------ training-time pass
-    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor], *,
-                       hoisted: bool = True) -> MrCoMWindow:
+    def observe_window(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> MrCoMWindow:
         """Posterior pass over a sampled window (see ``mrcom_train.datasets.sampler`` for the batch layout): a
         scan of :meth:`posterior_step`, then the priors of every step from the posterior before it and their KL
         terms, over the whole window at once (they feed nothing inside the loop).
 
         The context and window form one (m + L)-token sequence that the streaming encoder reads once; ``c_j``
-        for window step j is the readout at token ``m - 1 + j``. ``hoisted`` (the default) runs the scan as
-        :meth:`hoisted_posteriors`, the same function with the GEMMs over what is known in advance taken out of
-        the loop (measured by ``bench/train.py``; a test pins it to the plain scan, ``hoisted=False``). Uses
-        ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
+        for window step j is the readout at token ``m - 1 + j``. Uses ``noise["u"]`` and ``noise["h"]`` (B, L+1, ·).
         """
         c = self.config
         obs_n = self.normalize(batch["obs"])  # (B, L+1, D)
         context = self.window_context(batch)  # (B, L+1, ctx)
         prev_action = torch.cat([batch["context_action"][:, -1:], batch["action"]], dim=1)  # a_{j-1}
         start = self.initial_state(obs_n.shape[0], obs_n.device)
-        if hoisted:
-            post = self.hoisted_posteriors(start, context, prev_action, obs_n, noise)
-        else:
-            _, post = scan(self.posterior_step, start, context, prev_action, obs_n, noise["u"], noise["h"])
+        _, post = scan(self.posterior_step, start, context, prev_action, obs_n, noise["u"], noise["h"])
         prev = shifted(start, post.state)
         u_prior, h_prior = self.priors(prev, context, prev_action)
         # the fused kernel's sample equals the posterior's (same distribution and noise); only its KL is kept
@@ -160,48 +152,3 @@ class MrCoM(BaseWorldModel):
         _, kl_h = gaussian_sample_kl(h_prior.mean, h_prior.std_raw, post.h.mean, post.h.std_raw, noise["h"],
                                      min_std=c.min_std, reverse=reverse)
         return MrCoMWindow(post.state, prev, context, prev_action, u_prior, post.u, h_prior, kl_u, kl_h)
-
-    def hoisted_posteriors(self, start: LatentState, context: torch.Tensor, prev_action: torch.Tensor,
-                           obs_n: torch.Tensor, noise: dict[str, torch.Tensor]) -> Posterior:
-        """The scan of :meth:`posterior_step` over a window with the known parts taken out of the loop (equal up
-        to float rounding). The first layers of the posteriors and the GRU's input gates are split by input
-        (:func:`~mrcom_core.layers.split_inputs`): the part that reads what every step knows in advance
-        (context, previous action, observation) is one window-wide GEMM, and each step adds only the recurrent
-        part (``d_{j-1}``, ``h_{j-1}``, ``u_j``) with one ``addmm``. Without ``u_on_d``, ``u`` reads no
-        recurrent state, so its posterior and sample run over the whole window at once."""
-        c = self.config
-        C, A, O = context.shape[-1], prev_action.shape[-1], obs_n.shape[-1]
-        if not self.u_on_d:
-            q_u = Gaussian.split(self.u_post(torch.cat([context, prev_action, obs_n], -1)))
-            u_steps = gaussian_sample(q_u.mean, q_u.std_raw, noise["u"], min_std=c.min_std).unbind(1)
-        # unbind: one backward node per tensor, where indexing [:, j] would add one per step
-        h_first, h_rest = self.h_post[0], self.h_post[1:]
-        hc, hh, ho = split_inputs(h_first, [C, c.h_dim, O])
-        h_known = F.linear(torch.cat([context, obs_n], -1), torch.cat([hc, ho], 1), h_first.bias).unbind(1)
-        if self.u_on_d:
-            u_first, u_rest = self.u_post[0], self.u_post[1:]
-            uc, ua, ud, uo = split_inputs(u_first, [C, A, self.sizes.d, O])
-            u_known = F.linear(torch.cat([context, prev_action, obs_n], -1), torch.cat([uc, ua, uo], 1),
-                               u_first.bias).unbind(1)
-        if self.gru is not None:
-            gu, ga = split_inputs(self.gru.x2h, [c.u_dim, A])
-            g_known = F.linear(prev_action, ga, self.gru.x2h.bias) if self.u_on_d else \
-                self.gru.x2h(torch.cat([torch.stack(u_steps, 1), prev_action], -1))
-            g_known = g_known.unbind(1)
-        noise_u, noise_h = noise["u"].unbind(1), noise["h"].unbind(1)
-        state, states, q_steps, hq_steps = start, [], [], []
-        for j in range(obs_n.shape[1]):
-            if self.u_on_d:
-                qj = Gaussian.split(u_rest(torch.addmm(u_known[j], state.d, ud.t())))
-                uj = gaussian_sample(qj.mean, qj.std_raw, noise_u[j], min_std=c.min_std)
-                q_steps.append(qj)
-                gates = None if self.gru is None else torch.addmm(g_known[j], uj, gu.t())
-            else:
-                uj = u_steps[j]
-                gates = None if self.gru is None else g_known[j]
-            d = state.d if self.gru is None else self.gru.from_input_gates(gates, state.d)
-            hq = Gaussian.split(h_rest(torch.addmm(h_known[j], state.h, hh.t())))
-            state = LatentState(uj, d, gaussian_sample(hq.mean, hq.std_raw, noise_h[j], min_std=c.min_std))
-            hq_steps.append(hq)
-            states.append(state)
-        return Posterior(stack_steps(states), stack_steps(q_steps) if self.u_on_d else q_u, stack_steps(hq_steps))
