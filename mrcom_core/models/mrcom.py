@@ -48,8 +48,8 @@ class MrCoM(BaseWorldModel):
     label = "Ours"
     ablations = ABLATIONS
     supports_overshoot = True
-    #: chosen from the four-way measurement in docs/results.md (u on d_{t-1} + 15-step overshooting held 15
-    #: steps best: 15-step error 0.569 -> 0.305); the literal reading is ``configs/mrcom-literal.toml``.
+    #: the best of the four transition variants measured in docs/results.md (u on d_{t-1} with 15-step
+    #: overshooting); the literal reading is ``configs/mrcom-literal.toml``.
     defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS, "u_on_d": True, "overshoot_horizon": 15}
     supports_ensemble = True
     loss = total_loss

@@ -48,7 +48,7 @@ class Budget:
 # `small` model for 3,000 updates (MrCoM's best checkpoint came at ~1,250 of 1,500 in the variant table),
 # SAC 2x128 with batch 128 and G = 4, each SAC batch half real (MBPO's 5% let the agent exploit a model that
 # was pretrained elsewhere: on cheetah the frozen arm ended at its floors on 5 of 6 targets, the refit arm on
-# 3; see docs/results.md). ``paper``: the paper's scale on a many-core machine or a GPU: every
+# 3; see docs/history.md). ``paper``: the paper's scale on a many-core machine or a GPU: every
 # domain, 20 scenarios x 50 episodes, the `base` model, MBPO's G = 20 and 100,000 rollouts per round.
 BUDGETS = {
     "smoke": Budget(1, 2, 100, "random", "tiny", 30, 2, 1, 150, 50,
