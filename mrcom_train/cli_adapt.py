@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .cli_options import BUDGET_NAMES, DOMAIN_NAMES, RANGES, start_threads, threads_option
+from .cli_options import BUDGET_NAMES, RANGES, DomainChoice, start_threads, threads_option
 
 
 @click.command()
@@ -14,7 +14,7 @@ from .cli_options import BUDGET_NAMES, DOMAIN_NAMES, RANGES, start_threads, thre
 @click.option("--split", default="t1-a5b20", show_default=True, help="Named split (see `mrcom splits`).")
 @click.option("--range", "range_", type=click.Choice(RANGES), default="in", show_default=True,
               help="The range of the split the target scenario is drawn from.")
-@click.option("--domain", type=click.Choice(DOMAIN_NAMES), default="hopper", show_default=True,
+@click.option("--domain", type=DomainChoice(), default="hopper", show_default=True,
               help="The target scenario's domain.")
 @click.option("--env-steps", type=int, default=20_000, show_default=True, help="Real env steps in the target.")
 @click.option("--episode-length", type=int, default=1000, show_default=True, help="Steps per real episode.")

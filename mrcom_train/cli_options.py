@@ -12,7 +12,25 @@ OBS_FUNCTIONS = ("none", "add-g", "add-d", "msk-r", "msk-f")
 PRESETS = ("tiny", "small", "base")
 EXPORT_FORMATS = ("onnx", "torchscript", "all")
 BUDGET_NAMES = ("smoke", "small", "long", "paper")
-DOMAIN_NAMES = ("hopper", "walker", "cheetah")
+
+
+class DomainChoice(click.Choice):
+    """A choice among the registered domains (:data:`~mrcom_train.scenarios.domains.DOMAINS`), read when the
+    option is first shown or parsed, so that a domain registered at run time is one and `mrcom --help` still
+    imports no simulator."""
+
+    def __init__(self):
+        super().__init__(())
+
+    @property
+    def choices(self) -> tuple[str, ...]:
+        from .scenarios.domains import DOMAINS
+
+        return tuple(DOMAINS)
+
+    @choices.setter
+    def choices(self, value) -> None:  # click.Choice.__init__ assigns it; the registry decides
+        pass
 
 
 def threads_option(command):

@@ -24,7 +24,7 @@ def test_the_option_choices_are_the_library_lists():
     assert cli_options.OBS_FUNCTIONS == OBS_FUNCTIONS
     assert cli_options.EXPORT_FORMATS == (*FORMATS, "all")
     assert cli_options.BUDGET_NAMES == tuple(BUDGETS)
-    assert cli_options.DOMAIN_NAMES == tuple(DOMAINS)
+    assert cli_options.DomainChoice().choices == tuple(DOMAINS)
     for split in SPLITS.values():
         assert {"train", *split.evaluate} == set(cli_options.RANGES)
 

@@ -209,7 +209,7 @@ def test_mrcom_s_adaptation_variants_run_only_when_named_and_use_its_model(tmp_p
     (["--table", "7"], "Invalid value for '--table': '7'"),
     (["--table", "1", "--budget", "huge"], "Invalid value for '--budget': 'huge'"),
     (["--table", "1", "--splits", "t2-a5"], "not part of table 1"),
-    (["--table", "1", "--seeds", "0"], "--seeds must be >= 1"),
+    (["--table", "1", "--seeds", "0"], "--seeds must be an integer >= 1"),
 ])
 def test_reproduce_bad_input_exits_2(tmp_path, args, message):
     r = subprocess.run([sys.executable, "-m", "mrcom_train.cli", "reproduce", *args, "--out", str(tmp_path / "r")],

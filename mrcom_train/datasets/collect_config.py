@@ -33,7 +33,7 @@ class CollectConfig:
 
     split: str = "t1-a5b20"
     range: str = "train"
-    domains: tuple[str, ...] = tuple(DOMAINS)
+    domains: tuple[str, ...] = field(default_factory=lambda: tuple(DOMAINS))
     scenarios_per_domain: int = 4
     episodes_per_scenario: int = 4
     policy: str = "random"

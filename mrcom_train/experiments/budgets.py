@@ -31,7 +31,7 @@ class Budget:
     adapt_env_steps: int
     adapt_episode_length: int
     adapt: dict
-    domains: tuple[str, ...] = tuple(DOMAINS)  # collected, evaluated and tabulated
+    domains: tuple[str, ...] = field(default_factory=lambda: tuple(DOMAINS))  # collected, evaluated and tabulated
     collect: dict = field(default_factory=dict)  # extra CollectConfig fields for the training data
     reference_env_steps: int | None = None  # SAC (G=1)'s env steps, when it runs longer (the efficiency reference)
     eval_every: int | None = None  # adaptation's evaluation interval [default: a quarter of its env steps]

@@ -40,6 +40,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
 
+import numpy as np
+
 from mrcom_core.errors import UserInputError
 
 try:  # dm_control sets up rendering at import: a GL backend that cannot load fails here
@@ -151,8 +153,17 @@ class HopperTargetSpeed(hopper.Hopper):
         return standing * self._speed_term(physics.speed())
 
 
+JOINT_SLIDE, JOINT_HINGE = 2, 3  # mjtJoint
+
+
 class WalkerTargetSpeed(walker.PlanarWalker):
-    """Walker whose reward is dm_control's stand reward × closeness to the target speed."""
+    """Walker whose reward is dm_control's stand reward × closeness to the target speed.
+
+    Its observation (24 dims, the suite's order): ``orientations`` (xx, xz of the 7 bodies' rotation matrices,
+    torso first: 0–13), ``height`` (torso z: 14), ``velocity`` (qvel: rootz, rootx, rooty, 6 joints: 15–23).
+    """
+
+    ORIENTATIONS, HEIGHT, VELOCITY = slice(0, 14), 14, slice(15, 24)
 
     def __init__(self, target_speed: float, speed_margin: float, random=None):
         super().__init__(move_speed=walker._RUN_SPEED, random=random)
@@ -164,9 +175,39 @@ class WalkerTargetSpeed(walker.PlanarWalker):
         upright = (1 + physics.torso_upright()) / 2
         return (3 * standing + upright) / 4 * self._speed_term(physics.horizontal_velocity())
 
+    @classmethod
+    def posture_from_obs(cls, obs: np.ndarray) -> np.ndarray:
+        """The factor :meth:`get_reward` multiplies the speed term by, from observations ``(N, D)``: the torso
+        rotates about y only, so its ``zz`` (upright) equals its ``xx`` (obs 0)."""
+        standing = rewards.tolerance(obs[:, cls.HEIGHT], bounds=(walker._STAND_HEIGHT, float("inf")),
+                                     margin=walker._STAND_HEIGHT / 2)
+        return (3 * standing + (1 + obs[:, cls.ORIENTATIONS.start]) / 2) / 4
+
+    @classmethod
+    def state_from_obs(cls, tree, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(qpos, qvel)`` from observations ``(N, D)`` over the planar kinematic ``tree`` of the scenario's
+        model (:class:`~.obs_reward.Tree`); the root's x position, which the observation lacks, is 0."""
+        n = len(obs)
+        xx, xz = obs[:, cls.ORIENTATIONS][:, 0::2], obs[:, cls.ORIENTATIONS][:, 1::2]
+        pitch = np.concatenate([np.zeros((n, 1)), np.arctan2(xz, xx)], 1)  # per body, absolute; the world's 0
+        qpos = np.zeros((n, tree.nq))
+        for b in range(1, len(tree.parent)):
+            for kind, adr, ax, az, _, _ in tree.joints[b]:
+                if kind == JOINT_HINGE:
+                    qpos[:, adr] = ax * (pitch[:, b] - pitch[:, tree.parent[b]])
+                elif az:  # rootz: the torso's height above its rest height
+                    qpos[:, adr] = (obs[:, cls.HEIGHT] - tree.pos[b][1]) / az
+        return qpos, obs[:, cls.VELOCITY]
+
 
 class CheetahTargetSpeed(cheetah.Cheetah):
-    """Cheetah whose reward is closeness of its forward speed to the target speed."""
+    """Cheetah whose reward is closeness of its forward speed to the target speed.
+
+    Its observation (17 dims): ``position`` (qpos without rootx: 0–7), ``velocity`` (qvel: rootx, rootz, rooty,
+    6 joints: 8–16).
+    """
+
+    POSITION, VELOCITY = slice(0, 8), slice(8, 17)
 
     def __init__(self, target_speed: float, speed_margin: float, random=None):
         super().__init__(random=random)
@@ -174,6 +215,16 @@ class CheetahTargetSpeed(cheetah.Cheetah):
 
     def get_reward(self, physics):
         return self._speed_term(physics.speed())
+
+    @staticmethod
+    def posture_from_obs(obs: np.ndarray) -> np.ndarray:
+        """The speed term's factor: none (1)."""
+        return np.ones(len(obs))
+
+    @classmethod
+    def state_from_obs(cls, tree, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(qpos, qvel)`` from observations ``(N, D)``, the root's x position (not observed) 0."""
+        return np.concatenate([np.zeros((len(obs), 1)), obs[:, cls.POSITION]], 1), obs[:, cls.VELOCITY]
 
 
 @dataclass(frozen=True)
@@ -208,6 +259,22 @@ DOMAINS: dict[str, Domain] = {d.name: d for d in (
     Domain("cheetah", cheetah, "cheetah.xml", _scale_cheetah, "run", lambda random: cheetah.Cheetah(random=random),
            CheetahTargetSpeed, None, float(cheetah._RUN_SPEED), 17, 6, (1, 1)),
 )}
+
+
+def register_domain(domain: Domain) -> Domain:
+    """Add ``domain`` to :data:`DOMAINS` (at the end: scenario sampling seeds a domain by its position, so the
+    built-in domains keep their scenarios); every domain list, option and check then includes it. Returns it."""
+    if not isinstance(domain, Domain):
+        raise TypeError(f"register_domain: {domain!r} is not a Domain")
+    if domain.name in DOMAINS and DOMAINS[domain.name] is not domain:
+        raise ValueError(f"a domain is already registered as {domain.name!r}")
+    DOMAINS[domain.name] = domain
+    return domain
+
+
+def unregister_domain(name: str) -> None:
+    """Remove ``name`` from :data:`DOMAINS` (a no-op when it is not there)."""
+    DOMAINS.pop(name, None)
 
 
 def resolve_margin(domain: str, speed_margin: float | None) -> float:

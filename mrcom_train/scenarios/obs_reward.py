@@ -3,17 +3,10 @@
 ``mrcom adapt --set imagined_reward=true`` uses it to score imagined transitions with the target task's
 true reward function instead of the world model's reward head, so the model's dynamics and its reward
 can be told apart. The observation is ScenarioEnv's flattening of dm_control's observation dict (keys in
-the suite's order, :class:`~.env.ScenarioEnv`), before padding:
-
-* walker (24): ``orientations`` (xx, xz of the rotation matrices of the 7 bodies, torso first: 0–13),
-  ``height`` (torso z: 14), ``velocity`` (qvel: rootz, rootx, rooty, then 6 joints: 15–23).
-* cheetah (17): ``position`` (qpos without rootx: 0–7), ``velocity`` (qvel: rootx, rootz, rooty, then 6
-  joints: 8–16).
-
-Rewards (:mod:`~.domains`): walker ``(3·standing + upright)/4 × speed_term`` with standing =
-``tolerance(height, (1.2, inf), margin=0.6)`` (dm_control's Gaussian sigmoid) and upright =
-``(1 + torso_zz)/2``, where the torso rotates about y only, so its ``zz`` equals its ``xx`` (obs 0);
-cheetah ``speed_term`` alone.
+the suite's order, :class:`~.env.ScenarioEnv`), before padding. What differs per domain sits on the domain's
+target-speed task (:mod:`~.domains`): ``state_from_obs`` reads the observation's layout and ``posture_from_obs``
+gives the factor the speed term is multiplied by (walker's ``(3·standing + upright)/4``, none for cheetah);
+a domain whose task has both qualifies (:func:`supported_domains`).
 
 The speed is dm_control's: the x velocity of the torso subtree's centre of mass (the ``torso_subtreelinvel``
 sensor, i.e. of the whole body), computed exactly rather than approximated by the root's x velocity. The
@@ -24,8 +17,8 @@ mass and its x velocity ``ẋ_root + Σ_hinges ω_j (z_com − z_anchor_j)``, ma
 alone is a poor stand-in: with random actions the torso jitters against its legs, and a cheetah's reward
 computed from it was off by 0.13 per step on average (rewards averaging 0.29).
 
-Only a target-speed walker or cheetah whose observation is the true state (``obs_fn="none"``) qualifies:
-:func:`check_obs_reward` says why any other does not.
+Only a target-speed scenario of such a domain whose observation is the true state (``obs_fn="none"``)
+qualifies: :func:`check_obs_reward` says why any other does not.
 """
 
 from __future__ import annotations
@@ -36,21 +29,21 @@ import numpy as np
 
 from mrcom_core.errors import UserInputError
 
-from .domains import DOMAINS, _SpeedTerm, common, resolve_margin, rewards, scaled_xml, walker
+from .domains import DOMAINS, JOINT_HINGE, JOINT_SLIDE, _SpeedTerm, common, resolve_margin, scaled_xml
 from .spec import ScenarioSpec
 
-SUPPORTED = ("walker", "cheetah")
-WALKER_ORIENTATIONS, WALKER_HEIGHT, WALKER_VELOCITY = slice(0, 14), 14, slice(15, 24)
-CHEETAH_POSITION, CHEETAH_VELOCITY = slice(0, 8), slice(8, 17)
-_SLIDE, _HINGE = 2, 3  # mjtJoint
+
+def supported_domains() -> tuple[str, ...]:
+    """The domains whose target-speed task can score an observation (it has ``state_from_obs``)."""
+    return tuple(name for name, d in DOMAINS.items() if hasattr(d.target_task, "state_from_obs"))
 
 
 def check_obs_reward(spec: ScenarioSpec, field: str = "imagined_reward") -> None:
     """Raise :class:`UserInputError` naming ``field`` unless :func:`reward_from_obs` can score ``spec``: a
-    walker or cheetah with a target speed and ``obs_fn="none"``."""
+    scenario of a :func:`supported_domains` domain with a target speed and ``obs_fn="none"``."""
     why = None
-    if spec.domain not in SUPPORTED:
-        why = f"the {spec.domain} domain is not supported (only {' and '.join(SUPPORTED)})"
+    if spec.domain not in supported_domains():
+        why = f"the {spec.domain} domain is not supported (only {', '.join(supported_domains())})"
     elif spec.target_speed is None:
         why = "the target scenario has no target speed (its split keeps the suite's reward)"
     elif spec.obs_fn != "none":
@@ -71,20 +64,15 @@ def reward_from_obs(spec: ScenarioSpec, next_obs: np.ndarray) -> np.ndarray:
     shape, obs = obs.shape[:-1], obs.reshape(-1, obs.shape[-1])
     speed = com_x_velocity(spec, obs)
     margin = resolve_margin(spec.domain, spec.speed_margin)
-    reward = _SpeedTerm(spec.target_speed, margin)(speed)
-    if spec.domain == "walker":
-        standing = rewards.tolerance(obs[:, WALKER_HEIGHT], bounds=(walker._STAND_HEIGHT, float("inf")),
-                                     margin=walker._STAND_HEIGHT / 2)
-        upright = (1 + obs[:, WALKER_ORIENTATIONS.start]) / 2  # the torso's xx, = its zz
-        reward = (3 * standing + upright) / 4 * reward
+    reward = _SpeedTerm(spec.target_speed, margin)(speed) * DOMAINS[spec.domain].target_task.posture_from_obs(obs)
     return np.asarray(reward, np.float32).reshape(shape)
 
 
 def com_x_velocity(spec: ScenarioSpec, obs: np.ndarray) -> np.ndarray:
-    """x velocity of the whole body's centre of mass (dm_control's ``torso_subtreelinvel[0]``) for walker or
-    cheetah observations ``obs`` ``(N, D)``; ``(N,)``."""
+    """x velocity of the whole body's centre of mass (dm_control's ``torso_subtreelinvel[0]``) for observations
+    ``obs`` ``(N, D)`` of a :func:`supported_domains` scenario; ``(N,)``."""
     tree = _tree(spec.domain, spec.length_scale, spec.size_scale)
-    qpos, qvel = _state(spec.domain, tree, obs)
+    qpos, qvel = DOMAINS[spec.domain].target_task.state_from_obs(tree, obs)
     n = len(obs)
     zero = np.zeros(n)
     angle, x, z, vx, hinges = [zero], [zero], [zero], [zero], [[]]  # per body, the world first
@@ -95,7 +83,7 @@ def com_x_velocity(spec: ScenarioSpec, obs: np.ndarray) -> np.ndarray:
         bx, bz = _rotate(a, *tree.pos[b])
         px, pz = x[p] + bx, z[p] + bz
         for kind, adr, ax, az, jx, jz in tree.joints[b]:
-            if kind == _SLIDE:
+            if kind == JOINT_SLIDE:
                 wx, wz = _rotate(a, ax, az)
                 px, pz, v = px + wx * qpos[:, adr], pz + wz * qpos[:, adr], v + wx * qvel[:, adr]
             else:  # a hinge about ±y (the sign is in ax) at (jx, jz): its anchor stays put
@@ -117,32 +105,15 @@ def _rotate(angle, x: float, z: float):
     return c * x + s * z, -s * x + c * z
 
 
-def _state(domain: str, tree: _Tree, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(qpos, qvel) ``(N, nq)``, ``(N, nv)`` from observations (the root's x position, which nothing here
-    depends on, set to 0)."""
-    n = len(obs)
-    if domain == "cheetah":
-        return np.concatenate([np.zeros((n, 1)), obs[:, CHEETAH_POSITION]], 1), obs[:, CHEETAH_VELOCITY]
-    xx, xz = obs[:, WALKER_ORIENTATIONS][:, 0::2], obs[:, WALKER_ORIENTATIONS][:, 1::2]
-    pitch = np.concatenate([np.zeros((n, 1)), np.arctan2(xz, xx)], 1)  # per body, absolute; the world's 0
-    qpos = np.zeros((n, tree.nq))
-    for b in range(1, len(tree.parent)):
-        for kind, adr, ax, az, _, _ in tree.joints[b]:
-            if kind == _HINGE:
-                qpos[:, adr] = ax * (pitch[:, b] - pitch[:, tree.parent[b]])
-            elif az:  # rootz: the torso's height above its rest height
-                qpos[:, adr] = (obs[:, WALKER_HEIGHT] - tree.pos[b][1]) / az
-    return qpos, obs[:, WALKER_VELOCITY]
-
-
-class _Tree:
-    """The planar kinematic tree of a (torso-scaled) walker or cheetah model: per body its parent, position
+class Tree:
+    """The planar kinematic tree of a (torso-scaled) planar model: per body its parent, position
     and centre of mass (x, z in the parent's / its own frame), mass and joints ``(type, qpos address, axis,
     position)``, where a slide's axis is ``(x, z)`` and a hinge's is ``(±1, 0)`` (its y component)."""
 
     def __init__(self, model):
-        if not (np.all(model.body_quat == [1, 0, 0, 0]) and model.nq == model.nv
-                and set(model.jnt_type) <= {_SLIDE, _HINGE} and np.all(model.jnt_qposadr == model.jnt_dofadr)):
+        planar = set(model.jnt_type) <= {JOINT_SLIDE, JOINT_HINGE}
+        if not (np.all(model.body_quat == [1, 0, 0, 0]) and model.nq == model.nv and planar
+                and np.all(model.jnt_qposadr == model.jnt_dofadr)):
             raise RuntimeError("the dm_control model is not the planar tree obs_reward expects")  # pragma: no cover
         self.parent = [int(p) for p in model.body_parentid]
         self.pos = [(float(p[0]), float(p[2])) for p in model.body_pos]
@@ -152,15 +123,15 @@ class _Tree:
         self.joints: list[list[tuple]] = [[] for _ in self.parent]
         for j in range(model.njnt):
             kind, axis, pos = int(model.jnt_type[j]), model.jnt_axis[j], model.jnt_pos[j]
-            if (kind == _HINGE and abs(abs(axis[1]) - 1) > 1e-9) or (kind == _SLIDE and axis[1] != 0):
+            if (kind == JOINT_HINGE and abs(abs(axis[1]) - 1) > 1e-9) or (kind == JOINT_SLIDE and axis[1] != 0):
                 raise RuntimeError("obs_reward expects hinges about y and slides in the x-z plane")  # pragma: no cover
-            ax, az = (float(axis[1]), 0.0) if kind == _HINGE else (float(axis[0]), float(axis[2]))
+            ax, az = (float(axis[1]), 0.0) if kind == JOINT_HINGE else (float(axis[0]), float(axis[2]))
             self.joints[int(model.jnt_bodyid[j])].append((kind, int(model.jnt_qposadr[j]), ax, az, float(pos[0]),
                                                           float(pos[2])))
 
 
 @functools.lru_cache(maxsize=32)
-def _tree(domain: str, length_scale: float, size_scale: float) -> _Tree:
+def _tree(domain: str, length_scale: float, size_scale: float) -> Tree:
     physics = DOMAINS[domain].module.Physics.from_xml_string(scaled_xml(domain, length_scale, size_scale),
                                                             common.ASSETS)
-    return _Tree(physics.model)
+    return Tree(physics.model)
