@@ -294,7 +294,7 @@ def _write_export(model: BaseWorldModel, out: Path, formats: tuple[str, ...], ho
         "reward_mean": float(model.reward_mean), "reward_std": float(model.reward_std),
         "ensemble": None if model.ensemble_heads is None else {"members": c.ensemble,
                                                                "elites": model.elites.tolist()},
-        "rollout_horizon": horizon, "rollout_any_horizon": True,
+        "rollout_horizon": horizon,
         "policy": None if policy is None else {"obs_dim": policy.obs_dim, "act_dim": policy.act_dim},
         "graphs": graphs_meta, "parity": parity, "parity_tolerance": tolerances,
         "formats": list(formats), "opset": OPSET,

@@ -8,10 +8,10 @@ the field, before any graph is opened:
   "torchscript": …}`` file names, one per listed format, and ``inputs``/``outputs``: each tensor's name and
   shape), ``latent`` (int ``u``, ``d``, ``h``), ``formats``, ``obs_dim``, ``act_dim``, ``context_len``,
   ``history_len`` (int >= ``context_len``), ``kv_shape``, ``rollout_horizon``, ``context_reward``, ``policy``
-  (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers) and the
-  optional ``rollout_any_horizon`` (bool: the rollout graphs loop over any horizon) and ``reward_mean`` /
-  ``reward_std`` (the reward head's scale, already applied inside the graphs) and ``ensemble`` (null, or the
-  ensemble's ``members`` K and ``elites`` mask, with an ``ensemble`` graph);
+  (null or int ``obs_dim``/``act_dim``), ``obs_mean``/``obs_std`` (``obs_dim`` finite numbers),
+  ``reward_mean`` / ``reward_std`` (the reward head's scale, already applied inside the graphs) and
+  ``ensemble`` (null, or the ensemble's ``members`` K and ``elites`` mask, with an ``ensemble`` graph). The
+  fused rollout graphs loop over any horizon (an ONNX ``Loop``); ``rollout_horizon`` is the default one;
 * the fields against the graphs' tensors (:func:`_check_io`): every observation, action, latent and key/value
   tensor of every graph has the size the fields say (``prime``'s prompt is ``context_len`` steps), so an
   edited ``context_len`` or ``latent`` is one line here, not a dimension error inside ONNX Runtime;
@@ -41,7 +41,7 @@ __all__ = ["FORMAT", "VERSION", "MANIFEST", "GRAPH_FORMATS", "ExportError", "rea
            "check_graph_io", "graph_floats", "sha256"]
 
 FORMAT = "mrcom-export"
-VERSION = 3  # 2: prime/observe graphs; 3: manifest_sha256 (the manifest's own fields), kv_shape and history_len
+VERSION = 4  # 4: every field required, the fused rollouts loop over any horizon (see CHANGELOG for older ones)
 MANIFEST = "manifest.json"
 GRAPH_FORMATS = ("onnx", "torchscript")  # a graph's entry holds one file name per format
 REDO = "export the model again"
@@ -61,15 +61,14 @@ def _check_schema(m: dict, where: str) -> None:
     require_fields(m, {"files": dict, "graphs": dict, "latent": dict, "formats": list, "obs_dim": int,
                        "act_dim": int, "context_len": int, "history_len": int, "kv_shape": list,
                        "rollout_horizon": int, "context_reward": bool, "policy": (dict, type(None)), "obs_mean": list,
-                       "obs_std": list}, where, ExportError)
+                       "obs_std": list, "reward_mean": (int, float), "reward_std": (int, float),
+                       "ensemble": (dict, type(None))}, where, ExportError)
     require_fields(m["latent"], {"u": int, "d": int, "h": int}, f"{where} 'latent'", ExportError)
     if m["policy"] is not None:
         require_fields(m["policy"], {"obs_dim": int, "act_dim": int}, f"{where} 'policy'", ExportError)
     for field, low in (("obs_dim", 1), ("act_dim", 1), ("context_len", 1), ("rollout_horizon", 1)):
         if m[field] < low:
             raise _fail(where, f"field {field!r} is {m[field]}, expected >= {low}")
-    if not isinstance(m.get("rollout_any_horizon", False), bool):
-        raise _fail(where, f"field 'rollout_any_horizon' is {m['rollout_any_horizon']!r}, expected true or false")
     if m["history_len"] < m["context_len"]:
         raise _fail(where, f"field 'history_len' is {m['history_len']}, expected >= context_len={m['context_len']}")
     kv = m["kv_shape"]
@@ -89,7 +88,7 @@ def _check_schema(m: dict, where: str) -> None:
             raise _fail(where, f"field {field!r} must hold obs_dim={m['obs_dim']} finite numbers")
     if any(v <= 0 for v in m["obs_std"]):
         raise _fail(where, "field 'obs_std' must be positive")
-    ens = m.get("ensemble")
+    ens = m["ensemble"]
     if ens is not None and not (isinstance(ens, dict) and isinstance(ens.get("members"), int) and ens["members"] >= 1
                                 and isinstance(ens.get("elites"), list) and len(ens["elites"]) == ens["members"]
                                 and all(v in (0, 1) for v in ens["elites"]) and any(ens["elites"])):
@@ -98,7 +97,7 @@ def _check_schema(m: dict, where: str) -> None:
     if (ens is None) != ("ensemble" not in m["graphs"]):
         raise _fail(where, "field 'ensemble' and the 'ensemble' graph must come together")
     for field in ("reward_mean", "reward_std"):  # the reward head's scale (informative: the graphs apply it)
-        value = m.get(field, 1.0)
+        value = m[field]
         if not (isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
                 and (field == "reward_mean" or value > 0)):
             raise _fail(where, f"field {field!r} is {value!r}, expected a finite number"

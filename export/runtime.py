@@ -99,11 +99,9 @@ class Runtime:
         self.history_len: int = m["history_len"]
         self.latent = m["latent"]
         self.horizon = m["rollout_horizon"]
-        #: whether the fused rollout graphs take any horizon (an ONNX Loop); older exports fused only ``horizon``
-        self.any_horizon: bool = m.get("rollout_any_horizon", False)
         self.has_policy = m["policy"] is not None
         #: whether the model has an ensemble (:meth:`uncertainty`); ``elites`` is its elite mask
-        self.has_ensemble = m.get("ensemble") is not None
+        self.has_ensemble = m["ensemble"] is not None
         self.rng = np.random.default_rng(seed)
         self._sessions: dict[str, ort.InferenceSession] = {}
         self._state: dict[str, ort.OrtValue] | None = None
@@ -324,13 +322,9 @@ class Runtime:
             horizon = policy_or_actions.shape[1] if given_actions else self.horizon
         horizon = _count("horizon", horizon)
         self._require_memory(B, horizon)
-        can_fuse = (self.any_horizon or horizon == self.horizon) and not callable(policy_or_actions)
+        can_fuse = not callable(policy_or_actions)
         if fused and not can_fuse:
-            need = "actions or the exported policy" if self.any_horizon else (
-                f"horizon={self.horizon} (the exported one; an export by this mrcom takes any) and actions or the "
-                f"exported policy")
-            raise ExportError(f"a fused rollout needs {need}, got horizon={horizon} and "
-                              f"{'a callable' if callable(policy_or_actions) else 'actions'}")
+            raise ExportError("a fused rollout needs actions or the exported policy, got a callable")
         use_fused = can_fuse if fused is None else fused
         lat = self.latent
         shapes = {k: (B, horizon, lat[k]) for k in ("u", "h")}

@@ -84,7 +84,7 @@ def runtime_error(export_dir, data, batch: int, horizon: int, seed: int = 0, *, 
         log(f"  {domain:<8} {pick.sum():>4} rollouts  error {summary[f'{KEY}_{domain}']:.4f}  reward/step "
             f"predicted {out['reward'][pick].mean():.3f} real {real['reward'][pick].mean():.3f}")
     if bench:
-        for fused in (False, True) if rt.any_horizon or horizon == rt.horizon else (False,):
+        for fused in (False, True):
             rt.reset(*prompt)
             rt.rollout(real["action"], horizon, fused=fused)  # warm-up: session creation, first-run costs
             elapsed = _timed(rt, prompt, real["action"], horizon, fused)

@@ -9,8 +9,8 @@ import torch
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.agents.sac import load_actor
-from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return, summarize
-from mrcom_train.rl.scoring import floor_scores
+from mrcom_train.rl.adapt import AdaptConfig, Adapter, normalized_return
+from mrcom_train.rl.scoring import floor_scores, summarize
 from mrcom_train.scenarios import ScenarioEnv
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}

@@ -204,14 +204,6 @@ def test_leftovers_of_a_killed_writer_are_removed_on_resume(copy):
     assert adapter.step == 200 and not any(p.exists() for p in stale)
 
 
-def test_an_old_layout_run_is_refused(tmp_path):
-    (tmp_path / "run" / "checkpoint").mkdir(parents=True)
-    (tmp_path / "run" / "checkpoint" / "state.json").write_text("{}")
-    (tmp_path / "run" / "config.json").write_text(json.dumps(dataclasses.asdict(TINY)))  # an adapt run's config
-    with pytest.raises(UserInputError, match="older layout"):
-        Adapter(TINY, tmp_path / "run", resume=True, **QUIET)
-
-
 # ------------------------------------------------------------------------------ cause: edited, re-signed fields
 def _edit(run: Path, state: dict | None = None, rename: str | None = None, agent_steps: int | None = None,
           arrays=None) -> Path:
@@ -482,3 +474,9 @@ def test_a_model_free_run_resumes_whatever_its_imagination_settings_but_a_model_
     (tmp_path / "config.json").write_text(json.dumps(dataclasses.asdict(model)))
     with pytest.raises(UserInputError, match="ran with real_ratio=0.05, now 0.5"):
         check_config(tmp_path, dataclasses.replace(model, real_ratio=0.5))
+
+
+def test_a_checkpoint_of_an_older_format_is_refused_in_one_line(copy):
+    _edit(copy, {"version": 1})
+    with pytest.raises(UserInputError, match="format version 1; this mrcom reads version 2"):
+        Adapter(TINY, copy, resume=True, **QUIET)

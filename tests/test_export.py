@@ -118,7 +118,6 @@ def test_one_export_rolls_out_any_horizon_in_one_loop_graph(exported):
         ops = [n.op_type for n in onnx.load(str(out / f"{name}.onnx")).graph.node]
         # not unrolled: one Loop, and outside it only the once-per-rollout glue (no layer of the model)
         assert ops.count("Loop") == 1 and not {"MatMul", "Gemm", "Softmax", "LayerNormalization"} & set(ops), ops
-    assert manifest["rollout_any_horizon"] is True
     assert manifest["graphs"]["rollout"]["inputs"][6]["shape"] == ["batch", "horizon", 3]  # actions
     rt, B, std = Runtime(out), 4, model.obs_std.numpy()
     prompt = _prompt(model, B)
@@ -169,18 +168,13 @@ def test_the_rollout_loop_carries_only_the_rollouts_own_keys_and_values(exported
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5, err_msg=name)
 
 
-def test_an_export_with_a_fixed_horizon_fuses_only_that_horizon(exported, tmp_path):
-    """Exports written before the Loop (no ``rollout_any_horizon``) fused exactly ``rollout_horizon`` steps."""
-    out, model, manifest = exported
+def test_an_export_of_an_older_format_is_refused_in_one_line(exported, tmp_path):
+    out, _, manifest = exported
     copy = tmp_path / "old"
     shutil.copytree(out, copy)
-    write_manifest(copy, {k: v for k, v in manifest.items() if k != "rollout_any_horizon"})
-    rt = Runtime(copy)
-    assert not rt.any_horizon
-    rt.reset(*_prompt(model, 2))
-    with pytest.raises(ExportError, match=f"needs horizon={H}"):
-        rt.rollout(np.zeros((2, H + 1, 3), np.float32), fused=True)
-    assert rt.rollout(np.zeros((2, H + 1, 3), np.float32))["obs"].shape == (2, H + 1, 10)  # stepped instead
+    write_manifest(copy, {**manifest, "version": 3})
+    with pytest.raises(ExportError, match="has export format version 3; this mrcom reads version 4"):
+        Runtime(copy)
 
 
 def test_runtime_is_seeded_and_batches_one_prompt(exported):

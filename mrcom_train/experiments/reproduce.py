@@ -32,10 +32,9 @@ from ..rl.adapt import AdaptConfig, Adapter
 from ..rl.adapt_checkpoint import check_config
 from ..rl.adapt_config import WORLD_MODEL_FIELDS
 from ..rl.scoring import FLOORS, floor_scores
-from ..rollout import BY_STEP, runtime_error
+from ..rollout import runtime_error
 from ..training.checkpoint import latest_checkpoint, load_model, read_state
 from ..training.config import RunRequest
-from ..training.evaluation import KEY
 from ..training.trainer import Trainer
 from ..workers import WorkerPool
 from .budgets import BUDGETS, Budget, customized
@@ -98,13 +97,13 @@ def _exported(export: Path) -> bool:
     return True
 
 
+#: the layout of a split's ``errors/METHOD.json`` (a file of another version is measured again)
+ERRORS_VERSION = 2
+
+
 def _measured(err_file: Path) -> bool:
-    """Whether ``err_file`` holds the open-loop errors in the current layout (older layouts are measured again)."""
-    if not err_file.is_file():
-        return False
-    per = read_json(err_file, "prediction-error file")
-    return all(any(k.startswith(f"{KEY}_") for k in per.get(kind, {}).get("in", {})) and BY_STEP in per[kind]["in"]
-               for kind in ("mean", "sampled"))
+    """Whether ``err_file`` holds the open-loop errors in this version's layout."""
+    return err_file.is_file() and read_json(err_file, "prediction-error file").get("version") == ERRORS_VERSION
 
 
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
@@ -230,9 +229,9 @@ def _world_models(root: Path, split: str, b: Budget, methods: dict, workers: int
                          log=lambda s: None)
         err_file = root / "errors" / f"{method}.json"
         if not _measured(err_file):
-            per = {kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0,
-                                           mean_latents=kind == "mean") for r in evals}
-                   for kind in ("mean", "sampled")}
+            per = {"version": ERRORS_VERSION, **{
+                kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0, mean_latents=kind == "mean")
+                       for r in evals} for kind in ("mean", "sampled")}}
             err_file.parent.mkdir(parents=True, exist_ok=True)
             write_json_atomic(err_file, per)
         errors[method] = read_json(err_file, "prediction-error file")

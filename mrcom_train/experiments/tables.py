@@ -13,8 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..rl.adapt import summarize
-from ..rl.scoring import FLOOR_LABELS, FLOORS
+from ..rl.scoring import FLOOR_LABELS, FLOORS, summarize
 from ..scenarios import DOMAINS, get_split
 from ..training.evaluation import KEY
 

@@ -2,29 +2,21 @@
 rollouts from the exported world model through the torch-free runtime, wrapped as a Gymnasium vector env
 (:class:`~mrcom_export.vector_env.ImaginedVectorEnv`, the same one standard RL code can train in).
 
-MBPO (Janner et al. 2019) with a frozen world model (or, ``imagination="oracle"``, the target's own simulator
-branched from the stored real states: :mod:`~mrcom_train.rl.oracle`, the ceiling of every model arm): each env
-step the agent acts in the real target scenario, then takes ``updates_per_step`` (G) SAC updates. Every
-``model_rollout_every`` steps a round of ``rollout_batch`` imagined rollouts starts from real states the agent
-reached, their context FIFO primed with the ``m`` real steps before each start state (paper eq. 4: the target
-scenario's own recent trajectory), and runs ``h`` steps with the current policy, ``h`` growing linearly from
-``horizon_start`` to ``horizon_end`` (MBPO's per-domain schedule). The runtime rolls the whole round out as
-one batch; imagined samples/s are logged. The model buffer keeps only the latest ``retain_rounds`` rounds (it
-is resized with the horizon, as MBPO's is), so imagined data comes from the current policy and is not reused
-for long. Each SAC update draws ``real_ratio`` of its batch from real transitions and the rest from imagined
-ones, once the model buffer holds a full round. ``use_model=False`` gives model-free SAC with the same
-env-step budget and the same G (an equal-compute arm) or ``updates_per_step=1`` (the classic arm).
+Each env step the agent acts in the real target scenario, then takes ``updates_per_step`` (G) SAC updates.
+Every ``model_rollout_every`` steps a round of ``rollout_batch`` imagined rollouts starts from real states the
+agent reached, the context primed with the ``m`` real steps before each start (paper eq. 4), and runs ``h``
+steps with the current policy, ``h`` growing from ``horizon_start`` to ``horizon_end`` (MBPO's per-domain
+schedule); with an ensemble the gate truncates uncertain rollouts (:mod:`~mrcom_train.rl.gate`). The model
+buffer keeps the latest ``retain_rounds`` rounds. Each SAC update draws ``real_ratio`` of its batch from real
+transitions (fixed, or following the model's error). With ``refit`` the world model is fine-tuned on the
+target's real transitions every ``refit_every`` steps and swapped in (:mod:`~mrcom_train.rl.refit`);
+``imagination="oracle"`` imagines with the target's own simulator instead (:mod:`~mrcom_train.rl.oracle`, the
+ceiling of every model arm); ``use_model=False`` is model-free SAC with the same env steps and G.
 
-Evaluation: normalized return = 100 × mean episode return / episode length (dm_control rewards are in
-[0, 1] per step), over ``eval_episodes`` episodes of the target scenario with the deterministic policy. With
-the model, every evaluation also measures the model's one-step error on the target's real transitions
-(:mod:`~mrcom_train.rl.diagnostics`: ``reward_mae``, ``reward_real_mean``, ``obs_nmse``, in ``metrics.csv`` and the
-result), to tell a wrong reward from wrong dynamics; ``imagined_reward="true"`` scores imagined transitions with
-the target's own reward function instead of the model's (:func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`).
-
-The run's config (:class:`AdaptConfig`, :func:`normalized_return`) is in :mod:`~mrcom_train.rl.adapt_config`; its
-run folder, checkpoints and result are in :mod:`~mrcom_train.rl.adapt_checkpoint`. This module holds the
-:class:`Adapter` (the loop) and :func:`summarize` (the paper's ``mean ± std``).
+Evaluation: normalized return over ``eval_episodes`` episodes with the deterministic policy
+(:mod:`~mrcom_train.rl.scoring`); with a model, also its one-step error on the target's real transitions
+(:mod:`~mrcom_train.rl.diagnostics`). The config is :class:`AdaptConfig` (:mod:`~mrcom_train.rl.adapt_config`);
+the run folder, checkpoints and result are in :mod:`~mrcom_train.rl.adapt_checkpoint`.
 """
 
 from __future__ import annotations
@@ -55,7 +47,7 @@ from .diagnostics import DIAGNOSTICS, ENSEMBLE_DIAGNOSTICS
 from .oracle import OracleRollouts
 from .scoring import evaluate_policy, floor_scores
 
-__all__ = ["AdaptConfig", "Adapter", "normalized_return", "summarize"]
+__all__ = ["AdaptConfig", "Adapter", "normalized_return"]
 
 
 
@@ -370,6 +362,32 @@ class Adapter:
         out[: len(raw)] = raw
         return out
 
+    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
+        """What a resume needs besides the agent and the refit model: the counters, the real ratio and the
+        random states (JSON-able), and the replay buffers and real episodes (arrays)."""
+        imagination = self.imagined_env
+        runtime_rng = (imagination.random_state() if self.cfg.oracle else
+                       imagination.runtime.rng.bit_generator.state if imagination is not None else None)
+        state = {"env_steps": self.step, "imagined": self.imagined, "real_ratio": self.real_ratio,
+                 "episodes": len(self.episodes), "rng": self.rng.bit_generator.state, "runtime_rng": runtime_rng}
+        arrays = {**{f"real_{k}": v for k, v in self.real.state_dict().items()},
+                  **{f"model_{k}": v for k, v in self.model.state_dict().items()},
+                  **{f"ep{i}_{k}": v for i, ep in enumerate(self.episodes) for k, v in ep.items()}}
+        return state, arrays
+
+    def load_state_dict(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state_dict` gave (the checkpoint module checks it against the run first)."""
+        self.real.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("real_")})
+        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model_")})
+        self.episodes = [{k: arrays[f"ep{i}_{k}"] for k in checkpoint.episode_keys(self.cfg)}
+                         for i in range(state["episodes"])]
+        self.rng.bit_generator.state = state["rng"]
+        if self.imagined_env is not None and self.cfg.oracle:
+            self.imagined_env.set_random_state(state["runtime_rng"])
+        elif self.imagined_env is not None:
+            self.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
+        self.step, self.imagined, self.real_ratio = state["env_steps"], state["imagined"], float(state["real_ratio"])
+
     def save(self, env_state: dict | None, result: dict | None = None) -> Path:
         """Publish a checkpoint of this run (:func:`~mrcom_train.rl.adapt_checkpoint.save`): at an episode
         boundary (``env_state``: the real env's random state for its next reset) everything a resume needs;
@@ -380,12 +398,3 @@ class Adapter:
 def _frozen(episode: dict[str, list]) -> dict[str, np.ndarray]:
     """A real episode's lists as arrays: float32, the physics states float64 (a branch continues exactly)."""
     return {k: np.asarray(v, np.float64 if k == "state" else np.float32) for k, v in episode.items()}
-
-
-def summarize(results: list[float]) -> str:
-    """``mean ± std`` over seeds (population std), as the paper's tables."""
-    if not results:
-        return "n/a"
-    mean = float(np.mean(results))
-    std = float(np.std(results)) if len(results) > 1 else 0.0
-    return f"{mean:.1f}±{std:.1f}" if math.isfinite(mean) else "n/a"

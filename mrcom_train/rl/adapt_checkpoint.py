@@ -32,7 +32,7 @@ from mrcom_core.io.files import atomic_path, read_json, require_fields, write_js
 
 from ..agents.sac import SAC
 
-CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 1
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 2  # 2: real_ratio always present
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/ + latest.json
 REFIT_FILE = "refit.safetensors"  # a checkpoint's refit world model (with refit on)
 LABEL = "adapt checkpoint"
@@ -46,9 +46,6 @@ def open_checkpoints(run_dir: Path) -> tuple[Path, dict] | None:
     snapshots.clean(run_dir)
     snapshots.clean(root)
     latest = snapshots.open_latest(root, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, LABEL)
-    if latest is None and (run_dir / "checkpoint" / "state.json").is_file():
-        raise UserInputError(f"{run_dir} holds a checkpoint in an older layout (checkpoint/); this mrcom "
-                             f"cannot resume it: start the run again in a new folder")
     if latest is not None and latest[0].name != f"step_{latest[1]['step']:08d}":
         # Checked before the clean-up below, which would take the folder of a lowered step for a stray one.
         raise UserInputError(f"{latest[0] / snapshots.STATE}: step {latest[1]['step']} is not the step of its folder "
@@ -85,21 +82,13 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
     episodes (``buffers.npz``) and every random state. ``result`` marks the final checkpoint (agent and result
     only). Returns the folder."""
     complete = result is not None
-    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "complete": complete,
-             "real_ratio": adapter.real_ratio}
+    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "complete": complete}
     arrays = {}
     if complete:
         state["result"] = result
     else:
-        arrays = {f"real_{k}": v for k, v in adapter.real.state_dict().items()}
-        arrays.update({f"model_{k}": v for k, v in adapter.model.state_dict().items()})
-        for i, ep in enumerate(adapter.episodes):
-            arrays.update({f"ep{i}_{k}": v for k, v in ep.items()})
-        imagination = adapter.imagined_env
-        runtime_rng = (imagination.random_state() if adapter.cfg.oracle else
-                       imagination.runtime.rng.bit_generator.state if imagination is not None else None)
-        state.update(episodes=len(adapter.episodes), env=env_state, rng=adapter.rng.bit_generator.state,
-                     runtime_rng=runtime_rng)
+        fields, arrays = adapter.state_dict()
+        state.update(fields, env=env_state)
     refit_tensors = None
     if adapter.refitter is not None and not complete:
         refit_tensors, meta = adapter.refitter.state_dict()
@@ -163,44 +152,32 @@ def restore(adapter, folder: Path, state: dict) -> None:
         publish_result(adapter.run_dir, folder, result)
         adapter.step, adapter.imagined, adapter.finished = state["env_steps"], state["imagined"], result
         return
-    require_fields(state, {"episodes": int, "env": dict, "rng": dict}, str(where))
+    require_fields(state, {"episodes": int, "env": dict, "rng": dict, "real_ratio": (int, float)}, str(where))
+    if not 0 <= state["real_ratio"] <= 1:
+        raise UserInputError(f"{where}: real_ratio {state['real_ratio']!r} is not a share in [0, 1] ({REDO})")
     path = folder / "buffers.npz"
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            real = {k[5:]: arrays[k] for k in arrays.files if k.startswith("real_")}
-            model = {k[6:]: arrays[k] for k in arrays.files if k.startswith("model_")}
-            saved = {k.partition("_")[0] for k in arrays.files if k.startswith("ep")}
-            if saved != {f"ep{i}" for i in range(state["episodes"])}:
-                raise UserInputError(f"{where}: episodes {state['episodes']} disagrees with {path}, which holds "
-                                     f"{len(saved)} real episodes ({REDO})")
-            episodes = [{k: arrays[f"ep{i}_{k}"] for k in episode_keys(adapter.cfg)}
-                        for i in range(state["episodes"])]
-        adapter.real.load_state_dict(real)
-        adapter.model.load_state_dict(model)
-    except UserInputError:
-        raise
-    except Exception as e:  # a zip, npy or shape error: whatever it is, the file is not what we wrote
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+    except Exception as e:  # a zip or npy error: whatever it is, the file is not what we wrote
         why = "it holds pickled data, which is never loaded" if "pickle" in str(e) else _first_line(e)
         raise UserInputError(f"cannot read {path}: not replay buffers of this run ({why}; {REDO})") from None
-    check_episodes(adapter, episodes, path)
+    saved = {k.partition("_")[0] for k in arrays if k.startswith("ep")}
+    if saved != {f"ep{i}" for i in range(state["episodes"])}:
+        raise UserInputError(f"{where}: episodes {state['episodes']} disagrees with {path}, which holds "
+                             f"{len(saved)} real episodes ({REDO})")
+    try:
+        adapter.env.set_random_state(state["env"])
+        adapter.load_state_dict(state, arrays)
+    except UserInputError:
+        raise
+    except Exception as e:  # a missing array, a shape, a random state: the checkpoint is not this run's
+        raise UserInputError(f"{where}: cannot restore the run from it and {path.name} ({_first_line(e)}; "
+                             f"{REDO})") from None
+    check_episodes(adapter, adapter.episodes, path)
     check_buffers(adapter, state, where, path)
     if adapter.refitter is not None:
         restore_refit(adapter, folder, state.get("refit"))
-    try:
-        adapter.env.set_random_state(state["env"])
-        adapter.rng.bit_generator.state = state["rng"]
-        if adapter.imagined_env is not None:
-            if adapter.cfg.oracle:
-                adapter.imagined_env.set_random_state(state["runtime_rng"])
-            else:
-                adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
-    except (KeyError, TypeError, ValueError, IndexError) as e:
-        raise UserInputError(f"{where}: the random states are damaged ({_first_line(e)}; {REDO})") from None
-    ratio = state.get("real_ratio", adapter.real_ratio)  # checkpoints written before the field: the start value
-    if isinstance(ratio, bool) or not isinstance(ratio, int | float) or not 0 <= ratio <= 1:
-        raise UserInputError(f"{where}: real_ratio {ratio!r} is not a share in [0, 1] ({REDO})")
-    adapter.episodes, adapter.real_ratio = episodes, float(ratio)
-    adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
 
 
 def restore_refit(adapter, folder: Path, meta) -> None:

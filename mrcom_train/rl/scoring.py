@@ -9,6 +9,7 @@ show them cannot tell learning from the luck of the drawn target speed.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -45,3 +46,12 @@ def floor_scores(spec: ScenarioSpec, episodes: int, seed: int = 0) -> dict[str, 
     return {"zero": evaluate_policy(env, lambda obs: zero, episodes),
             "random": evaluate_policy(env, lambda obs: rng.uniform(-1, 1, spec.act_dim).astype(np.float32),
                                       episodes)}
+
+
+def summarize(results: list[float]) -> str:
+    """``mean ± std`` over seeds (population std), as the paper's tables."""
+    if not results:
+        return "n/a"
+    mean = float(np.mean(results))
+    std = float(np.std(results)) if len(results) > 1 else 0.0
+    return f"{mean:.1f}±{std:.1f}" if math.isfinite(mean) else "n/a"
