@@ -41,8 +41,10 @@ class ModelConfig:
 
     ``model_type``: the registry name of the world-model class (:mod:`mrcom_core.registry`): ``mrcom`` (the
     paper's model), ``rssm_ctx`` (the paper's DreamerV3: a context-augmented RSSM), ``rssm`` (the same
-    without context), ``cadm`` (CaDM-style), or any class registered there. Each
-    class reads the fields it needs and declares its latent sizes; fields it ignores are harmless.
+    without context), ``cadm`` (CaDM-style), ``mamba`` (MAMBA-style: a recurrent context over the whole
+    history), or any class registered there (``mrcom models`` lists them). Each class reads the fields it
+    needs and declares its latent sizes; a switch it does not honour is refused
+    (:attr:`~mrcom_core.base.BaseWorldModel.switches`), other fields it ignores are harmless.
 
     Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is
     part of each token — without it a reward head cannot tell scenarios with different target speeds

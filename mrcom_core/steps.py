@@ -36,7 +36,7 @@ class Imagined(NamedTuple):
     cache: KVCache
 
 
-def _mean(model: BaseWorldModel, like: torch.Tensor, noise_u, noise_h, t: int | None = None):
+def _step_noise(model: BaseWorldModel, like: torch.Tensor, noise_u, noise_h, t: int | None = None):
     """The noise for one step: the given noise (at step ``t`` of a sequence), or zeros (the latents' means)."""
     B = like.shape[0]
     if t is not None:
@@ -83,7 +83,7 @@ def rollout(model: BaseWorldModel, state: LatentState, cache: KVCache, obs: torc
     observations, rewards = [], []
     for t in range(horizon):
         action = act(t, obs) if callable(act) else act[:, t]
-        step = imagine(model, state, cache, obs, action, *_mean(model, obs, noise_u, noise_h, t))
+        step = imagine(model, state, cache, obs, action, *_step_noise(model, obs, noise_u, noise_h, t))
         state, obs, cache = step.state, step.obs, step.cache
         observations.append(obs)
         rewards.append(step.reward)
@@ -96,7 +96,7 @@ def prime_from_batch(model: BaseWorldModel, batch: dict[str, torch.Tensor], nois
     posterior's (``None`` noise: the latents' means)."""
     obs = model.normalize(batch["obs"][:, 0])
     return prime(model, model.normalize(batch["context_obs"]), batch["context_action"], batch["context_reward"],
-                 obs, *_mean(model, obs, noise_u, noise_h))
+                 obs, *_step_noise(model, obs, noise_u, noise_h))
 
 
 @torch.no_grad()
