@@ -105,6 +105,7 @@ class MetricsLog:
             kept.writerows(rows)
         self.file = open(self.path, "a", newline="")
         self.writer = csv.DictWriter(self.file, fieldnames=self.fields, extrasaction="ignore")
+
     def _rows_up_to(self, step: int) -> list[dict]:
         """The log's rows up to ``step``. A last row cut short by a crash is dropped; a file that is not this
         run's log is one error line (the checkpoint itself is intact; delete the file to resume anyway)."""
