@@ -37,8 +37,8 @@ from mrcom_train.training.config import RunRequest
 from mrcom_train.training.evaluation import by_domain, open_loop_error
 from mrcom_train.training.trainer import Trainer
 
-VARIANTS = {"literal": {}, "+d": {"u_on_d": True}, "+overshoot": {"overshoot_horizon": 15},
-            "both": {"u_on_d": True, "overshoot_horizon": 15}}
+VARIANTS = {"literal": {"u_on_d": False, "overshoot_horizon": 0}, "+d": {"u_on_d": True, "overshoot_horizon": 0},
+            "+overshoot": {"u_on_d": False, "overshoot_horizon": 15}, "both": {"u_on_d": True, "overshoot_horizon": 15}}
 HORIZONS = (1, 5, 15)
 
 

@@ -8,7 +8,8 @@ A world model class (MrCoM or a baseline) subclasses :class:`BaseWorldModel` and
 * ``observe_step`` (posterior) and ``imagine_step`` (prior) — one latent step, noise given as input;
 * ``observe_window`` (its ``forward``) — the training pass over a sampled window, returning whatever
   latents its loss needs (a NamedTuple of its own), and ``loss(window, batch, noise)`` — the loss terms;
-* ``label`` (its name in tables), ``ablations`` / ``supports_overshoot`` (the config switches it honours).
+* ``label`` (its name in tables) and ``Options``: its own switches, a :class:`~mrcom_core.config.ModelOptions`
+  dataclass (``config.options`` holds them; a field of another model's options is refused).
 
 It registers itself in :mod:`mrcom_core.registry`; nothing else needs to know about it.
 """
@@ -20,7 +21,7 @@ from typing import ClassVar, NamedTuple
 import torch
 from torch import nn
 
-from .config import ABLATIONS, ModelConfig
+from .config import ModelConfig, ModelOptions
 from .ensemble import EnsembleHeads
 from .layers import KVCache, RolloutCache, StreamingContextEncoder
 
@@ -74,16 +75,13 @@ class BaseWorldModel(nn.Module):
     for what a subclass adds)."""
 
     label: ClassVar[str] = ""
-    ablations: ClassVar[tuple[str, ...]] = ()
-    supports_overshoot: ClassVar[bool] = False
+    #: the class's own switches (``config.options`` is one of these): none unless a subclass declares them
+    Options: ClassVar[type[ModelOptions]] = ModelOptions
     #: the modules a head-only refit trains (those a class has: the decoder, reward head and value heads)
     refit_heads: ClassVar[tuple[str, ...]] = ("decoder", "reward_head", "value_heads", "meta_value", "ensemble_heads")
-    #: whether the context encoder is recurrent over the whole history (honours ``ModelConfig.history_len``)
-    recurrent_history: ClassVar[bool] = False
-    #: field values this class builds with unless the preset, ablations or overrides say otherwise (applied by
-    #: :func:`mrcom_core.registry.model_config`; :class:`ModelConfig`'s own defaults stay the neutral ones, so
-    #: configs saved before a class default changed still load as they were trained).
-    defaults: ClassVar[dict] = {"reward_scale": "unit"}
+    #: values of :class:`ModelConfig`'s shared fields this class builds with unless the preset, ablations or
+    #: overrides say otherwise (applied by :func:`mrcom_core.registry.model_config`)
+    defaults: ClassVar[dict] = {}
     #: whether the class's loss trains ensemble heads (:func:`~mrcom_core.losses.with_ensemble`) and its
     #: :meth:`window_states` gives their inputs: only then does ``ModelConfig.ensemble`` apply
     supports_ensemble: ClassVar[bool] = False
@@ -91,29 +89,6 @@ class BaseWorldModel(nn.Module):
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
         raise NotImplementedError
-
-    #: the config switches only some classes honour: field → (what a class needs for it, the class attribute that
-    #: says it has it); an ablation's field is honoured by the classes that list it in :attr:`ablations`
-    switches: ClassVar[dict[str, tuple[str, str]]] = {
-        "overshoot_horizon": ("an overshooting loss", "supports_overshoot"),
-        "ensemble": ("a loss that trains the ensemble heads", "supports_ensemble"),
-        "history_len": ("a recurrent context", "recurrent_history"),
-        **{name: ("the ablation", "ablations") for name in ABLATIONS},
-    }
-
-    @classmethod
-    def honours(cls, field: str) -> bool:
-        """Whether this class honours the switch ``field`` (one of :attr:`switches`)."""
-        flag = cls.switches[field][1]
-        return field in cls.ablations if flag == "ablations" else bool(getattr(cls, flag))
-
-    @classmethod
-    def unhonoured(cls, config: ModelConfig) -> str | None:
-        """The first switch ``config`` sets that this class does not honour (None: every one it sets is)."""
-        return next((f for f in cls.switches if getattr(config, f) and not cls.honours(f)), None)
-
-    #: buffers a checkpoint saved before they existed may lack (their initial values are what it trained with)
-    optional_buffers: ClassVar[tuple[str, ...]] = ("reward_mean", "reward_std")
 
     def __init__(self, config: ModelConfig, obs_mean=None, obs_std=None, reward_stats=None):
         super().__init__()
@@ -145,9 +120,9 @@ class BaseWorldModel(nn.Module):
     @classmethod
     def history_steps(cls, config: ModelConfig) -> int:
         """Real steps before a training window (and in an adaptation prompt) that a model of this class reads:
-        the context length m, or ``config.history_len`` for a model whose context encoder is recurrent (it
-        reads any length; its exported ``prime`` graph still takes m steps and the runtime observes the rest)."""
-        return config.history_len or config.context_len
+        the context length m; more for a model whose context encoder is recurrent (it reads any length; its
+        exported ``prime`` graph still takes m steps and the runtime observes the rest)."""
+        return config.context_len
 
     @property
     def history_len(self) -> int:
@@ -276,7 +251,8 @@ class BaseWorldModel(nn.Module):
 
     def loss(self, window, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:
         """Loss terms of :meth:`observe_window`'s output: ``{"loss": what to minimize, …terms to log}``. A class
-        with ``supports_overshoot`` also takes ``overshoot=False``: the same terms without
+        whose options are :class:`~mrcom_core.losses.OvershootOptions` also takes ``overshoot=False``: the same
+        terms without
         :func:`~mrcom_core.losses.loss_overshoot`'s (which the trainer may compute beside them)."""
         raise NotImplementedError
 

@@ -1,15 +1,20 @@
-"""Validated model configuration, size presets and ablation switches.
+"""Validated model configuration, size presets and the paper's ablation names.
 
 Sizes live in one table (:data:`PRESETS`), as TD-MPC2 keeps them: ``tiny`` for tests (seconds on a
 CPU), ``small`` the CPU default, ``base`` for a GPU. Every field can be overridden by name
 (:func:`apply_overrides`, used by the CLI's ``--set`` and TOML config files). Invalid values raise
 :class:`~mrcom_core.errors.UserInputError` whose message names the field.
 
-This module knows no model class: which ``model_type`` values exist, which latent sizes each has and
-which switches it honours is declared by the model classes and checked by :mod:`mrcom_core.registry`
-(``registry.model_config`` builds a config and checks both).
+A :class:`ModelConfig` holds what every world model reads (data dims, context, latent and network sizes, the
+reward and KL settings, the ensemble); a model's own switches are its :class:`ModelOptions` subclass, declared
+next to the model (``MrCoM.Options``: the ablations, ``u_on_d``, the meta-value weights; the RSSMs' and MrCoM's
+:class:`~mrcom_core.losses.OvershootOptions`; MAMBA's ``history_len``) and held in ``ModelConfig.options``.
+Saved and set, the two read as one flat table (``model.u_on_d``): :meth:`ModelConfig.to_dict` writes them
+together and :func:`apply_overrides` sends each field where it lives. This module knows no model class:
+:mod:`mrcom_core.registry` builds a config with the named class's options (``registry.model_config``,
+``registry.load_config``) and refuses a field that belongs to another model, naming the models it belongs to.
 
-Ablations (paper §5.3) really remove their component (MrCoM only):
+Ablations (paper §5.3) really remove their component (MrCoM's options):
 
 ==============  ===========================================================================
 ``no_d``        no deterministic state: no GRU, ``d`` has 0 dims, latent ``s = [u, h]``
@@ -34,8 +39,25 @@ REWARD_SCALES = ("raw", "unit")
 
 
 @dataclass(frozen=True)
+class ModelOptions:
+    """A model class's own switches (this base has none): subclass it as a frozen dataclass next to the model,
+    set the class's ``Options`` to it, validate single fields in ``__post_init__`` and fields that depend on the
+    rest of the config in :meth:`check`. Field names must not repeat :class:`ModelConfig`'s."""
+
+    def check(self, config: ModelConfig) -> None:
+        """Checks that need the rest of ``config`` (raise :class:`UserInputError` naming the field)."""
+
+
+def check_bool(name: str, value) -> None:
+    """Refuse a non-bool (e.g. ``u_on_d = 1`` in a TOML file) with a message naming ``name``."""
+    if not isinstance(value, bool):
+        raise UserInputError(f"{name} must be true or false, got {value!r}")
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    """Everything that shapes the world model and its losses.
+    """Everything that shapes a world model and its losses that every model reads; the model's own switches
+    are ``options`` (see the module docstring).
 
     Data-dependent fields (``obs_dim``, ``act_dim``, ``num_scenarios``) are filled in from the dataset.
 
@@ -43,8 +65,7 @@ class ModelConfig:
     paper's model), ``rssm_ctx`` (the paper's DreamerV3: a context-augmented RSSM), ``rssm`` (the same
     without context), ``cadm`` (CaDM-style), ``mamba`` (MAMBA-style: a recurrent context over the whole
     history), or any class registered there (``mrcom models`` lists them). Each class reads the fields it
-    needs and declares its latent sizes; a switch it does not honour is refused
-    (:attr:`~mrcom_core.base.BaseWorldModel.switches`), other fields it ignores are harmless.
+    needs and declares its latent sizes and its ``Options``.
 
     Context: ``context_len`` (m) tokens of ``(o, a[, r])`` (``context_reward``: the previous reward is
     part of each token — without it a reward head cannot tell scenarios with different target speeds
@@ -57,47 +78,21 @@ class ModelConfig:
     Latents: ``u_dim`` (stochastic), ``d_dim`` (GRU), ``h_dim`` (auxiliary); MLPs of ``hidden_layers``
     × ``hidden_dim``; Gaussian std = softplus(raw) + ``min_std``.
 
-    Losses (eq. 16): ``L = lambda_var·L_var + lambda_s·L_s + lambda_v·L_v`` plus the value heads' own TD
-    and regression losses (weight ``value_loss_weight``; they only train the value heads).
-    ``kl_direction``: ``post_prior`` = KL(q‖p), the variational bound's direction (default);
-    ``prior_post`` = KL(p‖q) as eq. 10 is printed. ``kl_free_nats``: per-row KL below this many nats
-    gives no gradient (DreamerV3's free bits). ``reward_scale``: ``unit`` regresses the reward head on rewards
-    standardized by the training data's mean and std (kept with the weights, so the head's reward and every
-    exported graph are in the data's own units), as the decoder regresses standardized observations; ``raw``
-    regresses the rewards as they are, which a 20-dim reconstruction term swamps (per-step rewards vary by
-    ~0.1, an observation by ~1 per dim). ``ensemble`` > 0: that many one-step heads on the latent state
-    (:mod:`mrcom_core.ensemble`) whose disagreement tells imagination where the model does not know, with the
-    ``ensemble_elites`` best on held-out data (0: all) making the ``elites`` mask. ``gamma``: TD discount of
-    the value heads (eq. 14).
-    ``overshoot_horizon`` > 0 adds a loss that is not in the paper: each window's first posterior state
-    imagines that many steps open loop (mean latents, predictions fed back into the context, as in
-    imagination) and the decoded observations are regressed on the real ones, weight
-    ``overshoot_weight`` (see ``mrcom_core.losses.loss_overshoot``). A window of L steps holds at most L of them
-    (``H = min(overshoot_horizon, L)``), so ``mrcom train`` refuses a horizon above ``train.window_len`` when
-    either is set by the user (a preset's own pair stands: ``tiny`` imagines its 8-step windows).
+    Losses: ``lambda_var`` weighs the variational term (eq. 16's ``L_var``: KL plus the reconstruction and
+    the reward likelihood, ``reward_loss_weight`` on the reward's). ``kl_direction``: ``post_prior`` = KL(q‖p),
+    the variational bound's direction (default); ``prior_post`` = KL(p‖q) as eq. 10 is printed.
+    ``kl_free_nats``: per-row KL below this many nats gives no gradient (DreamerV3's free bits).
+    ``reward_scale``: ``unit`` (default) regresses the reward head on rewards standardized by the training data's
+    mean and std (kept with the weights, so the head's reward and every exported graph are in the data's own
+    units), as the decoder regresses standardized observations; ``raw`` regresses the rewards as they are, which
+    a 20-dim reconstruction term swamps (per-step rewards vary by ~0.1, an observation by ~1 per dim).
+    ``ensemble`` > 0: that many one-step heads on the latent state (:mod:`mrcom_core.ensemble`) whose
+    disagreement tells imagination where the model does not know, with the ``ensemble_elites`` best on held-out
+    data (0: all) making the ``elites`` mask; only for a class whose loss trains them (``supports_ensemble``).
 
-    ``u_on_d`` (MrCoM only; off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition
-    u's prior and posterior on the previous deterministic state, ``p(u_t | c_t, a_{t-1}, d_{t-1})`` and
-    ``q(u_t | c_t, a_{t-1}, d_{t-1}, o_t)``. Eq. 15 writes the transition from the whole ``s̃_t = {u, d, h}``
-    and §5.3 says d carries the temporal information; read literally, u has no recurrent input and in
-    imagination all memory of the previous step passes through the decoded prediction in the context.
-    ``d_{-1}`` is the model's initial d (zeros), in training and in the one-step functions alike. Under
-    ``no_d`` there is no d to feed (0 dims), so ``u_on_d`` changes nothing there (a documented no-op, which
-    keeps the w/o d ablation runnable whatever the default). Other model types ignore it (RSSM's u already
-    depends on d).
-
-    ``history_len`` (recurrent-history models only, i.e. ``mamba``; 0 = ``context_len``): real steps of
-    history before each training window, all read by the model's recurrent context encoder (MAMBA trains on
-    sequences that include their history); the exported ``prime`` graph still takes ``context_len`` steps
-    and the runtime observes the rest of a longer prompt step by step.
-
-    The field defaults here are the neutral ones (no overshooting, eq. 6 literal, raw rewards), so a config
-    saved before a switch existed loads as it was trained (and no ensemble). A new config is built by
-    :func:`mrcom_core.registry.model_config`, which starts from the model class's ``defaults``: every model's
-    ``reward_scale = unit`` (and every built-in model's ``ensemble = 5``, ``ensemble_elites = 4``), MrCoM's
-    ``u_on_d = true`` and ``overshoot_horizon = 15`` (the best of the four combinations measured in
-    docs/results.md). The literal reading is ``mrcom train --config
-    configs/mrcom-literal.toml`` (or ``--set model.u_on_d=false --set model.overshoot_horizon=0``).
+    A new config is built by :func:`mrcom_core.registry.model_config`, which applies the model class's
+    ``defaults`` (every built-in model's ``ensemble = 5``, ``ensemble_elites = 4``) and its options' own
+    defaults.
     """
 
     model_type: str = "mrcom"
@@ -117,25 +112,14 @@ class ModelConfig:
     hidden_dim: int = 256
     hidden_layers: int = 2
     min_std: float = 0.1
-    no_d: bool = False
-    no_context: bool = False
-    no_ls: bool = False
-    no_lv: bool = False
     lambda_var: float = 1.0
-    lambda_s: float = 0.1
-    lambda_v: float = 0.1
-    value_loss_weight: float = 1.0
     kl_direction: str = "post_prior"
     kl_free_nats: float = 1.0
     reward_loss_weight: float = 1.0
-    reward_scale: str = "raw"
+    reward_scale: str = "unit"
     ensemble: int = 0
     ensemble_elites: int = 0
-    gamma: float = 0.99
-    overshoot_horizon: int = 0
-    overshoot_weight: float = 1.0
-    u_on_d: bool = False
-    history_len: int = 0
+    options: ModelOptions = ModelOptions()
 
     def __post_init__(self):
         positive = ("obs_dim", "act_dim", "num_scenarios", "context_len", "ctx_width", "ctx_layers", "ctx_heads",
@@ -146,24 +130,17 @@ class ModelConfig:
         if self.ctx_width % self.ctx_heads:
             raise UserInputError(f"model.ctx_width ({self.ctx_width}) must be divisible by model.ctx_heads "
                                  f"({self.ctx_heads})")
-        for name in ("min_std", "lambda_var", "lambda_s", "lambda_v", "value_loss_weight", "kl_free_nats",
-                     "reward_loss_weight", "overshoot_weight"):
+        for name in ("min_std", "lambda_var", "kl_free_nats", "reward_loss_weight"):
             check_number(f"model.{name}", getattr(self, name))
-        for name in ("overshoot_horizon", "history_len", "ensemble", "ensemble_elites"):
+        for name in ("ensemble", "ensemble_elites"):
             check_int(f"model.{name}", getattr(self, name), minimum=0)
-        if self.history_len and self.history_len < self.context_len:
-            raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
-                                 f"({self.context_len})")
-        for name in ("ensemble", "ensemble_elites"):  # one member (or elite) cannot disagree with itself
-            if getattr(self, name) == 1:
+            if getattr(self, name) == 1:  # one member (or elite) cannot disagree with itself
                 raise UserInputError(f"model.{name} must be 0 or >= 2 (one member has no disagreement), got 1")
         if self.ensemble_elites > self.ensemble:
             raise UserInputError(f"model.ensemble_elites ({self.ensemble_elites}) must be at most model.ensemble "
                                  f"({self.ensemble})")
-        if not isinstance(self.u_on_d, bool):
-            raise UserInputError(f"model.u_on_d must be true or false, got {self.u_on_d!r}")
-        if not 0 <= self.gamma < 1:
-            raise UserInputError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
+        for name in ("context_reward", "ctx_reencode"):
+            check_bool(f"model.{name}", getattr(self, name))
         if not isinstance(self.model_type, str) or not self.model_type:
             raise UserInputError(f"model.model_type must be a model name, got {self.model_type!r}")
         if self.reward_scale not in REWARD_SCALES:
@@ -172,13 +149,32 @@ class ModelConfig:
         if self.kl_direction not in KL_DIRECTIONS:
             raise UserInputError(f"model.kl_direction must be one of {', '.join(KL_DIRECTIONS)}, "
                                  f"got {self.kl_direction!r}")
+        if not isinstance(self.options, ModelOptions):
+            raise TypeError(f"ModelConfig.options must be a ModelOptions, got {type(self.options).__name__}")
+        shadowed = set(option_names(self.options)) & set(own_fields())
+        if shadowed:
+            raise TypeError(f"{type(self.options).__name__} repeats ModelConfig's fields {sorted(shadowed)}")
+        self.options.check(self)
 
     @property
     def token_dim(self) -> int:
         return self.obs_dim + self.act_dim + (1 if self.context_reward else 0)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field, the options' beside the rest (the flat form ``config.json``, checkpoints and ``--set``
+        use)."""
+        own = {name: getattr(self, name) for name in own_fields()}
+        return {**own, **dataclasses.asdict(self.options)}
+
+
+def own_fields() -> tuple[str, ...]:
+    """:class:`ModelConfig`'s fields but ``options``."""
+    return tuple(f.name for f in fields(ModelConfig) if f.name != "options")
+
+
+def option_names(options: ModelOptions | type[ModelOptions]) -> tuple[str, ...]:
+    """The fields of a :class:`ModelOptions` (instance or class)."""
+    return tuple(f.name for f in fields(options))
 
 
 PRESETS: dict[str, dict] = {
@@ -224,8 +220,20 @@ def _coerce(cls, name: str, value, prefix: str):
 
 
 def apply_overrides(config, overrides: dict, prefix: str = "model"):
-    """A copy of the dataclass ``config`` with ``overrides`` (field → value or string) applied, validated."""
-    changes = {name: _coerce(type(config), name, value, prefix) for name, value in overrides.items()}
+    """A copy of the dataclass ``config`` with ``overrides`` (field → value or string) applied, validated. For a
+    :class:`ModelConfig` a field of its ``options`` goes there (the flat table of :meth:`ModelConfig.to_dict`)."""
+    options = getattr(config, "options", None)
+    if isinstance(options, ModelOptions):
+        nested = {name: value for name, value in overrides.items() if name in option_names(options)}
+        unknown = [name for name in overrides if name not in nested and name not in own_fields()]
+        if unknown:
+            raise UserInputError(f"{prefix}: unknown field {unknown[0]!r} for model_type {config.model_type!r}; "
+                                 f"known fields: {', '.join((*own_fields(), *option_names(options)))}")
+        overrides = {name: value for name, value in overrides.items() if name not in nested}
+        if nested:
+            overrides["options"] = apply_overrides(options, nested, prefix)
+    changes = {name: value if name == "options" else _coerce(type(config), name, value, prefix)
+               for name, value in overrides.items()}
     return dataclasses.replace(config, **changes)
 
 

@@ -24,13 +24,16 @@ Choices where the paper is ambiguous (each is a config switch or documented here
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch.func import functional_call
 
 from .base import BaseWorldModel, Gaussian, LatentState
+from .config import ModelOptions
 from .ensemble import loss_ensemble
+from .errors import check_int, check_number
 from .kernels import gaussian_sample_kl
 from .steps import prime_from_batch, rollout
 
@@ -49,6 +52,21 @@ class MrCoMWindow(NamedTuple):
     h_prior: Gaussian  # p(h_j | c_j, h_{j-1}) with h_{j-1} the posterior's
     kl_u: torch.Tensor  # (B, L+1) KL between u posterior and prior, in the configured direction (fused)
     kl_h: torch.Tensor  # (B, L+1)
+
+
+@dataclass(frozen=True)
+class OvershootOptions(ModelOptions):
+    """The options of a model whose loss has :func:`loss_overshoot` (MrCoM and the RSSMs): ``overshoot_horizon``
+    > 0 adds that multi-step term, weight ``overshoot_weight``. A window of L steps holds at most L of them
+    (``H = min(overshoot_horizon, L)``), so ``mrcom train`` refuses a horizon above ``train.window_len`` when
+    either is set by the user (a preset's own pair stands: ``tiny`` imagines its 8-step windows)."""
+
+    overshoot_horizon: int = 0
+    overshoot_weight: float = 1.0
+
+    def __post_init__(self):
+        check_int("model.overshoot_horizon", self.overshoot_horizon, minimum=0)
+        check_number("model.overshoot_weight", self.overshoot_weight)
 
 
 # ------------------------------------------------------------------------------------ shared likelihoods
@@ -104,7 +122,7 @@ def loss_value_heads(model: BaseWorldModel, window: MrCoMWindow, batch: Batch) -
     per_scenario = model.value_heads(s)  # (B, L+1, N)
     index = batch["scenario"][:, None, None].expand(-1, s.shape[1], 1)
     v_i = per_scenario.gather(-1, index)[..., 0]  # (B, L+1)
-    target = batch["reward"] + model.config.gamma * v_i[:, 1:].detach()
+    target = batch["reward"] + model.config.options.gamma * v_i[:, 1:].detach()
     td = torch.square(v_i[:, :-1] - target).mean()
     meta = torch.square(model.meta_value(s)[..., 0] - v_i.detach()).mean()
     return {"value_i": td, "value": meta}
@@ -131,7 +149,7 @@ def loss_overshoot(model: BaseWorldModel, batch: Batch, noise: Batch) -> torch.T
     priors of ``L_var`` never see their own predictions in the context; this term trains them to.
     """
     action = batch["action"]
-    H = min(model.config.overshoot_horizon, action.shape[1])
+    H = min(model.config.options.overshoot_horizon, action.shape[1])
     obs_n = model.normalize(batch["obs"])
     state, cache = prime_from_batch(model, batch, noise["u"][:, 0], noise["h"][:, 0])
     pred = rollout(model, state, cache, obs_n[:, 0], H, action[:, :H]).obs
@@ -145,22 +163,35 @@ def total_loss(model: BaseWorldModel, window: MrCoMWindow, batch: Batch, noise: 
 
     Returns a dict with ``loss`` (what to minimize) and every term for logging; ablated terms are absent.
     """
-    c = model.config
+    o = model.config.options
     parts = loss_var(model, window, batch)
-    loss = c.lambda_var * parts["var"]
-    if not c.no_ls:
+    loss = model.config.lambda_var * parts["var"]
+    if not o.no_ls:
         parts["s"] = loss_s(model, window)
-        loss = loss + c.lambda_s * parts["s"]
-    if not c.no_lv:
+        loss = loss + o.lambda_s * parts["s"]
+    if not o.no_lv:
         parts.update(loss_value_heads(model, window, batch))
         parts["v"] = loss_v(model, window, noise)
-        loss = loss + c.lambda_v * parts["v"] + c.value_loss_weight * (parts["value_i"] + parts["value"])
-    if c.overshoot_horizon and overshoot:
-        parts["overshoot"] = loss_overshoot(model, batch, noise)
-        loss = loss + c.overshoot_weight * parts["overshoot"]
+        loss = loss + o.lambda_v * parts["v"] + o.value_loss_weight * (parts["value_i"] + parts["value"])
+    loss = with_overshoot(model, batch, noise, parts, loss) if overshoot else loss
     loss = with_ensemble(model, window, batch, noise, parts, loss)
     parts["loss"] = loss
     return parts
+
+
+def with_overshoot(model: BaseWorldModel, batch: Batch, noise: Batch, parts: dict,
+                   loss: torch.Tensor) -> torch.Tensor:
+    """``loss`` plus, when the model's options ask for it (:class:`OvershootOptions` with a horizon > 0), the
+    weighted :func:`loss_overshoot`, logged as ``parts["overshoot"]``."""
+    if not overshoots(model.config.options):
+        return loss
+    parts["overshoot"] = loss_overshoot(model, batch, noise)
+    return loss + model.config.options.overshoot_weight * parts["overshoot"]
+
+
+def overshoots(options: ModelOptions) -> bool:
+    """Whether a model with ``options`` trains with :func:`loss_overshoot`."""
+    return isinstance(options, OvershootOptions) and options.overshoot_horizon > 0
 
 
 def with_ensemble(model: BaseWorldModel, window, batch: Batch, noise: Batch, parts: dict,

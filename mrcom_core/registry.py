@@ -9,7 +9,7 @@ Adding a model = one new module with a :class:`~mrcom_core.base.BaseWorldModel` 
 from __future__ import annotations
 
 from .base import BaseWorldModel
-from .config import ModelConfig, apply_overrides, preset_values
+from .config import ModelConfig, apply_overrides, option_names, own_fields, preset_values
 from .errors import UserInputError
 from .models.cadm import CaDM
 from .models.mamba import MambaStyle
@@ -52,32 +52,60 @@ def model_class(name: str) -> type[BaseWorldModel]:
     return MODELS[name]
 
 
+def owners(field: str) -> tuple[str, ...]:
+    """The registered models whose options have ``field``."""
+    return tuple(n for n, c in MODELS.items() if field in option_names(c.Options))
+
+
+def check_fields(name: str, fields: dict | list) -> None:
+    """Refuse a field that is neither shared nor an option of the model registered as ``name``, naming the models
+    whose option it is (a :class:`UserInputError`; a field of no model is left to :func:`apply_overrides`)."""
+    cls = model_class(name)
+    for field in fields:
+        if field not in own_fields() and field not in option_names(cls.Options) and owners(field):
+            raise UserInputError(f"model.{field} applies to {', '.join(owners(field))}, not {name}")
+
+
 def check_config(config: ModelConfig) -> ModelConfig:
-    """``config`` if its ``model_type`` is registered and every switch it sets is honoured by that class (else a
-    :class:`UserInputError` naming the field and the registered models that honour it)."""
+    """``config`` if its ``model_type`` is registered, its options are that class's and it sets no ensemble for a
+    class whose loss trains none (else a :class:`UserInputError` naming the field)."""
     cls, name = model_class(config.model_type), config.model_type
-    field = cls.unhonoured(config)
-    if field is not None:
-        need = cls.switches[field][0]
-        honoured_by = ", ".join(n for n, c in MODELS.items() if c.honours(field)) or "none registered"
-        raise UserInputError(f"model.{field} applies to models with {need} ({honoured_by}), not {name}")
+    if type(config.options) is not cls.Options:
+        raise UserInputError(f"model.model_type={name} takes {cls.Options.__name__}, got "
+                             f"{type(config.options).__name__} (build the config with registry.model_config)")
+    if config.ensemble and not cls.supports_ensemble:
+        honoured_by = ", ".join(n for n, c in MODELS.items() if c.supports_ensemble) or "none registered"
+        raise UserInputError(f"model.ensemble applies to models whose loss trains ensemble heads ({honoured_by}), "
+                             f"not {name}")
     return config
 
 
 def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] = (),
                  overrides: dict | None = None, **data_dims) -> ModelConfig:
     """A checked :class:`ModelConfig` from, in order of precedence (last wins): the model class's own
-    ``defaults`` (the class named by ``overrides["model_type"]``, else ``mrcom``), the preset, ablation names,
-    data dims and field overrides. An ``ensemble`` override without ``ensemble_elites`` keeps the default elites
-    count where it fits (``ensemble=3``: 3 elites; ``ensemble=0``: none)."""
-    overrides = overrides or {}
-    name = str(overrides.get("model_type", ModelConfig.model_type))
-    config = apply_overrides(ModelConfig(), {**model_class(name).defaults, **preset_values(preset, ablations),
-                                             **data_dims})
+    ``defaults`` and options (the class named by ``overrides["model_type"]``, else ``mrcom``), the preset,
+    ablation names, data dims and field overrides. An ``ensemble`` override without ``ensemble_elites`` keeps the
+    default elites count where it fits (``ensemble=3``: 3 elites; ``ensemble=0``: none)."""
+    overrides = dict(overrides or {})
+    name = str(overrides.pop("model_type", ModelConfig.model_type))
+    cls = model_class(name)
+    preset = preset_values(preset, ablations)
+    check_fields(name, [*preset, *overrides])
+    config = apply_overrides(ModelConfig(model_type=name, options=cls.Options()),
+                             {**cls.defaults, **preset, **data_dims})
     if "ensemble" in overrides and "ensemble_elites" not in overrides:  # a smaller ensemble keeps what elites it can
         members = apply_overrides(ModelConfig(), {"ensemble": overrides["ensemble"]}).ensemble
         overrides = {**overrides, "ensemble_elites": min(config.ensemble_elites, members)}
     return check_config(apply_overrides(config, overrides))
+
+
+def load_config(saved: dict) -> ModelConfig:
+    """The checked :class:`ModelConfig` a run saved (:meth:`ModelConfig.to_dict`'s flat table: every shared field
+    and the options of its ``model_type``); a field of another model's options is refused."""
+    name = str(saved.get("model_type", ModelConfig.model_type))
+    check_fields(name, saved)
+    return check_config(apply_overrides(ModelConfig(model_type=name, options=model_class(name).Options()),
+                                        {k: v for k, v in saved.items() if k != "model_type"}))
 
 
 def build_model(config: ModelConfig, obs_mean=None, obs_std=None, reward_stats=None) -> BaseWorldModel:

@@ -48,11 +48,35 @@ def _section(title: str, cls, how: str, presets: dict[str, dict] | None = None) 
     head = ["field", "type", "default", *names]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for f in dataclasses.fields(cls):
+        if f.name == "options":  # ModelConfig's: each model's options have their own section
+            continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
         cells = [f"`{f.name}`", _type_name(hints[f.name]), _value(default)]
         cells += [_value(presets[p][f.name]) if f.name in presets[p] else "" for p in names]
         rows.append("| " + " | ".join(cells) + " |")
     return f"## {title}\n\n{how}\n\n{doc}\n\n" + "\n".join(rows) + "\n"
+
+
+def _option_sections() -> list[str]:
+    """One section per options class of the registered models (the models that share it in its title)."""
+    from mrcom_core.registry import MODELS
+
+    users: dict[type, list[str]] = {}
+    for name, cls in MODELS.items():
+        users.setdefault(cls.Options, []).append(name)
+    sections, plain_models = [], []
+    for options, names in users.items():
+        if not dataclasses.fields(options):
+            plain_models += names
+            continue
+        listed = ", ".join(f"`{n}`" for n in names)
+        sections.append(_section(f"Model options of {listed} (`{options.__name__}`)", options,
+                                 f"`mrcom train --set model.FIELD=VALUE` with `model.model_type` {listed} "
+                                 f"(`{options.__module__.replace('.', '/')}.py`); models without them refuse them."))
+    if plain_models:
+        sections.append("## Models without options of their own\n\n" + ", ".join(f"`{n}`" for n in plain_models)
+                        + ": only the shared fields above.\n")
+    return sections
 
 
 def render() -> str:
@@ -67,6 +91,7 @@ def render() -> str:
     sections = [
         _section("Model (`ModelConfig`)", ModelConfig, "`mrcom train --set model.FIELD=VALUE`; `--preset` sets the "
                  "columns on the right (`mrcom_core/config.py`).", PRESETS),
+        *_option_sections(),
         _section("Training (`TrainConfig`)", TrainConfig, "`mrcom train --set train.FIELD=VALUE` (and `--steps`, "
                  "`--batch-size`, `--device`); `--preset` sets the columns on the right.", TRAIN_PRESETS),
         _section("Adaptation (`AdaptConfig`)", AdaptConfig, "`mrcom adapt --set FIELD=VALUE` (and its flags), "

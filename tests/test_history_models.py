@@ -60,7 +60,7 @@ def test_history_length_is_the_models_and_bad_values_are_refused():
     assert history_steps(model_config("tiny", overrides={"model_type": "mamba"}, **DIMS)) == 64  # 8 × m
     assert history_steps(model_config("tiny", overrides={"model_type": "mamba", "history_len": "20"}, **DIMS)) == 20
     assert _model("mamba").history_len == 64 and _model("rssm_ctx").history_len == 8
-    with pytest.raises(UserInputError, match="model.history_len applies to models with a recurrent context"):
+    with pytest.raises(UserInputError, match="model.history_len applies to mamba, not mrcom"):
         model_config("tiny", overrides={"history_len": 16}, **DIMS)
     with pytest.raises(UserInputError, match=r"model.history_len \(4\) must be 0 or >= model.context_len \(8\)"):
         model_config("tiny", overrides={"model_type": "mamba", "history_len": 4}, **DIMS)

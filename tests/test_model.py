@@ -8,7 +8,7 @@ from mrcom_core.errors import UserInputError
 from mrcom_core.layers import GRUCell, StreamingContextEncoder
 from mrcom_core.losses import one_step_priors
 from mrcom_core.models.mrcom import MrCoM
-from mrcom_core.registry import build_model, model_config
+from mrcom_core.registry import build_model, load_config, model_config
 from mrcom_core.steps import open_loop_predictions
 
 torch.set_num_threads(1)
@@ -43,7 +43,7 @@ def test_presets_validate_and_grow():
     ({"gamma": 1.0}, "model.gamma"), ({"min_std": -1.0}, "model.min_std"),
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
     ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
-    ({"overshoot_horizon": 3, "model_type": "cadm"}, "model.overshoot_horizon applies to models with an overshooting"),
+    ({"overshoot_horizon": 3, "model_type": "cadm"}, r"model.overshoot_horizon applies to mrcom, rssm_ctx, rssm, mamba, not cadm"),
     ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm_ctx, rssm, cadm, mamba"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
@@ -52,8 +52,9 @@ def test_bad_config_values_name_the_field(overrides, field):
 
 
 def test_overrides_are_coerced_from_strings():
-    cfg = apply_overrides(ModelConfig(), {"u_dim": "7", "no_d": "true", "gamma": "0.9"})
-    assert (cfg.u_dim, cfg.no_d, cfg.gamma) == (7, True, 0.9)
+    cfg = apply_overrides(model_config("tiny"), {"u_dim": "7", "no_d": "true", "gamma": "0.9"})
+    assert (cfg.u_dim, cfg.options.no_d, cfg.options.gamma) == (7, True, 0.9)
+    assert cfg.to_dict()["no_d"] is True and load_config(cfg.to_dict()) == cfg  # saved flat, read back whole
     with pytest.raises(UserInputError, match="unknown preset"):
         model_config("huge")
     with pytest.raises(UserInputError, match="unknown ablation"):
@@ -272,7 +273,7 @@ def test_overshoot_loss_is_the_open_loop_reconstruction_error():
     torch.testing.assert_close(loss, expected)
     off = WorldModel(tiny(overshoot_horizon=0))
     assert "overshoot" in losses(model, batch, zero) and "overshoot" not in losses(off, batch, zero)
-    assert tiny().overshoot_horizon == 15
+    assert tiny().options.overshoot_horizon == 15
     loss.backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.u_prior[0].weight.grad.abs().sum() > 0
 
@@ -287,7 +288,7 @@ def test_the_rssm_baselines_take_the_overshooting_switch(model_type):
     extra = {"history_len": 8} if model_type == "mamba" else {}
     plain = build_model(model_config("tiny", overrides={"model_type": model_type, **extra}, obs_dim=10, act_dim=3,
                                      num_scenarios=2))
-    assert plain.config.overshoot_horizon == 0
+    assert plain.config.options.overshoot_horizon == 0
     cfg = model_config("tiny", overrides={"model_type": model_type, "overshoot_horizon": 3, **extra}, obs_dim=10,
                        act_dim=3, num_scenarios=2)
     model = build_model(cfg)
@@ -296,7 +297,7 @@ def test_the_rssm_baselines_take_the_overshooting_switch(model_type):
     noise = make_noise(model, 4, 6)
     on, off = losses(model, batch, noise), losses(plain, batch, noise)
     assert "overshoot" not in off and on["overshoot"] > 0
-    torch.testing.assert_close(on["loss"], off["loss"] + cfg.overshoot_weight * loss_overshoot(model, batch, noise))
+    torch.testing.assert_close(on["loss"], off["loss"] + cfg.options.overshoot_weight * loss_overshoot(model, batch, noise))
     on["loss"].backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.prior[0].weight.grad.abs().sum() > 0
 
@@ -354,5 +355,5 @@ def test_baselines_share_the_interface_and_learn(model_type):
                                torch.randn(B, U), torch.randn(B, 0))
     nxt = model.imagine_step(state, torch.zeros(B, C), torch.zeros(B, 3), torch.randn(B, U), torch.randn(B, 0))
     assert model.decode(nxt).shape == (B, 10) and model.reward(nxt, torch.zeros(B, 3)).shape == (B,)
-    with pytest.raises(UserInputError, match="model.no_d applies to models with the ablation"):
+    with pytest.raises(UserInputError, match=f"model.no_d applies to mrcom, not {model_type}"):
         model_config("tiny", ["no_d"], {"model_type": model_type}, **DIMS)

@@ -13,7 +13,7 @@ from mrcom_core.base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from mrcom_core.errors import UserInputError
 from mrcom_core.kernels import gaussian_sample
 from mrcom_core.layers import mlp
-from mrcom_core.losses import masked_sq_error, reward_nll
+from mrcom_core.losses import OvershootOptions, masked_sq_error, reward_nll
 from mrcom_core.registry import MODELS, build_model, model_config, register_model, unregister_model
 
 QUIET = dict(progress=False, log=lambda s: None)
@@ -121,12 +121,12 @@ def test_registry_rejects_what_it_cannot_build(drift):
         register_model("drift", type("Other", (Drift,), {}))
     with pytest.raises(TypeError, match="not a BaseWorldModel"):
         register_model("nope", dict)
-    with pytest.raises(UserInputError, match=r"model.no_d applies to models with the ablation \(mrcom\), not drift"):
+    with pytest.raises(UserInputError, match=r"model.no_d applies to mrcom, not drift"):
         model_config("tiny", ["no_d"], {"model_type": "drift"})
-    # the message names the registered models that honour the switch, the registered one included
-    register_model("drift_os", type("DriftOS", (Drift,), {"supports_overshoot": True}))
+    # the message names the registered models whose options have the field, the registered one included
+    register_model("drift_os", type("DriftOS", (Drift,), {"Options": OvershootOptions}))
     try:
-        honoured_by = r"overshooting loss \(mrcom, rssm_ctx, rssm, mamba, drift_os\), not drift"
+        honoured_by = r"model.overshoot_horizon applies to mrcom, rssm_ctx, rssm, mamba, drift_os, not drift"
         with pytest.raises(UserInputError, match=honoured_by):
             model_config("tiny", overrides={"model_type": "drift", "overshoot_horizon": 3})
     finally:
@@ -144,5 +144,5 @@ def test_reproduce_ablation_rows_include_the_literal_reading():
     assert LITERAL not in plain and {"w/o d", "w/o context", "w/o ls", "w/o lv", LITERAL} <= set(full)
     overrides, ablations = full[LITERAL]
     cfg = model_config("tiny", ablations, overrides, obs_dim=4, act_dim=2, num_scenarios=2)
-    assert (cfg.model_type, cfg.u_on_d, cfg.overshoot_horizon) == ("mrcom", False, 0)
+    assert (cfg.model_type, cfg.options.u_on_d, cfg.options.overshoot_horizon) == ("mrcom", False, 0)
     assert label(LITERAL) == "Ours (eq. 6 literal)"

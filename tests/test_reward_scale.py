@@ -23,12 +23,9 @@ DIMS = dict(obs_dim=10, act_dim=3, num_scenarios=2)
 
 
 
-def test_every_model_defaults_to_unit_scaled_rewards_and_old_configs_stay_raw():
+def test_every_model_defaults_to_unit_scaled_rewards():
     for model_type in ("mrcom", "rssm_ctx", "rssm", "cadm", "mamba"):
         assert model_config("tiny", overrides={"model_type": model_type}, **DIMS).reward_scale == "unit"
-    from mrcom_core.config import ModelConfig, apply_overrides
-
-    assert apply_overrides(ModelConfig(), {"u_dim": 3}).reward_scale == "raw"  # a config saved before the field
     with pytest.raises(UserInputError, match="model.reward_scale must be one of raw, unit, got 'log'"):
         model_config("tiny", overrides={"reward_scale": "log"}, **DIMS)
 
@@ -72,14 +69,11 @@ def test_training_takes_the_datasets_reward_statistics_and_exports_keep_them(dat
     Runtime(tmp_path / "export")  # the manifest with its new fields opens
 
 
-def test_weights_without_the_reward_scale_load_as_raw_only(tmp_path):
+def test_weights_without_the_reward_scale_are_refused(tmp_path):
     from mrcom_train.training.checkpoint import load_weights
 
     raw = build_model(model_config("tiny", overrides={"reward_scale": "raw"}, **DIMS))
     old = {k: v for k, v in raw.state_dict().items() if k not in ("reward_mean", "reward_std")}
     save_file(old, str(tmp_path / "model.safetensors"))  # as written before the scale was kept with the weights
-    again = build_model(model_config("tiny", overrides={"reward_scale": "raw"}, **DIMS), reward_stats=(2.0, 3.0))
-    load_weights(tmp_path, again)  # loads: the identity scale is what it trained with
-    assert float(again.reward_mean) == 0 and float(again.reward_std) == 1
     with pytest.raises(UserInputError, match="tensor 'reward_mean' is missing"):
         load_weights(tmp_path, build_model(model_config("tiny", **DIMS)))

@@ -284,7 +284,7 @@ def test_an_overshoot_horizon_longer_than_the_window_is_one_line(data, tmp_path,
     if window is None:  # the presets and the project's configs resolve
         model, train, _ = resolve_configs(RunRequest.from_sources(preset, (), config, tuple(f"{s}" for s in sets),
                                                                   {}), Dataset(data), None)
-        assert model.overshoot_horizon in (0, 8, 15)
+        assert model.options.overshoot_horizon in (0, 8, 15)
         return
     args = [*(["--preset", preset] if preset else []), *(["--config", config] if config else []),
             *[a for s in sets for a in ("--set", s)]]

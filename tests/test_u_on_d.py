@@ -11,8 +11,9 @@ from conftest import make_batch, make_noise, rollout_inputs
 from conftest import prompt_for as _prompt
 
 from mrcom_core import steps
-from mrcom_core.config import ModelConfig, apply_overrides
+from mrcom_core.config import apply_overrides
 from mrcom_core.errors import UserInputError
+from mrcom_core.models.mrcom import MrCoMOptions
 from mrcom_core.registry import build_model, model_config
 from mrcom_export.exporter import export_model
 from mrcom_export.runtime import Runtime
@@ -44,7 +45,6 @@ def test_the_switch_feeds_d_into_both_u_heads():
     literal = build_model(model_config("tiny", overrides={"u_on_d": False}, **DIMS))
     on = build_model(model_config("tiny", **DIMS))
     C, A, D, O = 16, 3, 16, 10  # tiny: ctx_dim 16, d_dim 16
-    assert ModelConfig().u_on_d is False  # the neutral field default: old saved configs load as trained
     assert _in_dims(literal) == (C + A, C + A + O)
     assert _in_dims(on) == (C + A + D, C + A + D + O)
     with_overshoot = build_model(model_config("tiny", overrides={"u_on_d": True, "overshoot_horizon": 3}, **DIMS))
@@ -98,7 +98,7 @@ def test_with_no_d_it_is_a_no_op():
     torch.manual_seed(0)
     plain = build_model(model_config("tiny", ("no_d",), **DIMS))
     both = build_model(model_config("tiny", ("no_d",), {"u_on_d": True}, **DIMS))
-    assert both.config.u_on_d and both.config.no_d and not both.u_on_d
+    assert both.config.options.u_on_d and both.config.options.no_d and not both.u_on_d
     shapes = {k: v.shape for k, v in plain.state_dict().items()}
     assert {k: v.shape for k, v in both.state_dict().items()} == shapes
     both.load_state_dict(plain.state_dict())
@@ -109,27 +109,30 @@ def test_with_no_d_it_is_a_no_op():
 
 def test_bad_values_are_refused():
     with pytest.raises(UserInputError, match=r"model.u_on_d: cannot read 'maybe' as bool"):
-        apply_overrides(ModelConfig(), {"u_on_d": "maybe"})
+        model_config("tiny", overrides={"u_on_d": "maybe"})
     with pytest.raises(UserInputError, match=r"model.u_on_d must be true or false, got 1"):
-        ModelConfig(u_on_d=1)  # e.g. "u_on_d = 1" in a TOML file
-    assert apply_overrides(ModelConfig(), {"u_on_d": "false"}).u_on_d is False
+        model_config("tiny", overrides={"u_on_d": 1})  # e.g. "u_on_d = 1" in a TOML file
+    with pytest.raises(UserInputError, match=r"model.u_on_d must be true or false, got 1"):
+        MrCoMOptions(u_on_d=1)
+    assert apply_overrides(model_config("tiny"), {"u_on_d": "false"}).options.u_on_d is False
 
 
 def test_each_class_builds_with_its_own_defaults_and_user_values_win():
-    """MrCoM's defaults (u on d, 15-step overshooting) come from the class, not from ModelConfig's fields,
-    so the baselines keep theirs and a user's value (or the literal preset file) overrides them."""
+    """MrCoM's defaults (u on d, 15-step overshooting) are its options', so the baselines keep theirs (the
+    RSSMs no overshooting, CaDM no such option) and a user's value (or the literal preset file) overrides them."""
     from pathlib import Path
 
     mrcom = model_config("tiny", **DIMS)
-    assert (mrcom.u_on_d, mrcom.overshoot_horizon) == (True, 15)
-    for name in ("rssm_ctx", "rssm", "cadm", "mamba"):
+    assert (mrcom.options.u_on_d, mrcom.options.overshoot_horizon) == (True, 15)
+    for name in ("rssm_ctx", "rssm", "mamba"):
         cfg = model_config("tiny", overrides={"model_type": name}, **DIMS)
-        assert (cfg.u_on_d, cfg.overshoot_horizon) == (False, 0)
-    assert model_config("tiny", overrides={"overshoot_horizon": "4"}, **DIMS).overshoot_horizon == 4
+        assert cfg.options.overshoot_horizon == 0 and "u_on_d" not in cfg.to_dict()
+    assert "overshoot_horizon" not in model_config("tiny", overrides={"model_type": "cadm"}, **DIMS).to_dict()
+    assert model_config("tiny", overrides={"overshoot_horizon": "4"}, **DIMS).options.overshoot_horizon == 4
     literal_file = Path(__file__).parents[1] / "configs" / "mrcom-literal.toml"
     request = RunRequest.from_sources(None, (), str(literal_file), (), {})
     literal = model_config("tiny", overrides=request.model, **DIMS)
-    assert (literal.u_on_d, literal.overshoot_horizon) == (False, 0)
+    assert (literal.options.u_on_d, literal.options.overshoot_horizon) == (False, 0)
 
 
 # ----------------------------------------------------------------------------------------------------- export

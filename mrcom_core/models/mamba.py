@@ -15,7 +15,7 @@ dreamerv3-torch) and what is kept here:
   :attr:`history_len` steps.
 * **Kept: training on long sequences that include their history.** MAMBA trains on whole meta-episodes
   from their first step. Here every training window comes with :attr:`history_len` steps of history before
-  it (``ModelConfig.history_len``; default 8 × ``context_len``: 256 at ``small``), read by the GRU; where
+  it (``model.history_len``; default 8 × ``context_len``: 256 at ``small``), read by the GRU; where
   the window starts early in its episode, the history is filled from another episode of the same scenario,
   which is MAMBA's meta-episode (sub-episodes of one task) in our data layout.
 * **Changed: two recurrences instead of one.** MAMBA's single RSSM state is both dynamics memory and
@@ -31,19 +31,42 @@ dreamerv3-torch) and what is kept here:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from torch import nn
 
 from ..config import ModelConfig
+from ..errors import UserInputError, check_int
 from ..layers import RecurrentContextEncoder
+from ..losses import OvershootOptions
 from .rssm import ContextRSSM
+
+
+@dataclass(frozen=True)
+class MambaOptions(OvershootOptions):
+    """The RSSM's options and ``history_len`` (0 = :attr:`MambaStyle.history_factor` × ``context_len``): real
+    steps of history before each training window, all read by the recurrent context encoder (MAMBA trains on
+    sequences that include their history); the exported ``prime`` graph still takes ``context_len`` steps and
+    the runtime observes the rest of a longer prompt step by step."""
+
+    history_len: int = 0
+
+    def __post_init__(self):
+        super().__post_init__()
+        check_int("model.history_len", self.history_len, minimum=0)
+
+    def check(self, config: ModelConfig) -> None:
+        if self.history_len and self.history_len < config.context_len:
+            raise UserInputError(f"model.history_len ({self.history_len}) must be 0 or >= model.context_len "
+                                 f"({config.context_len})")
 
 
 class MambaStyle(ContextRSSM):
     """The context-augmented RSSM with a GRU over the whole history as its context encoder."""
 
     label = "MAMBA"
-    recurrent_history = True
-    #: history steps per training window when ``ModelConfig.history_len`` is 0, as a multiple of m
+    Options = MambaOptions
+    #: history steps per training window when ``model.history_len`` is 0, as a multiple of m
     history_factor = 8
 
     def make_encoder(self) -> nn.Module:
@@ -52,4 +75,4 @@ class MambaStyle(ContextRSSM):
 
     @classmethod
     def history_steps(cls, config: ModelConfig) -> int:
-        return config.history_len or cls.history_factor * config.context_len
+        return config.options.history_len or cls.history_factor * config.context_len

@@ -4,9 +4,9 @@ Index convention (docs/design.md): the context of step t is ``C_t = {(o_k, a_k, 
 ``c_t = Enc(C_t)``;
 
 * stochastic ``u_t``: prior ``p(u_t | c_t, a_{t-1})``, posterior ``q(u_t | c_t, a_{t-1}, o_t)`` (eq. 6 read
-  literally); with ``ModelConfig.u_on_d`` both also see ``d_{t-1}`` (eq. 15's transition from the whole
-  ``s̃_t``; ``d_{-1}`` = the initial state's zeros), so imagination carries memory through d, not only
-  through the decoded predictions in the context;
+  literally); with ``model.u_on_d`` (:class:`MrCoMOptions`, the default) both also see ``d_{t-1}`` (eq. 15's
+  transition from the whole ``s̃_t``; ``d_{-1}`` = the initial state's zeros), so imagination carries memory
+  through d, not only through the decoded predictions in the context;
 * deterministic ``d_t = GRU(d_{t-1}, [u_t, a_{t-1}])``;
 * auxiliary ``h_t``: prior ``p(h_t | c_t, h_{t-1})``, posterior ``q(h_t | c_t, h_{t-1}, o_t)``;
 * latent ``s_t = [u_t, d_t, h_t]``; decoder ``o_t ≈ dec(s_t)``; reward ``r_t ≈ rew(s_t, a_t)``;
@@ -18,17 +18,67 @@ inside: every sample takes its standard-normal noise as an input.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 
 from .. import ensemble
 from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
-from ..config import ABLATIONS, ModelConfig
+from ..config import ABLATIONS, ModelConfig, check_bool
+from ..errors import UserInputError, check_number
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
-from ..losses import MrCoMWindow, total_loss
+from ..losses import MrCoMWindow, OvershootOptions, total_loss
 from ..scan import scan, shifted
+
+
+@dataclass(frozen=True)
+class MrCoMOptions(OvershootOptions):
+    """MrCoM's own switches (``--set model.FIELD=VALUE`` like every model field).
+
+    The paper's ablations (§5.3; :mod:`mrcom_core.config`): ``no_d``, ``no_context``, ``no_ls``, ``no_lv``.
+    Eq. 16's weights ``lambda_s`` (``L_s``) and ``lambda_v`` (``L_v``), and ``value_loss_weight`` on the value
+    heads' own TD and regression losses (they only train the value heads); ``gamma``: their TD discount
+    (eq. 14).
+
+    ``u_on_d`` (off = eq. 6 read literally, ``p(u_t | c_t, a_{t-1})``): also condition u's prior and posterior
+    on the previous deterministic state, ``p(u_t | c_t, a_{t-1}, d_{t-1})`` and ``q(u_t | c_t, a_{t-1},
+    d_{t-1}, o_t)``. Eq. 15 writes the transition from the whole ``s̃_t = {u, d, h}`` and §5.3 says d carries
+    the temporal information; read literally, u has no recurrent input and in imagination all memory of the
+    previous step passes through the decoded prediction in the context. ``d_{-1}`` is the model's initial d
+    (zeros), in training and in the one-step functions alike. Under ``no_d`` there is no d to feed, so
+    ``u_on_d`` changes nothing there (a documented no-op, which keeps the w/o d ablation runnable).
+
+    ``overshoot_horizon`` (:class:`~mrcom_core.losses.OvershootOptions`; not in the paper): each window's first
+    posterior state imagines that many steps open loop (mean latents, predictions fed back into the context, as
+    in imagination) and the decoded observations are regressed on the real ones
+    (:func:`~mrcom_core.losses.loss_overshoot`).
+
+    The defaults, ``u_on_d`` with 15-step overshooting, are the best of the four transition variants measured in
+    docs/results.md; the literal reading is ``mrcom train --config configs/mrcom-literal.toml`` (or ``--set
+    model.u_on_d=false --set model.overshoot_horizon=0``).
+    """
+
+    overshoot_horizon: int = 15
+    no_d: bool = False
+    no_context: bool = False
+    no_ls: bool = False
+    no_lv: bool = False
+    u_on_d: bool = True
+    lambda_s: float = 0.1
+    lambda_v: float = 0.1
+    value_loss_weight: float = 1.0
+    gamma: float = 0.99
+
+    def __post_init__(self):
+        super().__post_init__()
+        for name in (*ABLATIONS, "u_on_d"):
+            check_bool(f"model.{name}", getattr(self, name))
+        for name in ("lambda_s", "lambda_v", "value_loss_weight"):
+            check_number(f"model.{name}", getattr(self, name))
+        if not 0 <= self.gamma < 1:
+            raise UserInputError(f"model.gamma must be in [0, 1), got {self.gamma!r}")
 
 
 class Posterior(NamedTuple):
@@ -46,33 +96,33 @@ class MrCoM(BaseWorldModel):
     """
 
     label = "Ours"
+    Options = MrCoMOptions
+    #: the options that ablate a component (paper §5.3)
     ablations = ABLATIONS
-    supports_overshoot = True
-    #: the best of the four transition variants measured in docs/results.md (u on d_{t-1} with 15-step
-    #: overshooting); the literal reading is ``configs/mrcom-literal.toml``.
-    defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS, "u_on_d": True, "overshoot_horizon": 15}
+    defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS}
     supports_ensemble = True
     loss = total_loss
 
     @classmethod
     def latent_sizes(cls, config: ModelConfig) -> LatentSizes:
-        return LatentSizes(u=config.u_dim, d=0 if config.no_d else config.d_dim, h=config.h_dim,
-                           context=0 if config.no_context else config.ctx_dim)
+        o = config.options
+        return LatentSizes(u=config.u_dim, d=0 if o.no_d else config.d_dim, h=config.h_dim,
+                           context=0 if o.no_context else config.ctx_dim)
 
     def __init__(self, config: ModelConfig, **stats):
         super().__init__(config, **stats)
-        c, s = config, self.sizes
+        c, o, s = config, config.options, self.sizes
         A, C, H = c.act_dim, s.context, c.h_dim
-        self.u_on_d = c.u_on_d and s.d > 0  # under no_d there is no d to feed: a no-op (see ModelConfig)
+        self.u_on_d = o.u_on_d and s.d > 0  # under no_d there is no d to feed: a no-op (see MrCoMOptions)
         Du = s.d if self.u_on_d else 0
         self.u_prior = mlp(C + A + Du, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
         self.u_post = mlp(C + A + Du + c.obs_dim, 2 * c.u_dim, c.hidden_dim, c.hidden_layers)
-        self.gru = None if c.no_d else GRUCell(c.u_dim + A, s.d)
+        self.gru = None if o.no_d else GRUCell(c.u_dim + A, s.d)
         self.h_prior = mlp(C + H, 2 * H, c.hidden_dim, c.hidden_layers)
         self.h_post = mlp(C + H + c.obs_dim, 2 * H, c.hidden_dim, c.hidden_layers)
         self.decoder = mlp(s.state, c.obs_dim, c.hidden_dim, c.hidden_layers)
         self.reward_head = mlp(s.state + A, 1, c.hidden_dim, c.hidden_layers)
-        if not c.no_lv:
+        if not o.no_lv:
             self.value_heads = mlp(s.state, c.num_scenarios, c.hidden_dim, c.hidden_layers)
             self.meta_value = mlp(s.state, 1, c.hidden_dim, c.hidden_layers)
         else:

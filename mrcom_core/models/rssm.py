@@ -24,7 +24,7 @@ from ..base import BaseWorldModel, Gaussian, LatentSizes, LatentState
 from ..config import ModelConfig
 from ..kernels import gaussian_sample, gaussian_sample_kl
 from ..layers import GRUCell, mlp
-from ..losses import loss_overshoot, masked_sq_error, reward_nll, with_ensemble
+from ..losses import OvershootOptions, masked_sq_error, reward_nll, with_ensemble, with_overshoot
 from ..scan import scan
 
 
@@ -43,9 +43,10 @@ class RSSMWindow(NamedTuple):
 def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dict, *,
               overshoot: bool = True) -> dict[str, torch.Tensor]:
     """Free-nats KL of u + reconstruction NLL (real dims) + reward NLL over the window; with
-    ``overshoot_horizon`` > 0 also MrCoM's multi-step open-loop term (:func:`~mrcom_core.losses.loss_overshoot`,
-    off by default: DreamerV3 has none; a switch to test what it is worth to a baseline; ``overshoot=False``
-    leaves it out for a caller that computes it apart)."""
+    ``model.overshoot_horizon`` > 0 (its :class:`~mrcom_core.losses.OvershootOptions`) also MrCoM's
+    multi-step open-loop term (:func:`~mrcom_core.losses.loss_overshoot`, off by default: DreamerV3 has none; a
+    switch to test what it is worth to a baseline; ``overshoot=False`` leaves it out for a caller that computes
+    it apart)."""
     c = model.config
     recon = 0.5 * masked_sq_error(model.decode(window.state), model.normalize(batch["obs"]), batch["obs_mask"])
     recon = recon.mean()
@@ -53,9 +54,7 @@ def rssm_loss(model: BaseWorldModel, window: RSSMWindow, batch: dict, noise: dic
     kl = window.kl_u
     loss = c.lambda_var * (torch.clamp(kl, min=c.kl_free_nats).mean() + recon + c.reward_loss_weight * reward)
     parts = {"var": loss, "kl_u": kl.mean(), "recon": recon, "reward": reward}
-    if c.overshoot_horizon and overshoot:
-        parts["overshoot"] = loss_overshoot(model, batch, noise)
-        loss = loss + c.overshoot_weight * parts["overshoot"]
+    loss = with_overshoot(model, batch, noise, parts, loss) if overshoot else loss
     loss = with_ensemble(model, window, batch, noise, parts, loss)
     return {"loss": loss, **parts}
 
@@ -67,7 +66,7 @@ class RSSM(BaseWorldModel):
     loss = rssm_loss
     defaults = {**BaseWorldModel.defaults, **ensemble.DEFAULTS}
     supports_ensemble = True
-    supports_overshoot = True
+    Options = OvershootOptions
     #: whether prior and posterior read the context readout ``c_t`` (a class constant: no tensor branching)
     uses_context: ClassVar[bool] = False
 

@@ -61,7 +61,7 @@ WHAT = ("all", "error")  # what to run: the whole protocol, or only the predicti
 def model_methods(ablations: bool = False) -> dict[str, tuple[dict, tuple[str, ...]]]:
     """Method name → (model overrides, ablations): every registered world model (by registry name), plus,
     when asked, MrCoM's ablations (``w/o d`` …) and MrCoM as eq. 6 reads literally (``literal``: no
-    ``u_on_d``, no overshooting; see :class:`~mrcom_core.config.ModelConfig`)."""
+    ``u_on_d``, no overshooting; see :class:`~mrcom_core.models.mrcom.MrCoMOptions`)."""
     methods = {name: ({"model_type": name}, ()) for name in MODELS}
     if ablations:
         methods |= {f"{ABLATED}{a.removeprefix('no_')}": ({}, (a,)) for a in model_class("mrcom").ablations}

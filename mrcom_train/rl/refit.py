@@ -38,7 +38,7 @@ from mrcom_core.registry import history_steps
 from ..datasets.dataset import Dataset
 from ..datasets.memory import EpisodeSet
 from ..datasets.sampler import SequenceSampler
-from ..training.checkpoint import flatten_optimizer, load_model, unflatten_optimizer, with_optional_buffers
+from ..training.checkpoint import flatten_optimizer, load_model, unflatten_optimizer
 
 MODES = ("none", "heads", "all")
 HOLDOUT = 0.2  # the share of every target episode (its end) that refits are early-stopped on
@@ -173,8 +173,7 @@ class Refitter:
         return tensors, {"adam": adam_meta, **rngs}
 
     def load_state_dict(self, tensors: dict[str, torch.Tensor], meta: dict) -> None:
-        self.model.load_state_dict(with_optional_buffers(
-            self.model, {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}))
+        self.model.load_state_dict({k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")})
         adam = {k[len("adam."):]: v for k, v in tensors.items() if k.startswith("adam.")}
         self.optimizer.load_state_dict(unflatten_optimizer(adam, meta["adam"]))
         self.generator.set_state(tensors["generator"])

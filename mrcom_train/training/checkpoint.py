@@ -34,15 +34,13 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from mrcom_core.base import BaseWorldModel
-from mrcom_core.config import ModelConfig, apply_overrides
 from mrcom_core.errors import UserInputError
 from mrcom_core.io import snapshots
 from mrcom_core.io.files import read_versioned_json
-from mrcom_core.registry import build_model
+from mrcom_core.registry import build_model, load_config
 
 FORMAT = "mrcom-checkpoint"
-CHECKPOINT_VERSION = 2  # 2: format name and SHA-256 of every file
+CHECKPOINT_VERSION = 3  # 2: format name and SHA-256 of every file; 3: a model's config holds only its own options
 BEST = "best"  # RUN/checkpoints/best/: the snapshot root of the best checkpoint
 WHICH = ("best", "latest")
 
@@ -145,23 +143,12 @@ def _load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise UserInputError(f"{path} is not a readable safetensors file ({str(e).strip().splitlines()[0]})") from None
 
 
-def with_optional_buffers(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """``weights`` with the model's own values of the buffers a checkpoint written before they existed lacks
-    (:attr:`~mrcom_core.base.BaseWorldModel.optional_buffers`: the reward scale of a ``reward_scale="raw"``
-    model, whose identity scale is what it trained with)."""
-    if not (isinstance(model, BaseWorldModel) and model.config.reward_scale == "raw"):
-        return weights
-    expected = model.state_dict()
-    return {**{k: expected[k] for k in model.optional_buffers if k in expected}, **weights}
-
-
 def load_weights(path: Path | str, model: torch.nn.Module) -> None:
     """Load ``model.safetensors`` into ``model``; every name and shape must match, else an error naming the
     first tensor that does not."""
     file = Path(path) / "model.safetensors"
     weights = _load_tensors(file)
     expected = model.state_dict()
-    weights = with_optional_buffers(model, weights)
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     wrong = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
@@ -223,7 +210,7 @@ def load_model(run_dir: Path | str, which: str = "best"):
     path = best or path
     state = {**read_state(path), "checkpoint": "best" if best else "latest"}
     try:
-        config = apply_overrides(ModelConfig(), state["model_config"])
+        config = load_config(state["model_config"])
     except (KeyError, TypeError, AttributeError):
         raise UserInputError(f"checkpoint {path}: state.json has no usable model_config") from None
     model = build_model(config)

@@ -12,7 +12,8 @@ from pathlib import Path
 from mrcom_core.config import ModelConfig, apply_overrides, parse_assignments
 from mrcom_core.errors import UserInputError, check_int, check_number
 from mrcom_core.io.files import read_json
-from mrcom_core.registry import check_config, model_config
+from mrcom_core.losses import OvershootOptions
+from mrcom_core.registry import load_config, model_config
 
 from ..datasets.dataset import Dataset
 
@@ -157,20 +158,25 @@ def resolve_configs(request: RunRequest, dataset: Dataset, saved: dict | None) -
         mcfg = model_config(preset, request.ablations, request.model, **dims)
     else:
         preset = saved["preset"]
-        mcfg = check_config(apply_overrides(ModelConfig(), saved["model_config"]))
+        mcfg = load_config(saved["model_config"])
     base = TrainConfig(**{**TRAIN_PRESETS[preset]}) if saved is None else \
         apply_overrides(TrainConfig(), saved["train_config"], "train")
     tcfg = apply_overrides(base, request.train, "train")
-    own = (model_config(preset, request.ablations, {}, **dims).overshoot_horizon,
+    own = (horizon_of(model_config(preset, request.ablations, {"model_type": mcfg.model_type}, **dims)),
            TrainConfig(**TRAIN_PRESETS[preset]).window_len)
     check_overshoot(mcfg, tcfg, request, own)
     if saved is not None:
         old = saved["model_config"]
         for name, value in mcfg.to_dict().items():
-            if old.get(name, getattr(ModelConfig(), name)) != value:  # fields added later: their default
+            if old.get(name) != value:
                 raise UserInputError(f"cannot resume: the checkpoint's model was trained with model.{name}="
                                      f"{old.get(name)!r}, this run asks for {value!r}")
     return mcfg, tcfg, preset
+
+
+def horizon_of(config: ModelConfig) -> int:
+    """The overshooting horizon of ``config``'s model (0 for a model without the term)."""
+    return config.options.overshoot_horizon if isinstance(config.options, OvershootOptions) else 0
 
 
 def check_overshoot(mcfg: ModelConfig, tcfg: TrainConfig, request: RunRequest,
@@ -181,7 +187,7 @@ def check_overshoot(mcfg: ModelConfig, tcfg: TrainConfig, request: RunRequest,
     choice (``tiny``'s 8-step windows imagine 8 of MrCoM's default 15 steps), also when a request repeats it
     (``preset_pair``: the preset's (overshoot_horizon, window_len), as a run's ``config.json`` read back does), and
     a resumed run keeps what it was trained with."""
-    horizon, window = mcfg.overshoot_horizon, tcfg.window_len
+    horizon, window = horizon_of(mcfg), tcfg.window_len
     asked = "overshoot_horizon" in request.model or "window_len" in request.train
     if asked and horizon > window and (horizon, window) != preset_pair:
         raise UserInputError(f"model.overshoot_horizon={horizon} is longer than the training window "

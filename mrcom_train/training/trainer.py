@@ -25,7 +25,7 @@ from mrcom_core.errors import Interrupted, UserInputError
 from mrcom_core.io.files import write_json_atomic, writing
 from mrcom_core.io.outputs import TRAINING_RUN, claim_output, claimed, undo_fresh
 from mrcom_core.io.resources import require_memory
-from mrcom_core.losses import loss_overshoot
+from mrcom_core.losses import loss_overshoot, overshoots
 from mrcom_core.optim import adam_options
 from mrcom_core.registry import build_model, history_steps
 from mrcom_core.steps import open_loop_predictions
@@ -217,7 +217,7 @@ class Trainer:
     def _overlapped(self) -> bool:
         """Whether :meth:`train_step` overlaps the overshooting term with the rest (``train.overlap_overshoot``)."""
         return (self.config.overlap_overshoot and self.device.type == "cpu" and self.world == 1
-                and self.model_config.overshoot_horizon > 0 and type(self.model).supports_overshoot
+                and overshoots(self.model_config.options)
                 and torch.get_num_threads() >= 2)
 
     def _overlapped_backward(self, batch: dict[str, torch.Tensor], noise: dict[str, torch.Tensor]) -> dict:
@@ -226,7 +226,7 @@ class Trainer:
         kernels cannot use both threads in one stream (``bench/train.py`` measures it). Each part's gradient
         is taken apart and the two are added in a fixed order, so the update is deterministic."""
         params = [p for p in self.model.parameters() if p.requires_grad]
-        weight = self.model_config.overshoot_weight
+        weight = self.model_config.options.overshoot_weight
         side: dict = {}
 
         def overshoot_part():
@@ -346,7 +346,7 @@ class Trainer:
             self.log(f"{self.run_dir} has its {c.steps} updates already: nothing to train")
         elif main:  # the header and the first evaluation before the bar, which then owns the last line
             params = sum(p.numel() for p in self.model.parameters())
-            removed = [name for name in ABLATIONS if getattr(self.model_config, name, False)]
+            removed = [name for name in ABLATIONS if getattr(self.model_config.options, name, False)]
             variant = f" (ablation {', '.join(removed)})" if removed else ""
             self.log(f"training {self.preset} {self.model_config.model_type}{variant} ({params / 1e6:.2f}M parameters) "
                      f"on {self.dataset.root} ({len(self.dataset.scenarios)} scenarios, {self.dataset.num_steps} "
