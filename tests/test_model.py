@@ -3,7 +3,7 @@ import torch
 from conftest import make_batch, make_noise
 
 from mrcom_core.base import LatentState
-from mrcom_core.config import ABLATIONS, PRESETS, ModelConfig, apply_overrides
+from mrcom_core.config import ABLATIONS, PRESETS, apply_overrides
 from mrcom_core.errors import UserInputError
 from mrcom_core.layers import GRUCell, StreamingContextEncoder
 from mrcom_core.losses import one_step_priors
@@ -43,7 +43,8 @@ def test_presets_validate_and_grow():
     ({"gamma": 1.0}, "model.gamma"), ({"min_std": -1.0}, "model.min_std"),
     ({"kl_direction": "sideways"}, "model.kl_direction"), ({"colour": 1}, "unknown field 'colour'"),
     ({"u_dim": "many"}, "model.u_dim"), ({"overshoot_horizon": -1}, "model.overshoot_horizon"),
-    ({"overshoot_horizon": 3, "model_type": "cadm"}, r"model.overshoot_horizon applies to mrcom, rssm_ctx, rssm, mamba, not cadm"),
+    ({"overshoot_horizon": 3, "model_type": "cadm"},
+     r"model.overshoot_horizon applies to mrcom, rssm_ctx, rssm, mamba, not cadm"),
     ({"model_type": "transformer"}, "model.model_type must be one of mrcom, rssm_ctx, rssm, cadm, mamba"),
 ])
 def test_bad_config_values_name_the_field(overrides, field):
@@ -297,7 +298,8 @@ def test_the_rssm_baselines_take_the_overshooting_switch(model_type):
     noise = make_noise(model, 4, 6)
     on, off = losses(model, batch, noise), losses(plain, batch, noise)
     assert "overshoot" not in off and on["overshoot"] > 0
-    torch.testing.assert_close(on["loss"], off["loss"] + cfg.options.overshoot_weight * loss_overshoot(model, batch, noise))
+    expected = off["loss"] + cfg.options.overshoot_weight * loss_overshoot(model, batch, noise)
+    torch.testing.assert_close(on["loss"], expected)
     on["loss"].backward()
     assert model.encoder.embed.weight.grad.abs().sum() > 0 and model.prior[0].weight.grad.abs().sum() > 0
 

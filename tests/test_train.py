@@ -98,7 +98,8 @@ def test_ablation_and_config_file_reach_the_model(data, tmp_path):
     request = RunRequest.from_sources(None, ("no_lv",), str(cfg), ("model.h_dim=5",), {"batch_size": 4})
     trainer = Trainer(data, tmp_path / "run", request, **QUIET)
     c = trainer.model_config
-    assert (c.options.no_lv, c.options.no_d, c.u_dim, c.h_dim) == (True, False, 3, 5)  # CLI ablations replace the file's
+    # CLI ablations replace the file's
+    assert (c.options.no_lv, c.options.no_d, c.u_dim, c.h_dim) == (True, False, 3, 5)
     assert trainer.config.batch_size == 4 and trainer.config.steps == 2
     assert trainer.model.value_heads is None
     trainer.run()
