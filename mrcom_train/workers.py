@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 
 
 def _orphan_watch(parent: int) -> None:
@@ -49,6 +49,10 @@ class WorkerPool:
 
     def __exit__(self, *exc) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def submit(self, fn: Callable, *args) -> Future:
+        """Start ``fn(*args)`` in a worker; its future."""
+        return self._executor.submit(fn, *args)
 
     def run(self, fn: Callable, items: Iterable, *, on_result: Callable | None = None,
             poll: Callable[[], None] | None = None) -> None:

@@ -6,6 +6,7 @@ import sys
 import pytest
 
 from mrcom_train.experiments.reproduce import run_reproduction
+from mrcom_train.experiments.tables import ERROR_HORIZON
 
 ENV = {**os.environ, "MUJOCO_GL": "disable", "PYTHONWARNINGS": "ignore"}
 
@@ -49,7 +50,7 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkey
     assert float(zero["mean"]) == pytest.approx(cell["floors"]["zero"], abs=0.006)
     for png in ("curves_in.png", "curves_ood.png", "prediction_error.png"):
         assert (split / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert any("adapting" in line for line in logs)
+    assert any(line.startswith("[t1-a5b20] adapted ") for line in logs)
     again = []
     run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), log=again.append)
     assert again == []  # every finished cell is skipped
@@ -59,7 +60,7 @@ def test_smoke_reproduction_writes_a_complete_table_and_resumes(tmp_path, monkey
         shutil.rmtree(split / "adapt" / cell)
     parallel = []
     rerun = run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), workers=2, log=parallel.append)
-    assert parallel[0] == "[t1-a5b20] adapting 2 cells, 2 at a time" and len(parallel) == 3
+    assert parallel[0] == "2 tasks to do (2 adaptation cells), on 2 local worker processes" and len(parallel) == 3
     assert rerun["t1-a5b20"]["in"]["walker"]["cadm"] == cells["in"]["walker"]["cadm"]  # seeded: same result
     assert rerun["t1-a5b20"]["ood"]["cheetah"]["sac"] == cells["ood"]["cheetah"]["sac"]
 
@@ -128,7 +129,7 @@ def test_domains_and_set_customize_the_adaptation_cells(tmp_path, capsys):
     assert len(finished) == 2 and {p: p.stat().st_mtime_ns for p in finished} == finished
     # a world model's settings leave the arms without one alone
     from mrcom_train.experiments.budgets import BUDGETS, customized
-    from mrcom_train.experiments.reproduce import _cell_config
+    from mrcom_train.experiments.tasks import cell_config as _cell_config
 
     gated = customized(BUDGETS["smoke"], {"gate": "truncate", "refit": "all"})
     assert _cell_config("t1-a5b20", "in", "cheetah", "sac", 0, gated).gate == "none"
@@ -150,8 +151,9 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     lines: list[str] = []
     assert run_reproduction(1, "smoke", 1, tmp_path, splits=("t1-a5b20",), ablations=True, what="error",
                             workers=2, log=lines.append) == {}
-    assert any("training 3 models, 2 at a time" in line for line in lines)
-    assert sum("trained " in line for line in lines) == 3
+    # 3 datasets, 3 trainings, 3 exports (+ measurements), two at a time
+    assert lines[0] == "9 tasks to do (0 adaptation cells), on 2 local worker processes"
+    assert sum("] trained " in line for line in lines) == 3 and sum("measured " in line for line in lines) == 3
     split = tmp_path / "t1-a5b20"
     assert not (split / "adapt").exists() and not (tmp_path / "table1.md").exists()
     with open(split / "errors.csv") as f:
@@ -164,7 +166,7 @@ def test_what_error_writes_the_prediction_error_tables_without_adapting(tmp_path
     assert "15-step open-loop prediction error, latents sampled" in text and "Cheetah (ood)" in text
     assert (split / "error_vs_horizon.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     errors = reproduce.read_json(split / "errors" / "mamba.json", "errors")
-    assert len(errors["sampled"]["ood"]["error_by_step"]) == reproduce.ERROR_HORIZON
+    assert len(errors["sampled"]["ood"]["error_by_step"]) == ERROR_HORIZON
     # a later run of the table's other split into the same folder adds to the summary instead of replacing it
     (tmp_path / "t1-a10b50").mkdir()
     (tmp_path / "t1-a10b50" / "errors.md").write_text("the other split's tables\n")
@@ -227,13 +229,13 @@ def test_adaptation_workers_exit_when_the_driver_is_killed(tmp_path):
     script = tmp_path / "driver.py"
     script.write_text(
         "import os, time\n"
-        "from mrcom_train.experiments.reproduce import _cell_worker_init\n"
+        "from mrcom_train.executors import _one_thread\n"
         "from mrcom_train.workers import WorkerPool\n"
         "def cell(_):\n"
         "    print(os.getpid(), flush=True)\n"
         "    time.sleep(120)\n"
         "if __name__ == '__main__':\n"
-        "    with WorkerPool(1, _cell_worker_init) as pool:\n"
+        "    with WorkerPool(1, _one_thread) as pool:\n"
         "        pool.run(cell, [0])\n")
     driver = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=ENV)
     worker = int(driver.stdout.readline())
@@ -279,8 +281,9 @@ def test_the_ablation_outputs_follow_figure_3(tmp_path):
 
 
 def test_the_efficiency_table_reads_steps_to_the_reference_return_off_the_curves():
-    from mrcom_train.experiments.reproduce import BUDGETS, SAC, SAC_G, _cell_config, label
+    from mrcom_train.experiments.reproduce import BUDGETS, SAC, SAC_G, label
     from mrcom_train.experiments.tables import efficiency_table, steps_to_reach
+    from mrcom_train.experiments.tasks import cell_config as _cell_config
 
     assert steps_to_reach([(0, 1.0), (10, 5.0), (20, 4.0)], 4.5) == 10
     assert steps_to_reach([(0, 1.0)], 2.0) is None

@@ -19,39 +19,38 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mrcom_core.errors import UserInputError, check_int
-from mrcom_core.io.files import read_json, write_json_atomic
+from mrcom_core.io.files import read_json
 from mrcom_core.io.locks import folder_lock
 from mrcom_core.io.outputs import a, folder_kind
 from mrcom_core.registry import MODELS, model_class
-from mrcom_export.exporter import export_model
-from mrcom_export.manifest import ExportError, read_manifest
 
-from ..datasets.collect import CollectConfig, collect
 from ..datasets.dataset import is_complete
-from ..rl.adapt import AdaptConfig, Adapter
+from ..executors import Task, make_executor
 from ..rl.adapt_checkpoint import check_config
-from ..rl.adapt_config import WORLD_MODEL_FIELDS
 from ..rl.scoring import FLOORS, floor_scores
-from ..rollout import runtime_error
-from ..training.checkpoint import latest_checkpoint, load_model, read_state
-from ..training.config import RunRequest
-from ..training.trainer import Trainer
-from ..workers import WorkerPool
 from .budgets import BUDGETS, Budget, customized
 from .error_tables import write_error_summary, write_error_tables
-from .tables import ABLATED, ERROR_HORIZON, ERROR_ROLLOUTS, LITERAL, write_outputs, write_summary
+from .tables import ABLATED, LITERAL, write_outputs, write_summary
+from .tasks import (
+    ORACLE,
+    REFERENCE,
+    SAC,
+    SAC_G,
+    VARIANTS,
+    cell_config,
+    cell_dir,
+    cell_model,
+    collect_data,
+    export_and_measure,
+    exported,
+    measured,
+    run_cell,
+    train_model,
+    trained,
+)
 
 TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
-SAC, SAC_G = "sac", "sac-g"  # the model-free arms: G = 1 update per env step, and the model-based arms' G
-MODEL_FREE = (SAC, SAC_G)
-ORACLE = "oracle"  # the model-based loop with the target's own simulator imagining (mrcom_train.rl.oracle)
-REFERENCE = (*MODEL_FREE, ORACLE)  # the arms without a world model of their own (no data, training or export)
-#: adaptation variants of MrCoM's arm, run only when ``--arms`` names them: arm → AdaptConfig overrides (they
-#: adapt with MrCoM's export; a refit fine-tunes MrCoM's training run)
-VARIANTS = {"mrcom+refit-heads": {"refit": "heads"}, "mrcom+refit-all": {"refit": "all"},
-            "mrcom+refit-all+gate": {"refit": "all", "gate": "truncate"},
-            "mrcom+follow": {"real_ratio_mode": "model_error"}}
 VARIANT_LABELS = {"mrcom+refit-heads": "Ours + refit (heads)", "mrcom+refit-all": "Ours + refit (all)",
                   "mrcom+refit-all+gate": "Ours + refit (all) + ensemble gate",
                   "mrcom+follow": "Ours + real ratio follows"}
@@ -84,38 +83,21 @@ def label(method: str) -> str:
     return MODELS[method].label if method in MODELS else method
 
 
-def _done(path: Path) -> bool:
-    return path.is_file()
-
-
-def _exported(export: Path) -> bool:
-    """Whether ``export`` holds an export this mrcom reads (one of an older format version is exported again)."""
-    try:
-        read_manifest(export, verify=False)
-    except ExportError:
-        return False
-    return True
-
-
-#: the layout of a split's ``errors/METHOD.json`` (a file of another version is measured again)
-ERRORS_VERSION = 2
-
-
-def _measured(err_file: Path) -> bool:
-    """Whether ``err_file`` holds the open-loop errors in this version's layout."""
-    return err_file.is_file() and read_json(err_file, "prediction-error file").get("version") == ERRORS_VERSION
-
-
 def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, *, splits: tuple[str, ...] = (),
                      ablations: bool = False, workers: int = 1, what: str = "all", arms: tuple[str, ...] = (),
-                     adapt: dict | None = None, domains: tuple[str, ...] = (),
+                     adapt: dict | None = None, domains: tuple[str, ...] = (), executor: str = "local",
+                     ray_address: str | None = None, progress: bool = False,
                      log: Callable[[str], None] = print) -> dict:
     """Run (or resume) the protocol; returns ``{split: {range: {domain: {method: [scores]}}}}`` (empty with
     ``what="error"``, which stops after the prediction errors: no adaptation). ``arms``: only these methods
     (world models by registry name, ablations with ``ablations``, :data:`REFERENCE`'s ``sac``, ``sac-g``,
     ``oracle``, and MrCoM's adaptation :data:`VARIANTS`, which only run when named; default all but those);
     with no world model among them nothing is collected, trained or exported. ``adapt`` and ``domains``
-    customize the budget's adaptation (:func:`~mrcom_train.experiments.budgets.customized`)."""
+    customize the budget's adaptation (:func:`~mrcom_train.experiments.budgets.customized`). ``executor``:
+    ``local`` (``workers`` processes) or ``ray`` (a local Ray instance of ``workers`` CPUs, or the cluster at
+    ``ray_address``; :mod:`mrcom_train.executors`). Tasks that fail are reported and the others go on; then
+    :class:`TasksFailed` is raised (a rerun retries them)."""
+    runner = make_executor(executor, workers, ray_address)
     if what not in WHAT:
         raise UserInputError(f"--what must be one of {', '.join(WHAT)}, got {what!r}")
     if table not in TABLE_SPLITS:
@@ -143,12 +125,12 @@ def run_reproduction(table: int, budget_name: str, seeds: int, out: str | Path, 
     for split in chosen:  # every arm's adaptation config, before any work (a bad setting is one line now, not later)
         for method in cell_arms:
             for domain in b.cell_domains:
-                _cell_config(split, "in", domain, method, 0, b)
+                cell_config(split, "in", domain, method, 0, b)
     out = Path(out)
     _not_another_kind(out)  # before a lock file is made in it
     with folder_lock(out, "mrcom reproduce"):
         _not_another_kind(out)
-        return _reproduce(table, b, budget_name, seeds, out, chosen, methods, cell_arms, workers, what, log)
+        return _reproduce(table, b, budget_name, seeds, out, chosen, methods, cell_arms, runner, what, log, progress)
 
 
 def _not_another_kind(out: Path) -> None:
@@ -160,180 +142,133 @@ def _not_another_kind(out: Path) -> None:
 
 
 def _reproduce(table: int, b: Budget, budget_name: str, seeds: int, out: Path, chosen, methods: dict,
-               arms: list[str], workers: int, what: str, log: Callable[[str], None]) -> dict:
-    """The protocol for the ``chosen`` splits: ``methods`` are the world models to train and measure, ``arms``
-    the adaptation cells' methods."""
+               arms: list[str], executor, what: str, log: Callable[[str], None], progress: bool) -> dict:
+    """The protocol for the ``chosen`` splits as one graph of tasks run by ``executor``: ``methods`` are the world
+    models to train and measure, ``arms`` the adaptation cells' methods. Then the tables, from the files."""
+    cells = {split: [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
+                     for domain in b.cell_domains for method in arms]  # seed-major: early cells cover all
+             for split in chosen} if what == "all" else {}
+    for split, split_cells in cells.items():  # a finished cell counts only if it ran with this run's settings
+        for c in split_cells:
+            if (cell_dir(out / split, *c) / "result.json").is_file():
+                check_config(cell_dir(out / split, *c), cell_config(split, *c, b))
+    graph = [t for split in chosen for t in _split_tasks(out / split, split, b, methods, cells.get(split, []),
+                                                          executor)]
+    failures = _run(graph, executor, log, progress)
     results: dict = {}
     for split in chosen:
         root = out / split
-        errors = _world_models(root, split, b, methods, workers, log) if methods else {}
-        if what == "error":
-            continue
-        cells = [(rng_name, domain, method, seed) for seed in range(seeds) for rng_name in ("in", "ood")
-                 for domain in b.cell_domains for method in arms]  # seed-major: early cells cover all
-        done = [c for c in cells if _done(_cell_dir(root, *c) / "result.json")]
-        for c in done:  # a finished cell counts only if it ran with this run's settings
-            check_config(_cell_dir(root, *c), _cell_config(split, *c, b))
-        _run_cells(root, split, [c for c in cells if c not in done], b, workers, log)
-        curves: dict = {}
-        floors: dict = {}
-        for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
-            score, curve, floor = _read_cell(_cell_dir(root, rng_name, domain, method, seed))
-            results.setdefault(split, {}).setdefault(rng_name, {}).setdefault(domain, {}).setdefault(
-                method, []).append(score)
-            curves.setdefault((rng_name, domain, method), []).append(curve)
-            per_seed = floors.setdefault((rng_name, domain), {})
-            if seed not in per_seed:  # every method's cell of this seed has the same target scenario
-                config = _cell_config(split, rng_name, domain, SAC, seed, b)
-                per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
-        per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
-        write_outputs(root, split, results[split], per_floor, errors, curves, arms, label, (*REFERENCE, *VARIANTS))
+        if any(key.startswith(f"{split}/") for key in failures):
+            continue  # its tables wait for the rerun that finishes it
+        errors = {m: read_json(root / "errors" / f"{m}.json", "prediction-error file") for m in methods}
+        if methods:
+            write_error_tables(root, split, errors, list(methods), label)
+        if what == "all":
+            results[split] = _tables(root, split, cells[split], errors, arms, b)
     # the summaries cover every split of the table found under ``out``, so runs of one split at a time add up
     write_error_summary(out, table, budget_name, _present(out, table, "errors.md"))
     if what == "all":
         write_summary(out, table, budget_name, results, _present(out, table, "table.md"), asdict(b))
+    if failures:
+        first = next(iter(failures.items()))
+        raise TasksFailed(f"{len(failures)} of {len(graph)} tasks failed (the first: {first[0]}: {first[1]}); the "
+                          f"others are done and kept: run the same command again to retry")
     return results
 
 
-def _world_models(root: Path, split: str, b: Budget, methods: dict, workers: int,
-                  log: Callable[[str], None]) -> dict:
-    """The world models' part of a split: collect its training and evaluation data, train, export and measure
-    every method's model (each step skipped when done); returns ``{method: prediction errors}``."""
-    quiet = dict(progress=False, log=lambda s: None)
-    data = root / "data"
-    if not is_complete(data):
-        log(f"[{split}] collecting training data ({b.behaviour} behaviour policies)")
-        collect(CollectConfig(split=split, domains=b.domains, scenarios_per_domain=b.scenarios_per_domain,
-                              episodes_per_scenario=b.episodes_per_scenario, episode_length=b.episode_length,
-                              policy=b.behaviour, workers=workers, seed=0, **b.collect), data, resume=True,
-                **quiet)
-    evals = {}
-    for rng_name in ("in", "ood"):
-        path = root / f"eval-{rng_name}"
-        if not is_complete(path):
-            collect(CollectConfig(split=split, range=rng_name, domains=b.domains,
-                                  scenarios_per_domain=b.eval_scenarios,
-                                  episodes_per_scenario=1, episode_length=b.episode_length, policy="random",
-                                  seed=1, workers=workers), path, resume=True, **quiet)
-        evals[rng_name] = path
-    errors: dict = {}
-    _train_models(root, split, [m for m in methods if not _trained(root / "models" / m, b)], methods, b,
-                  workers, log)
+class TasksFailed(RuntimeError):
+    """Some tasks of a reproduction failed (each was reported as it failed); the rest are done and kept."""
+
+
+def _split_tasks(root: Path, split: str, b: Budget, methods: dict, cells: list[tuple], executor) -> list[Task]:
+    """The tasks of one split that are not done yet, with their dependencies (data → models → exports →
+    cells); a task whose result exists is left out, and one that finds its result on a retry returns at once."""
+    workers = executor.workers if executor.in_process or executor.name == "local" else 1
+    one = None if executor.in_process else 1  # torch threads of a cell: one per task when tasks run side by side
+    tasks: list[Task] = []
+    datasets = ("data", "eval-in", "eval-ood") if methods else ()
+    for which in datasets:
+        if not is_complete(root / which):
+            tasks.append(Task(f"{split}/{which}", collect_data, (root, split, b, which, workers),
+                              label=f"[{split}] collected {which}"))
+    have = {t.key for t in tasks}
+    deps = lambda *keys: tuple(k for k in keys if k in have)  # noqa: E731 - only the tasks still to do
     for method in methods:
-        run, export = root / "models" / method, root / "exports" / method
-        if not _exported(export):
-            log(f"[{split}] exporting {method}")
-            model, state = load_model(run)
-            export_model(model, export, formats=("onnx",), horizon=b.export_horizon, blocks=False, force=True,
-                         source={"run": str(run.resolve()), "step": state["step"], "data": str(data.resolve())},
-                         log=lambda s: None)
-        err_file = root / "errors" / f"{method}.json"
-        if not _measured(err_file):
-            per = {"version": ERRORS_VERSION, **{
-                kind: {r: runtime_error(export, evals[r], ERROR_ROLLOUTS, ERROR_HORIZON, 0, mean_latents=kind == "mean")
-                       for r in evals} for kind in ("mean", "sampled")}}
-            err_file.parent.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(err_file, per)
-        errors[method] = read_json(err_file, "prediction-error file")
-    write_error_tables(root, split, errors, list(methods), label)
-    return errors
+        if not trained(root / "models" / method, b):
+            tasks.append(Task(f"{split}/train/{method}", train_model, (root, method, *methods[method], b),
+                              deps(f"{split}/data"), label=f"[{split}] trained {method}"))
+            have.add(tasks[-1].key)
+        if not (exported(root / "exports" / method) and measured(root / "errors" / f"{method}.json")):
+            tasks.append(Task(f"{split}/measure/{method}", export_and_measure, (root, method, b),
+                              deps(f"{split}/train/{method}", f"{split}/eval-in", f"{split}/eval-ood"),
+                              label=f"[{split}] exported and measured {method}"))
+            have.add(tasks[-1].key)
+    for rng_name, domain, method, seed in cells:
+        if (cell_dir(root, rng_name, domain, method, seed) / "result.json").is_file():
+            continue
+        model = cell_model(method)
+        needs = deps(f"{split}/measure/{model}", f"{split}/train/{model}") if model else ()
+        tasks.append(Task(f"{split}/adapt/{rng_name}/{domain}/{method}/s{seed}", run_cell,
+                          (root, split, rng_name, domain, method, seed, b, one), needs,
+                          label=f"[{split}] adapted {method} on {domain} ({rng_name}, seed {seed})"))
+    return tasks
+
+
+def _run(graph: list[Task], executor, log: Callable[[str], None], progress: bool) -> dict[str, str]:
+    """Run the graph, one line per finished or failed task and a bar over the adaptation cells (with the
+    failures counted); returns the failures."""
+    if not graph:
+        return {}
+    from tqdm import tqdm
+
+    cells = [t for t in graph if t.fn is run_cell]
+    how = "in this process" if executor.in_process else f"on {executor.describe()}"
+    log(f"{len(graph)} tasks to do ({len(cells)} adaptation cells), {how}")
+    bar = tqdm(total=len(cells), unit="cell", disable=not progress or not cells, dynamic_ncols=True)
+    failed = 0
+
+    def on_done(task: Task, result, error: str | None) -> None:
+        nonlocal failed
+        if error is not None:
+            failed += 1
+            line = f"{task.key} FAILED: {error}"
+        elif task.fn is run_cell:
+            line = f"{task.label}: normalized return {result:.1f}"
+        else:
+            line = task.label
+        (bar.write if not bar.disable else log)(line)
+        if task.fn is run_cell:
+            bar.update(1)
+            bar.set_postfix(failed=failed, refresh=False)
+
+    try:
+        return executor.run(graph, on_done).failures
+    finally:
+        bar.close()
+
+
+def _tables(root: Path, split: str, cells: list[tuple], errors: dict, arms: list[str], b: Budget) -> dict:
+    """Read every cell of the split (and its floors) and write its tables; returns ``{range: {domain: {method:
+    [scores]}}}``."""
+    results: dict = {}
+    curves: dict = {}
+    floors: dict = {}
+    for rng_name, domain, method, seed in sorted(cells, key=lambda c: c[3]):
+        score, curve, floor = _read_cell(cell_dir(root, rng_name, domain, method, seed))
+        results.setdefault(rng_name, {}).setdefault(domain, {}).setdefault(method, []).append(score)
+        curves.setdefault((rng_name, domain, method), []).append(curve)
+        per_seed = floors.setdefault((rng_name, domain), {})
+        if seed not in per_seed:  # every method's cell of this seed has the same target scenario
+            config = cell_config(split, rng_name, domain, SAC, seed, b)
+            per_seed[seed] = floor or floor_scores(config.target(), config.eval_episodes, seed)
+    per_floor = {key: {name: [per[s][name] for s in sorted(per)] for name in FLOORS} for key, per in floors.items()}
+    write_outputs(root, split, results, per_floor, errors, curves, arms, label, (*REFERENCE, *VARIANTS))
+    return results
 
 
 def _present(out: Path, table: int, name: str) -> tuple[str, ...]:
     """The table's splits (in the paper's order) whose ``out/SPLIT/name`` exists."""
     return tuple(s for s in TABLE_SPLITS[table] if (out / s / name).is_file())
-
-
-def _trained(run: Path, b: Budget) -> bool:
-    ckpt = latest_checkpoint(run) if run.exists() else None
-    return ckpt is not None and read_state(ckpt)["step"] >= b.train_steps
-
-
-def _train_model(root: Path, method: str, overrides: dict, abl: tuple[str, ...], b: Budget) -> str:
-    """Train (or resume) one method's world model on the split's data into ``root/models/METHOD``."""
-    Trainer(root / "data", root / "models" / method, RunRequest(preset=b.preset, ablations=abl, model=overrides,
-                                                               train={"steps": b.train_steps}),
-            resume=True, progress=False, log=lambda s: None).run()
-    return method
-
-
-def _train_model_in_worker(args: tuple) -> str:
-    return _train_model(*args)
-
-
-def _train_models(root: Path, split: str, pending: list[str], methods: dict, b: Budget, workers: int,
-                  log: Callable[[str], None]) -> None:
-    """Train the pending methods' models, ``workers`` at a time in spawned one-thread processes (on 2 cores two
-    one-thread trainings do ~1.6× the work of one two-thread training; two two-thread ones collapse)."""
-    if workers <= 1 or len(pending) <= 1:
-        for method in pending:
-            log(f"[{split}] training {method}")
-            _train_model(root, method, *methods[method], b)
-        return
-    log(f"[{split}] training {len(pending)} models, {workers} at a time: {', '.join(pending)}")
-    with WorkerPool(workers, _cell_worker_init) as pool:
-        pool.run(_train_model_in_worker, [(root, m, *methods[m], b) for m in pending],
-                 on_result=lambda args, method: log(f"[{split}] trained {method}"))
-
-
-def _cell_dir(root: Path, rng_name: str, domain: str, method: str, seed: int) -> Path:
-    return root / "adapt" / rng_name / domain / method.replace("/", "").replace(" ", "_") / f"s{seed}"
-
-
-def _cell_config(split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget) -> AdaptConfig:
-    steps = b.reference_env_steps if method == SAC and b.reference_env_steps else b.adapt_env_steps
-    return AdaptConfig(split=split, range=rng_name, domain=domain, seed=seed, env_steps=steps,
-                       episode_length=b.adapt_episode_length, eval_every=b.eval_every or max(1, steps // 4),
-                       checkpoint_every=max(b.adapt_episode_length, steps // 10),
-                       **{**{k: v for k, v in b.adapt.items()
-                             if method not in REFERENCE or k not in WORLD_MODEL_FIELDS},
-                          "use_model": method not in MODEL_FREE,
-                          **({"updates_per_step": 1} if method == SAC else {}),
-                          **({"imagination": "oracle"} if method == ORACLE else {}), **VARIANTS.get(method, {})})
-
-
-def _run_cell(root: Path, split: str, rng_name: str, domain: str, method: str, seed: int, b: Budget,
-              threads: int | None = None) -> float:
-    """One adaptation run into its cell folder (resuming a killed one from its last checkpoint); returns
-    its final normalized return."""
-    config = _cell_config(split, rng_name, domain, method, seed, b)
-    model = "mrcom" if method in VARIANTS else method
-    export = None if method in REFERENCE else root / "exports" / model
-    return Adapter(config, _cell_dir(root, rng_name, domain, method, seed), export, resume=True, progress=False,
-                   log=lambda s: None, threads=threads, run=root / "models" / model).run()["normalized_return"]
-
-
-def _cell_worker_init() -> None:
-    import torch
-
-    torch.set_num_threads(1)  # W adapters (or trainers) on W cores must not fight over intra-op threads
-
-
-def _run_cell_in_worker(args: tuple) -> float:
-    return _run_cell(*args, threads=1)
-
-
-def _run_cells(root: Path, split: str, pending: list[tuple], b: Budget, workers: int,
-               log: Callable[[str], None]) -> None:
-    """Run the pending ``(range, domain, method, seed)`` cells, ``workers`` at a time in spawned processes."""
-    if not pending:
-        return
-    name = "{2} on {1} ({0}, seed {3})".format
-    if workers <= 1 or len(pending) == 1:
-        for i, cell in enumerate(pending):
-            log(f"[{split}] adapting {name(*cell)} [{i + 1}/{len(pending)}]")
-            _run_cell(root, split, *cell, b)
-        return
-    log(f"[{split}] adapting {len(pending)} cells, {workers} at a time")
-    finished = 0
-
-    def report(args: tuple, score: float) -> None:
-        nonlocal finished
-        finished += 1
-        log(f"[{split}] adapted {name(*args[2:6])}: normalized return {score:.1f} [{finished}/{len(pending)}]")
-
-    with WorkerPool(workers, _cell_worker_init) as pool:
-        pool.run(_run_cell_in_worker, [(root, split, *cell, b) for cell in pending], on_result=report)
 
 
 def _read_cell(cell: Path) -> tuple[float, list[tuple[int, float]], dict | None]:
