@@ -317,9 +317,10 @@ def main(argv: list[str] | None = None) -> None:
         click.echo(f"mrcom: error: {message}", err=True)
         sys.exit(2)
     except RuntimeError as e:
+        from .experiments.reproduce import TasksFailed
         from .training.trainer import TrainingDiverged
 
-        if not isinstance(e, TrainingDiverged):
+        if not isinstance(e, TrainingDiverged | TasksFailed):
             raise
         click.echo(f"mrcom: error: {e}", err=True)
         sys.exit(1)

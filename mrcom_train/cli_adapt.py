@@ -75,8 +75,14 @@ def adapt(ctx, export_dir, model_free, split, range_, domain, env_steps, episode
 @click.option("--what", type=click.Choice(["all", "error"]), default="all", show_default=True,
               help="all: the whole protocol; error: stop after the prediction-error tables (no RL).")
 @click.option("--workers", "-w", type=int, default=1, show_default=True,
-              help="Worker processes for collection, world-model training and adaptation cells (one core "
-                   "each).")
+              help="Tasks at a time (collection, world-model training, adaptation cells; one core each): local "
+                   "worker processes, or the CPUs of the Ray instance --executor ray starts.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where the tasks run: local processes, or Ray (pip install '.[cluster]'; every node must see "
+                   "--out at the same path).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (auto: the one this machine is part of) "
+                                                  "instead of starting a local Ray instance.")
+@click.option("--no-progress", is_flag=True, help="No progress bar over the adaptation cells.")
 @click.option("--arms", default="", help="Comma-separated subset of the arms: world models by name (`mrcom "
                                          "models`), sac, sac-g, oracle [default: all].")
 @click.option("--domains", default="", help="Comma-separated subset of the budget's domains to adapt on (the world "
@@ -87,7 +93,8 @@ def adapt(ctx, export_dir, model_free, split, range_, domain, env_steps, episode
 @click.option("--out", "-o", required=True, type=click.Path(file_okay=False),
               help="Reproduction folder (data, models, exports, adaptation cells, tables); resumable.")
 @threads_option
-def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, domains, sets, out, threads):
+def reproduce(table, budget, seeds, splits, ablations, what, workers, executor, ray_address, no_progress, arms,
+              domains, sets, out, threads):
     """Run the paper's protocol for one table; resumable (finished cells are skipped)."""
     from mrcom_core.config import parse_assignments
 
@@ -98,7 +105,8 @@ def reproduce(table, budget, seeds, splits, ablations, what, workers, arms, doma
     chosen = tuple(s.strip() for s in splits.split(",") if s.strip())
     run_reproduction(int(table), budget, seeds, out, splits=chosen, ablations=ablations, workers=workers, what=what,
                      arms=tuple(a.strip() for a in arms.split(",") if a.strip()), adapt=parse_assignments(sets),
-                     domains=tuple(d.strip() for d in domains.split(",") if d.strip()), log=click.echo)
+                     domains=tuple(d.strip() for d in domains.split(",") if d.strip()), executor=executor,
+                     ray_address=ray_address, progress=not no_progress, log=click.echo)
     errors = f"{out}/errors{table}.md (+ per-split errors.csv, error_vs_horizon.png)"
     click.echo(f"done: {errors}" if what == "error" else
                f"done: {out}/table{table}.md (+ per-split table.csv, curves_*.png, prediction_error.png) and {errors}")

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create .venv (if missing) and install MrCoM into it. Safe to rerun: a finished setup is skipped until
 # pyproject.toml changes.
-# usage: setup.sh [dev]   (dev: also the test tools, and Triton for the kernel tests on CPU, ~1 GB more)
+# usage: setup.sh [dev]   (dev: also the test tools, Triton for the kernel tests on CPU and Ray, ~1.3 GB more)
 # torch is pinned to 2.13.0 and installed first, so no dependency can pull a multi-GB CUDA build where a
 # CPU wheel of 2.13.0 is available (set PIP_INDEX_URL / PIP_EXTRA_INDEX_URL to your CPU wheel index elsewhere).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MODE="${1:-base}"
-case "$MODE" in base) EXTRAS="" ;; dev) EXTRAS="[dev]" ;; *) echo "setup: usage: setup.sh [dev]" >&2; exit 2 ;; esac
+case "$MODE" in base) EXTRAS="" ;; dev) EXTRAS="[dev,cluster]" ;; *) echo "setup: usage: setup.sh [dev]" >&2; exit 2 ;; esac
 PY="${PYTHON:-}"
 if [ -z "$PY" ]; then
   for candidate in python3.11 python3; do
@@ -46,7 +46,7 @@ pip_install --upgrade pip
 echo "setup: [2/3] torch 2.13.0 (the CPU wheel where the index has one; the largest download)"
 pip_install "torch==2.13.0"
 echo "setup: [3/3] MrCoM$EXTRAS and its dependencies (dm_control, mujoco, onnxruntime, ...$([ "$MODE" = dev ] &&
-  echo "; pytest, ruff, and Triton for the kernel tests"))"
+  echo "; pytest, ruff, Triton for the kernel tests and Ray"))"
 pip_install -e ".$EXTRAS"
 echo "$hash" > ".venv/.mrcom-setup-$MODE"
 echo "setup: .venv ready ($(.venv/bin/python -c 'import torch, mujoco, dm_control; print("torch", torch.__version__, "| mujoco", mujoco.__version__)'))"
