@@ -66,7 +66,12 @@ def cli(ctx: click.Context) -> None:
 @click.option("--policy", type=click.Choice(POLICIES), default="random", show_default=True,
               help="Behaviour policy: random actions, or a SAC agent trained per scenario (its whole replay is "
                    "recorded).")
-@click.option("--workers", "-w", type=int, default=1, show_default=True, help="Worker processes.")
+@click.option("--workers", "-w", type=int, default=1, show_default=True,
+              help="Worker processes (with --executor ray: the CPUs of the Ray instance it starts).")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local processes, or scenario chains as Ray tasks (every node must see --out at the same path).")
+@click.option("--ray-address", default=None, help="Join this Ray cluster (auto: this machine's) instead of starting "
+                                                  "a local Ray instance.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seeds scenario sampling and episodes.")
 @click.option("--alpha", type=float, default=None, help="Override the range's α (torso scale spread, %).")
 @click.option("--beta", type=float, default=None, help="Override the range's β (target speed, % of v_max).")
@@ -85,8 +90,8 @@ def cli(ctx: click.Context) -> None:
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @threads_option
 def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario, episode_length, policy,
-            workers, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts, sac_update_every, sac_chain, out,
-            resume, no_progress, threads):
+            workers, executor, ray_address, seed, alpha, beta, obs_fn, sac_hidden, sac_learning_starts,
+            sac_update_every, sac_chain, out, resume, no_progress, threads):
     """Collect a multi-scenario dataset from the split's scenarios into OUT."""
     from .datasets.collect import CollectConfig
     from .datasets.collect import collect as run_collect
@@ -99,7 +104,11 @@ def collect(split, range_, domains, scenarios_per_domain, episodes_per_scenario,
                            episode_length=episode_length, seed=seed, alpha=alpha, beta=beta, obs_fn=obs_fn,
                            sac_hidden_dim=sac_hidden, sac_learning_starts=sac_learning_starts,
                            sac_update_every=sac_update_every, sac_chain=sac_chain, workers=workers)
-    path = run_collect(config, out, resume=resume, progress=not no_progress, log=click.echo)
+    from .executors import make_executor
+
+    runner = make_executor(executor, workers, ray_address)
+    path = run_collect(config, out, resume=resume, progress=not no_progress, log=click.echo,
+                       executor=runner if runner.name == "ray" else None)
     _print_dataset(path)
 
 

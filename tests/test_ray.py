@@ -120,3 +120,20 @@ def test_bad_executor_options_exit_2_with_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as e:
         main(["reproduce", "--table", "1", "--ray-address", "auto", "--out", str(tmp_path)])
     assert e.value.code == 2 and "--ray-address needs --executor ray" in capsys.readouterr().err
+
+
+def test_collect_through_ray_writes_the_local_dataset(tmp_path):
+    from mrcom_train.cli import main
+    from mrcom_train.datasets.dataset import Dataset
+
+    args = ["collect", "--split", "t1-a5b20", "--domains", "cheetah,walker", "-n", "2", "-k", "2", "--episode-length",
+            "40", "--no-progress"]
+    main([*args, "--workers", "2", "--out", str(tmp_path / "local")])
+    if ray.is_initialized():
+        ray.shutdown()
+    main([*args, "--executor", "ray", "--workers", "2", "--out", str(tmp_path / "ray")])
+    local, through_ray = Dataset(tmp_path / "local"), Dataset(tmp_path / "ray")
+    assert len(through_ray.episodes) == len(local.episodes) == 8
+    for i in range(8):
+        a, b = local.episode(i), through_ray.episode(i)
+        assert all((a[k] == b[k]).all() for k in ("obs", "action", "reward"))

@@ -249,6 +249,26 @@ def _run_pool(chains: list[tuple[Unit, ...]], workers: int, policy: str, report)
     drain(0.1)  # the last progress messages (the disk scan after this is authoritative)
 
 
+def _chain_reports(chain: tuple[Unit, ...]) -> list[tuple]:
+    """Run a chain in a task; its progress messages, in order."""
+    reports: list[tuple] = []
+    for unit in chain:
+        run_unit(unit, lambda *msg: reports.append(msg))
+    return reports
+
+
+def _run_tasks(chains: list[tuple[Unit, ...]], executor, report) -> None:
+    """Every chain a task of ``executor``; a chain that fails (after the executor's retry) fails the collection,
+    after the others finished."""
+    from ..executors import Task
+
+    tasks = [Task(f"scenario chain from {chain[0].scenario}", _chain_reports, (chain,)) for chain in chains]
+    outcome = executor.run(tasks, lambda task, reports, error: [report(*m) for m in reports or ()])
+    if outcome.failures:
+        key, error = next(iter(outcome.failures.items()))
+        raise RuntimeError(f"{len(outcome.failures)} of {len(tasks)} collection tasks failed ({key}: {error})")
+
+
 # ---------------------------------------------------------------------------------------------- driver
 def _finished_episodes(out: Path) -> int:
     """How many finished episode folders ``out`` holds (leftovers of unfinished ones and symbolic links, which
@@ -259,8 +279,12 @@ def _finished_episodes(out: Path) -> int:
 
 
 def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, progress: bool = True,
-            log: Callable[[str], None] = print) -> Path:
+            log: Callable[[str], None] = print, executor=None) -> Path:
     """Collect the dataset described by ``config`` into ``out``; returns the folder.
+
+    ``executor``: run the scenario chains as tasks of a :class:`~mrcom_train.executors.RayExecutor` (every node
+    writing into ``out``, which they must all see) instead of ``config.workers`` local processes; the dataset is
+    the same (each scenario is seeded by itself), its progress moves a chain at a time.
 
     ``resume=True`` continues a killed or finished collection in ``out`` (same config, any worker count);
     the episodes already there are checked first (:meth:`DatasetWriter.scan`) and a damaged one stops the
@@ -278,7 +302,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
     created = not out.exists()
     with claimed(out, DATASET, "mrcom collect", given=resume) as fresh:  # --resume continues only a dataset
         try:
-            _collect_locked(config, out, specs, space, fresh, progress, log)
+            _collect_locked(config, out, specs, space, fresh, progress, log, executor)
         except BaseException as e:
             if not fresh or _finished_episodes(out):
                 raise
@@ -291,7 +315,7 @@ def collect(config: CollectConfig, out: str | Path, *, resume: bool = False, pro
 
 
 def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec], space: UnifiedSpace, fresh: bool,
-                    progress: bool, log: Callable[[str], None]) -> None:
+                    progress: bool, log: Callable[[str], None], executor=None) -> None:
     from tqdm import tqdm
 
     if not fresh:
@@ -322,7 +346,8 @@ def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec],
     total = len(specs) * K
     log(f"collecting {len(specs)} scenarios × {K} episodes of {config.episode_length} steps "
         f"({config.split}/{config.range}: {config.scenario_range().describe()}; policy {config.policy}) "
-        f"into {out} with {config.workers} worker(s); {len(writer.records)}/{total} episodes already there")
+        f"into {out} with {executor.describe() if executor else f'{config.workers} worker(s)'}; "
+        f"{len(writer.records)}/{total} episodes already there")
 
     bar = tqdm(total=total, initial=len(writer.records), unit="ep", disable=not progress, dynamic_ncols=True)
     last_write = time.monotonic()
@@ -340,7 +365,9 @@ def _collect_locked(config: CollectConfig, out: Path, specs: list[ScenarioSpec],
             last_write = time.monotonic()
 
     try:
-        if config.workers == 1 or len(chains) <= 1:
+        if executor is not None:
+            _run_tasks(chains, executor, report)
+        elif config.workers == 1 or len(chains) <= 1:
             for unit in (u for chain in chains for u in chain):
                 run_unit(unit, report)
         else:
