@@ -8,7 +8,8 @@ error line each) and the caller decides what a failure means.
 
 * :class:`LocalExecutor`: ``workers`` spawned one-thread processes (:class:`~mrcom_train.workers.WorkerPool`),
   or this process when ``workers`` is 1. A failure is not retried (a local error repeats).
-* :class:`RayExecutor`: each task a Ray task asking for one CPU, placed by Ray, retried once (a worker process
+* :class:`RayExecutor`: each task a Ray task asking for one CPU (and a GPU for training where the cluster has
+  GPUs), placed by Ray, retried once (a worker process
   or node that dies, or an exception); results are small values, the tasks' files go to the output folder, so
   every node must see that folder at the same path (one shared filesystem). ``address=None`` starts a local Ray
   instance for this run; ``"auto"`` (or ``ray://…``, ``HOST:PORT``) joins a running cluster.
@@ -28,13 +29,21 @@ EXECUTORS = ("local", "ray")
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of work: ``fn(*args)`` after the tasks named in ``deps``; ``key`` names it (unique in a graph)."""
+    """One unit of work: ``fn(*args)`` after the tasks named in ``deps``; ``key`` names it (unique in a graph).
+    ``gpu``: the task uses a CUDA GPU when its node has one (world-model training), so on a cluster with GPUs
+    it asks Ray for one."""
 
     key: str
     fn: Callable
     args: tuple = ()
     deps: tuple[str, ...] = ()
     label: str = field(default="", compare=False)
+    gpu: bool = False
+
+
+def ray_resources(task: Task, cluster_gpus: float) -> dict:
+    """What a task asks Ray for: one CPU, and one GPU for a ``gpu`` task on a cluster that has GPUs."""
+    return {"num_cpus": 1, "num_gpus": 1 if task.gpu and cluster_gpus > 0 else 0}
 
 
 class Outcome(NamedTuple):
@@ -192,7 +201,8 @@ class RayExecutor:
                          runtime_env={"env_vars": env} if env else None)
             except ConnectionError as e:
                 raise UserInputError(f"--ray-address {self.address}: no Ray cluster there ({e})") from None
-        remote = ray.remote(num_cpus=1, max_retries=1, retry_exceptions=True)(run_task)
+        remote = ray.remote(max_retries=1, retry_exceptions=True)(run_task)
+        gpus = ray.cluster_resources().get("GPU", 0)
 
         def wait_any(refs: list) -> tuple:
             (ref,), _ = ray.wait(refs, num_returns=1)
@@ -202,7 +212,8 @@ class RayExecutor:
                 return ref, None, error_line(e.cause if getattr(e, "cause", None) is not None else e)
 
         try:
-            return run_graph(tasks, lambda t: remote.remote(t.fn, t.args), wait_any, on_done)
+            return run_graph(tasks, lambda t: remote.options(**ray_resources(t, gpus)).remote(t.fn, t.args),
+                             wait_any, on_done)
         finally:
             if started:
                 ray.shutdown()

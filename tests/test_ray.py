@@ -52,6 +52,14 @@ def test_a_failed_task_is_reported_its_dependents_skipped_and_the_others_go_on(e
     assert not (tmp_path / "after_bad").exists() and (tmp_path / "b").read_text() == "2"
 
 
+def test_training_asks_for_a_gpu_only_where_the_cluster_has_one():
+    from mrcom_train.executors import ray_resources
+
+    train, cell = Task("train", _fail, gpu=True), Task("cell", _fail)
+    assert ray_resources(train, 0) == ray_resources(cell, 4) == {"num_cpus": 1, "num_gpus": 0}
+    assert ray_resources(train, 4) == {"num_cpus": 1, "num_gpus": 1}
+
+
 def test_a_task_whose_worker_dies_is_retried_and_the_run_completes(local_ray, tmp_path):
     marker = tmp_path / "killed-once"
 

@@ -196,7 +196,7 @@ def _split_tasks(root: Path, split: str, b: Budget, methods: dict, cells: list[t
     for method in methods:
         if not trained(root / "models" / method, b):
             tasks.append(Task(f"{split}/train/{method}", train_model, (root, method, *methods[method], b),
-                              deps(f"{split}/data"), label=f"[{split}] trained {method}"))
+                              deps(f"{split}/data"), label=f"[{split}] trained {method}", gpu=True))
             have.add(tasks[-1].key)
         if not (exported(root / "exports" / method) and measured(root / "errors" / f"{method}.json")):
             tasks.append(Task(f"{split}/measure/{method}", export_and_measure, (root, method, b),
