@@ -90,18 +90,23 @@ def run_graph(tasks: list[Task], submit: Callable[[Task], Any], wait_any: Callab
     results: dict[str, Any] = {}
     failures: dict[str, str] = {}
     while pending or running:
+        moved = False
         for key, task in list(pending.items()):
             failed = next((d for d in task.deps if d in failures), None)
             if failed is not None:
                 failures[key] = f"skipped: {failed} failed"
                 del pending[key]
+                moved = True
                 if on_done is not None:
                     on_done(task, None, failures[key])
             elif all(d in results for d in task.deps):
                 running[submit(task)] = task
                 del pending[key]
+                moved = True
         if not running:
-            continue  # every pending task was just skipped, or the graph is empty
+            if not moved:
+                raise ValueError(f"the tasks {sorted(pending)} depend on each other in a cycle")
+            continue  # every pending task was just skipped
         handle, result, error = wait_any(list(running))
         task = running.pop(handle)
         if error is None:
