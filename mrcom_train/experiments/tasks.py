@@ -3,7 +3,7 @@ folder and does nothing when that result is there (so a retry or a rerun is safe
 world model, export and measure it, adapt one cell. :mod:`~mrcom_train.experiments.reproduce` puts them in a
 graph and an executor (:mod:`mrcom_train.executors`) runs it, locally or on a Ray cluster.
 
-A split's folder: ``data/`` and ``eval-in/``, ``eval-out/`` (datasets), ``models/METHOD`` (training runs),
+A split's folder: ``data/`` and ``eval-in/``, ``eval-ood/`` (datasets), ``models/METHOD`` (training runs),
 ``exports/METHOD`` and ``errors/METHOD.json`` (the export and its prediction errors),
 ``adapt/RANGE/DOMAIN/ARM/sSEED`` (adaptation cells, each with its ``result.json``).
 """
