@@ -89,10 +89,10 @@ def model_config(preset: str = "small", ablations: tuple[str, ...] | list[str] =
     overrides = dict(overrides or {})
     name = str(overrides.pop("model_type", ModelConfig.model_type))
     cls = model_class(name)
-    preset = preset_values(preset, ablations)
-    check_fields(name, [*preset, *overrides])
+    sized = preset_values(preset, ablations)
+    check_fields(name, [*sized, *overrides])
     config = apply_overrides(ModelConfig(model_type=name, options=cls.Options()),
-                             {**cls.defaults, **preset, **data_dims})
+                             {**cls.defaults, **sized, **data_dims})
     if "ensemble" in overrides and "ensemble_elites" not in overrides:  # a smaller ensemble keeps what elites it can
         members = apply_overrides(ModelConfig(), {"ensemble": overrides["ensemble"]}).ensemble
         overrides = {**overrides, "ensemble_elites": min(config.ensemble_elites, members)}

@@ -183,7 +183,7 @@ class TasksFailed(RuntimeError):
 def _split_tasks(root: Path, split: str, b: Budget, methods: dict, cells: list[tuple], executor) -> list[Task]:
     """The tasks of one split that are not done yet, with their dependencies (data → models → exports →
     cells); a task whose result exists is left out, and one that finds its result on a retry returns at once."""
-    workers = executor.workers if executor.in_process or executor.name == "local" else 1
+    workers = executor.workers  # processes a collection may start itself (1 under Ray, which places every CPU)
     one = None if executor.in_process else 1  # torch threads of a cell: one per task when tasks run side by side
     tasks: list[Task] = []
     datasets = ("data", "eval-in", "eval-ood") if methods else ()
