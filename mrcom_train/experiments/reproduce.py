@@ -53,6 +53,8 @@ TABLE_SPLITS = {1: ("t1-a5b20", "t1-a10b50"), 2: ("t2-a5", "t2-a10"),
                 3: ("t3-add-g", "t3-add-d", "t3-msk-r", "t3-msk-f")}
 VARIANT_LABELS = {"mrcom+refit-heads": "Ours + refit (heads)", "mrcom+refit-all": "Ours + refit (all)",
                   "mrcom+refit-all+gate": "Ours + refit (all) + ensemble gate",
+                  "mrcom+reward": "Ours + learned reward",
+                  "mrcom+refit-all+reward": "Ours + refit (all) + learned reward",
                   "mrcom+follow": "Ours + real ratio follows"}
 WHAT = ("all", "error")  # what to run: the whole protocol, or only the prediction errors (no RL)
 

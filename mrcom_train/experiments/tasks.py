@@ -35,6 +35,8 @@ REFERENCE = (*MODEL_FREE, ORACLE)  # the arms without a world model of their own
 #: adapt with MrCoM's export; a refit fine-tunes MrCoM's training run)
 VARIANTS = {"mrcom+refit-heads": {"refit": "heads"}, "mrcom+refit-all": {"refit": "all"},
             "mrcom+refit-all+gate": {"refit": "all", "gate": "truncate"},
+            "mrcom+reward": {"imagined_reward": "learned"},
+            "mrcom+refit-all+reward": {"refit": "all", "imagined_reward": "learned"},
             "mrcom+follow": {"real_ratio_mode": "model_error"}}
 #: the layout of a split's ``errors/METHOD.json`` (a file of another version is measured again)
 ERRORS_VERSION = 2

@@ -45,6 +45,7 @@ from . import diagnostics, gate, refit
 from .adapt_config import AdaptConfig, adaptive_real_ratio, normalized_return
 from .diagnostics import DIAGNOSTICS, ENSEMBLE_DIAGNOSTICS
 from .oracle import OracleRollouts
+from .reward_model import RewardModel
 from .scoring import evaluate_policy, floor_scores
 
 __all__ = ["AdaptConfig", "Adapter", "normalized_return"]
@@ -120,6 +121,9 @@ class Adapter:
         self.model = ReplayBuffer(od, ad, config.model_buffer_size(config.learning_starts) if config.use_model
                                   else 1)  # unused without a model; resized as the horizon grows
         self.rng = np.random.default_rng(config.seed)
+        #: the target's reward model fitted on its real transitions (``imagined_reward="learned"``), else None
+        self.reward_model = (RewardModel(od, ad, lr=config.reward_lr, seed=config.seed + 2)
+                             if config.use_model and config.imagined_reward == "learned" else None)
         self.episodes: list[dict[str, np.ndarray]] = []  # real trajectories (padded) for prompts
         self.step = 0
         self.imagined = 0
@@ -190,17 +194,23 @@ class Adapter:
         finally:
             self.episodes.pop()
 
-    def _imagined_reward(self, reward: np.ndarray, next_obs: np.ndarray) -> np.ndarray:
-        """The reward an imagined transition gets: the model's, or the target's own of the imagined next
-        observation (``imagined_reward="true"``)."""
+    def _imagined_reward(self, obs: np.ndarray, action: np.ndarray, reward: np.ndarray,
+                         next_obs: np.ndarray) -> np.ndarray:
+        """The reward an imagined transition ``(obs, action, next_obs)`` gets: the imagination's own
+        (``reward``), the target's reward model's (``imagined_reward="learned"``), or the target's true reward of
+        the imagined next observation (``"true"``)."""
         if self.cfg.imagined_reward == "true":
             return reward_from_obs(self.spec, next_obs[:, : self.spec.obs_dim])
+        if self.reward_model is not None:
+            return self.reward_model(obs, action, next_obs)
         return reward
 
     def imagine(self, horizon: int) -> int:
         """One round of imagined rollouts from real states into the model buffer, gated by the model's ensemble
-        (:func:`~mrcom_train.rl.gate.imagine_round`); returns the transitions added. The round's gate fields
-        are in :attr:`last_round`."""
+        (:func:`~mrcom_train.rl.gate.imagine_round`), after the reward model (if any) is fitted on the real
+        transitions so far; returns the transitions added. The round's gate fields are in :attr:`last_round`."""
+        if self.reward_model is not None:
+            self.reward_model.fit(self.real, self.cfg.reward_steps, self.rng)
         added, self.last_round = gate.imagine_round(self, horizon)
         return added
 
@@ -361,32 +371,6 @@ class Adapter:
         out = np.zeros(self.space.act_dim, np.float32)
         out[: len(raw)] = raw
         return out
-
-    def state_dict(self) -> tuple[dict, dict[str, np.ndarray]]:
-        """What a resume needs besides the agent and the refit model: the counters, the real ratio and the
-        random states (JSON-able), and the replay buffers and real episodes (arrays)."""
-        imagination = self.imagined_env
-        runtime_rng = (imagination.random_state() if self.cfg.oracle else
-                       imagination.runtime.rng.bit_generator.state if imagination is not None else None)
-        state = {"env_steps": self.step, "imagined": self.imagined, "real_ratio": self.real_ratio,
-                 "episodes": len(self.episodes), "rng": self.rng.bit_generator.state, "runtime_rng": runtime_rng}
-        arrays = {**{f"real_{k}": v for k, v in self.real.state_dict().items()},
-                  **{f"model_{k}": v for k, v in self.model.state_dict().items()},
-                  **{f"ep{i}_{k}": v for i, ep in enumerate(self.episodes) for k, v in ep.items()}}
-        return state, arrays
-
-    def load_state_dict(self, state: dict, arrays: dict[str, np.ndarray]) -> None:
-        """Restore what :meth:`state_dict` gave (the checkpoint module checks it against the run first)."""
-        self.real.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("real_")})
-        self.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model_")})
-        self.episodes = [{k: arrays[f"ep{i}_{k}"] for k in checkpoint.episode_keys(self.cfg)}
-                         for i in range(state["episodes"])]
-        self.rng.bit_generator.state = state["rng"]
-        if self.imagined_env is not None and self.cfg.oracle:
-            self.imagined_env.set_random_state(state["runtime_rng"])
-        elif self.imagined_env is not None:
-            self.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
-        self.step, self.imagined, self.real_ratio = state["env_steps"], state["imagined"], float(state["real_ratio"])
 
     def save(self, env_state: dict | None, result: dict | None = None) -> Path:
         """Publish a checkpoint of this run (:func:`~mrcom_train.rl.adapt_checkpoint.save`): at an episode

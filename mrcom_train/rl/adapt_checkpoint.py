@@ -8,11 +8,12 @@ finished ``result.json`` and ``agent.pt`` (the final agent; what ``mrcom export 
 adapt`` at a time per folder (``RUN/.mrcom.lock``).
 
 Checkpoints: each is a new folder ``checkpoints/step_XXXXXXXX/`` (``agent.pt``, ``buffers.npz``, with refits the
-refit world model ``refit.safetensors``, and ``state.json`` with every random state and the SHA-256 of each file),
-made current by an atomic ``checkpoints/latest.json`` pointer (:mod:`mrcom_core.io.snapshots`), so a crash or Ctrl-C
-while one is written leaves the previous one whole and pointed to, and ``--resume`` checks every file before
-loading it, then their fields against each other and the run's config (:func:`restore`). The final checkpoint
-holds the agent and the result.
+refit world model ``refit.safetensors``, with a learned imagined reward the target's reward model ``reward.pt``,
+and ``state.json`` with every random state and the SHA-256 of each file), made current by an atomic
+``checkpoints/latest.json`` pointer (:mod:`mrcom_core.io.snapshots`), so a crash or Ctrl-C while one is written
+leaves the previous one whole and pointed to, and ``--resume`` checks every file before loading it, then their
+fields against each other and the run's config (:func:`restore`). The final checkpoint holds the agent and the
+result.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from ..agents.sac import SAC
 CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "mrcom-adapt-checkpoint", 2  # 2: real_ratio always present
 CHECKPOINTS = "checkpoints"  # RUN/checkpoints/step_XXXXXXXX/ + latest.json
 REFIT_FILE = "refit.safetensors"  # a checkpoint's refit world model (with refit on)
+REWARD_FILE = "reward.pt"  # a checkpoint's reward model of the target (imagined_reward="learned")
 LABEL = "adapt checkpoint"
 REDO = "restore the run folder from a backup or start the run again in a new folder"
 
@@ -87,12 +89,13 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
     if complete:
         state["result"] = result
     else:
-        fields, arrays = adapter.state_dict()
+        fields, arrays = run_state(adapter)
         state.update(fields, env=env_state)
     refit_tensors = None
     if adapter.refitter is not None and not complete:
         refit_tensors, meta = adapter.refitter.state_dict()
         state["refit"] = {**meta, "refits": adapter.refits}
+    reward_model = adapter.reward_model.state_dict() if adapter.reward_model is not None and not complete else None
 
     def write(folder: Path) -> None:
         torch.save({"agent": adapter.agent.state_dict(), "env_steps": adapter.step}, folder / "agent.pt")
@@ -100,9 +103,41 @@ def save(adapter, env_state: dict | None, result: dict | None = None) -> Path:
             np.savez(folder / "buffers.npz", **arrays)
         if refit_tensors is not None:
             save_file({k: v.contiguous() for k, v in refit_tensors.items()}, str(folder / REFIT_FILE))
+        if reward_model is not None:
+            torch.save(reward_model, folder / REWARD_FILE)
 
     return snapshots.publish(adapter.run_dir / CHECKPOINTS, adapter.step, write, state, CHECKPOINT_FORMAT,
                              CHECKPOINT_VERSION, keep=2)
+
+
+def run_state(adapter) -> tuple[dict, dict[str, np.ndarray]]:
+    """What a resume of ``adapter``'s run needs besides the agent and the world and reward models it refits: the
+    counters, the real ratio and the random states (JSON-able), and the replay buffers and real episodes
+    (arrays)."""
+    imagination = adapter.imagined_env
+    runtime_rng = (imagination.random_state() if adapter.cfg.oracle else
+                   imagination.runtime.rng.bit_generator.state if imagination is not None else None)
+    state = {"env_steps": adapter.step, "imagined": adapter.imagined, "real_ratio": adapter.real_ratio,
+             "episodes": len(adapter.episodes), "rng": adapter.rng.bit_generator.state, "runtime_rng": runtime_rng}
+    arrays = {**{f"real_{k}": v for k, v in adapter.real.state_dict().items()},
+              **{f"model_{k}": v for k, v in adapter.model.state_dict().items()},
+              **{f"ep{i}_{k}": v for i, ep in enumerate(adapter.episodes) for k, v in ep.items()}}
+    return state, arrays
+
+
+def load_run_state(adapter, state: dict, arrays: dict[str, np.ndarray]) -> None:
+    """Restore what :func:`run_state` gave into ``adapter`` (:func:`restore` checks it against the run after)."""
+    adapter.real.load_state_dict({k[5:]: v for k, v in arrays.items() if k.startswith("real_")})
+    adapter.model.load_state_dict({k[6:]: v for k, v in arrays.items() if k.startswith("model_")})
+    adapter.episodes = [{k: arrays[f"ep{i}_{k}"] for k in episode_keys(adapter.cfg)}
+                        for i in range(state["episodes"])]
+    adapter.rng.bit_generator.state = state["rng"]
+    if adapter.imagined_env is not None and adapter.cfg.oracle:
+        adapter.imagined_env.set_random_state(state["runtime_rng"])
+    elif adapter.imagined_env is not None:
+        adapter.imagined_env.runtime.rng.bit_generator.state = state["runtime_rng"]
+    adapter.step, adapter.imagined = state["env_steps"], state["imagined"]
+    adapter.real_ratio = float(state["real_ratio"])
 
 
 def publish_result(run_dir: Path, folder: Path, result: dict) -> None:
@@ -168,7 +203,7 @@ def restore(adapter, folder: Path, state: dict) -> None:
                              f"{len(saved)} real episodes ({REDO})")
     try:
         adapter.env.set_random_state(state["env"])
-        adapter.load_state_dict(state, arrays)
+        load_run_state(adapter, state, arrays)
     except UserInputError:
         raise
     except Exception as e:  # a missing array, a shape, a random state: the checkpoint is not this run's
@@ -178,6 +213,15 @@ def restore(adapter, folder: Path, state: dict) -> None:
     check_buffers(adapter, state, where, path)
     if adapter.refitter is not None:
         restore_refit(adapter, folder, state.get("refit"))
+    if adapter.reward_model is not None:
+        path = folder / REWARD_FILE
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                adapter.reward_model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        except Exception as e:  # a missing file or entry, a foreign tensor: not this run's reward model
+            raise UserInputError(f"cannot restore the target's reward model from {path} ({_first_line(e)}; "
+                                 f"{REDO})") from None
 
 
 def restore_refit(adapter, folder: Path, meta) -> None:

@@ -17,7 +17,7 @@ from ..scenarios import DOMAINS, ScenarioSpec, check_obs_reward, get_split, targ
 
 MAX_SEED = 2**32 - 1  # dm_control seeds its task with numpy's legacy RandomState
 
-IMAGINED_REWARDS = ("model", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
+IMAGINED_REWARDS = ("model", "learned", "true")  # what scores an imagined transition (AdaptConfig.imagined_reward)
 IMAGINATIONS = ("model", "oracle")  # what imagines (AdaptConfig.imagination)
 REFITS = ("none", "heads", "all")  # what a refit trains (AdaptConfig.refit)
 GATES = ("none", "truncate", "penalty")  # what the ensemble's disagreement does to imagined transitions
@@ -28,8 +28,8 @@ WORLD_MODEL_FIELDS = ("refit", "refit_every", "refit_steps", "refit_rehearsal", 
 #: the fields only imagination reads: a model-free run (``use_model=False``) ignores them, so they may differ
 #: between its config and the one it resumes with (:meth:`AdaptConfig.unused_fields`)
 IMAGINATION_FIELDS = ("real_ratio", "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start",
-                      "horizon_end", "imagined_reward", "imagination", "real_ratio_mode", "real_ratio_max",
-                      *WORLD_MODEL_FIELDS)
+                      "horizon_end", "imagined_reward", "reward_steps", "reward_lr", "imagination", "real_ratio_mode",
+                      "real_ratio_max", *WORLD_MODEL_FIELDS)
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,9 @@ class AdaptConfig:
     only), ``horizon_start`` → ``horizon_end`` (rollout length, linear over the run; ``None``: the domain's
     MBPO schedule, ``Domain.mbpo_horizon``: 1 → 15 on hopper, 1 on walker and cheetah).
 
-    ``imagined_reward``: what scores an imagined transition: ``"model"`` (the world model's reward head) or
+    ``imagined_reward``: what scores an imagined transition: ``"model"`` (the world model's reward head),
+    ``"learned"`` (a reward model of the target fitted on its real transitions alone, ``reward_steps`` Adam
+    updates at ``reward_lr`` before every imagination round, :mod:`~mrcom_train.rl.reward_model`) or
     ``"true"`` (the target task's reward function applied to the imagined next observation,
     :func:`~mrcom_train.scenarios.obs_reward.reward_from_obs`: the model's dynamics with the true reward, a
     diagnostic arm; only for a walker or cheetah target with a target speed and ``obs_fn="none"``, checked
@@ -92,6 +94,8 @@ class AdaptConfig:
     eval_episodes: int = 3
     checkpoint_every: int = 5000
     imagined_reward: str = "model"
+    reward_steps: int = 100
+    reward_lr: float = 1e-3
     imagination: str = "model"
     real_ratio_mode: str = "fixed"
     real_ratio_max: float = 0.5
@@ -118,7 +122,7 @@ class AdaptConfig:
                            else self.horizon_end)
         for name in ("env_steps", "episode_length", "batch_size", "updates_per_step", "sac_hidden",
                      "model_rollout_every", "rollout_batch", "retain_rounds", "horizon_start", "horizon_end",
-                     "eval_every", "eval_episodes", "checkpoint_every", "refit_every", "refit_steps"):
+                     "eval_every", "eval_episodes", "checkpoint_every", "refit_every", "refit_steps", "reward_steps"):
             check_int(name, getattr(self, name))
         check_int("learning_starts", self.learning_starts, 0)
         check_int("seed", self.seed, 0)
@@ -143,6 +147,9 @@ class AdaptConfig:
                                  f"got {self.imagined_reward!r}")
         if self.imagined_reward == "true":
             check_obs_reward(self.target(), "imagined_reward")
+        check_number("reward_lr", self.reward_lr)
+        if not 0 < self.reward_lr <= 1:
+            raise UserInputError(f"reward_lr must be in (0, 1], got {self.reward_lr}")
         if self.imagination not in IMAGINATIONS:
             raise UserInputError(f"imagination must be one of {', '.join(IMAGINATIONS)}, got {self.imagination!r}")
         if self.refit not in REFITS:

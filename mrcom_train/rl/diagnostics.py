@@ -7,7 +7,8 @@ model primed with the ``history_len`` real steps before each, the oracle from th
 the real action taken there, one step (the model with sampled latents). It returns:
 
 * ``reward_mae``: mean |r̂ − r| of the reward imagined transitions get (``imagined_reward="true"``: the true
-  reward of the predicted observation, so the error the dynamics cause in it);
+  reward of the predicted observation, so the error the dynamics cause in it; ``"learned"``: the target's reward
+  model's of the transition with the predicted observation);
 * ``reward_real_mean``: mean |r|, for scale;
 * with a model's ensemble, ``real_disagreement`` (the elites' mean disagreement on these transitions, to set
   beside the disagreement of the imagined ones) and ``disagreement_error_corr`` (Pearson's correlation across
@@ -68,7 +69,8 @@ def model_error(adapter, last: int | None = None) -> dict[str, float]:
         pred, reward, _ = runtime.step(action, noise={k: rng.standard_normal((B, lat[k]), np.float32)
                                                       for k in ("u", "h")})
         mean, std = (np.asarray(runtime.manifest[k], np.float32)[:od] for k in ("obs_mean", "obs_std"))
-    reward = adapter._imagined_reward(reward, pred)
+    obs = np.stack([ep["obs"][t] for ep, t in picks])
+    reward = adapter._imagined_reward(obs, action, reward, pred)
     nmse = open_loop_error(((pred[:, :od] - mean) / std)[:, None], ((real_next[:, :od] - mean) / std)[:, None],
                            np.ones((B, od)))
     out = {"reward_mae": float(np.mean(np.abs(reward - real_reward))),

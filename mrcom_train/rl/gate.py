@@ -45,7 +45,7 @@ def imagine_round(adapter, horizon: int) -> tuple[int, dict[str, float]]:
     while not truncated:
         action = adapter._act(current)
         nxt, reward, _, trunc, info = env.step(action)
-        reward = adapter._imagined_reward(reward, nxt)
+        reward = adapter._imagined_reward(current, action, reward, nxt)
         keep = alive  # the rollouts still running: a truncated one is stepped on with the batch but never kept
         if "disagreement" in info:
             u = np.asarray(info["disagreement"], np.float64)
