@@ -70,7 +70,7 @@ def test_reward_from_obs_refuses_what_it_cannot_score(spec, message):
 
 
 @pytest.mark.parametrize("sets,message", [
-    (["imagined_reward=maybe"], "imagined_reward must be one of model, true, got 'maybe'"),
+    (["imagined_reward=maybe"], "imagined_reward must be one of model, learned, true, got 'maybe'"),
     (["imagined_reward=true"], "imagined_reward=true needs the target's reward computable from its observation: "
                                "the hopper domain"),  # the CLI's default domain
     (["imagined_reward=true", "split=t3-add-g", "domain=cheetah"], "observation function is 'add-g'"),

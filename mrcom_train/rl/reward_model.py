@@ -16,6 +16,8 @@ fits exactly as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import torch
 from torch import nn
@@ -79,9 +81,11 @@ class RewardModel:
                 "std": self.std, "updates": self.updates}
 
     def load_state_dict(self, state: dict) -> None:
-        self.net.load_state_dict(state["net"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        """Restore :meth:`state_dict`'s values (copied: Adam would otherwise share its moments with the source)."""
+        state = copy.deepcopy(state)
         mean, std = (torch.as_tensor(state[k], dtype=torch.float32) for k in ("mean", "std"))
         if mean.shape != self.mean.shape or std.shape != self.std.shape:
             raise ValueError(f"standardization of shape {tuple(mean.shape)}, expected {tuple(self.mean.shape)}")
+        self.net.load_state_dict(state["net"])
+        self.optimizer.load_state_dict(state["optimizer"])
         self.mean, self.std, self.updates = mean, std, int(state["updates"])
