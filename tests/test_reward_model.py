@@ -6,6 +6,7 @@ import csv
 import numpy as np
 import pytest
 import torch
+from conftest import kill_adapter_at
 
 from mrcom_core.errors import UserInputError
 from mrcom_train.agents.sac import ReplayBuffer
@@ -79,24 +80,12 @@ def test_the_learned_reward_scores_the_model_buffer(unified_export, tmp_path):
     assert np.isfinite(result["reward_mae"])
 
 
-def test_a_run_with_a_learned_reward_resumes_exactly(unified_export, tmp_path, monkeypatch):
+def test_a_run_with_a_learned_reward_resumes_exactly(unified_export, tmp_path):
     config = AdaptConfig(**TINY)
     straight = Adapter(config, tmp_path / "a", unified_export, **QUIET)
     straight.run()
-    killed = Adapter(config, tmp_path / "b", unified_export, **QUIET)
-    real_step, count = killed.env.step, {"n": 0}
-
-    def dies_at_230(action):
-        count["n"] += 1
-        if count["n"] == 230:
-            raise KeyboardInterrupt
-        return real_step(action)
-
-    monkeypatch.setattr(killed.env, "step", dies_at_230)
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
-    latest = tmp_path / "b" / "checkpoints" / "step_00000200"
-    assert (latest / REWARD_FILE).is_file()
+    kill_adapter_at(Adapter(config, tmp_path / "b", unified_export, **QUIET), 300)  # its last checkpoint: 200
+    assert (tmp_path / "b" / "checkpoints" / "step_00000200" / REWARD_FILE).is_file()
     resumed = Adapter(config, tmp_path / "b", unified_export, resume=True, **QUIET)
     assert resumed.reward_model.updates == straight.reward_model.updates - 2 * 20  # rounds at 250 and 300 to go
     resumed.run()
@@ -111,20 +100,9 @@ def test_a_run_with_a_learned_reward_resumes_exactly(unified_export, tmp_path, m
     assert untimed("a") == untimed("b")
 
 
-def test_a_missing_reward_model_in_a_checkpoint_is_one_line(unified_export, tmp_path, monkeypatch):
-    config = AdaptConfig(**{**TINY, "env_steps": 300})
-    killed = Adapter(config, tmp_path / "b", unified_export, **QUIET)
-    real_step, count = killed.env.step, {"n": 0}
-
-    def dies_at_230(action):
-        count["n"] += 1
-        if count["n"] == 230:
-            raise KeyboardInterrupt
-        return real_step(action)
-
-    monkeypatch.setattr(killed.env, "step", dies_at_230)
-    with pytest.raises(KeyboardInterrupt):
-        killed.run()
+def test_a_missing_reward_model_in_a_checkpoint_is_one_line(unified_export, tmp_path):
+    config = AdaptConfig(**TINY)
+    kill_adapter_at(Adapter(config, tmp_path / "b", unified_export, **QUIET), 300)
     (tmp_path / "b" / "checkpoints" / "step_00000200" / REWARD_FILE).unlink()
     with pytest.raises(UserInputError) as error:
         Adapter(config, tmp_path / "b", unified_export, resume=True, **QUIET)
