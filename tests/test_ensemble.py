@@ -173,7 +173,7 @@ def _adapter(disagreement, **cfg):
         cfg=config, model=ReplayBuffer(2, 1, B * H), imagined_env=_ScriptedEnv(disagreement),
         rng=np.random.default_rng(0), spec=SimpleNamespace(obs_dim=2, act_dim=1), imagined=0, imagine_seconds=0.0,
         _starts=lambda rng, n: [None] * n, _start=lambda picks: {},
-        _act=lambda obs: np.zeros((len(obs), 1), np.float32), _imagined_reward=lambda reward, nxt: reward)
+        _act=lambda obs: np.zeros((len(obs), 1), np.float32), _imagined_reward=lambda obs, action, reward, nxt: reward)
 
 
 def test_truncation_drops_the_most_uncertain_rollouts_from_where_they_exceed_the_threshold():
