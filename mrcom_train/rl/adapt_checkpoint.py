@@ -216,9 +216,7 @@ def restore(adapter, folder: Path, state: dict) -> None:
     if adapter.reward_model is not None:
         path = folder / REWARD_FILE
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                adapter.reward_model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            adapter.reward_model.load_state_dict(_torch_load(path))
         except Exception as e:  # a missing file or entry, a foreign tensor: not this run's reward model
             raise UserInputError(f"cannot restore the target's reward model from {path} ({_first_line(e)}; "
                                  f"{REDO})") from None
@@ -346,9 +344,7 @@ def load_agent(agent: SAC, path: Path):
     """Load the SAC ``agent`` from ``agent.pt`` at ``path`` (``weights_only=True``) and return the ``env_steps``
     saved with it (None when it has none); anything unreadable is one :class:`UserInputError` line."""
     try:
-        with warnings.catch_warnings():  # e.g. about a foreign pickle protocol: the error below says it all
-            warnings.simplefilter("ignore")
-            saved = torch.load(path, map_location="cpu", weights_only=True)
+        saved = _torch_load(path)
     except Exception:  # unpickling, zip and OS errors alike
         raise UserInputError(f"cannot read {path}: not a PyTorch checkpoint saved by mrcom ({REDO})") from None
     try:
@@ -358,6 +354,14 @@ def load_agent(agent: SAC, path: Path):
     except Exception as e:  # missing entries, wrong shapes
         raise UserInputError(f"{path} holds no SAC agent this run can load ({_first_line(e)}; {REDO})") from None
     return saved.get("env_steps")
+
+
+def _torch_load(path: Path):
+    """``torch.load`` of a checkpoint file with ``weights_only=True`` (never unpickling code), its warnings (e.g.
+    about a foreign pickle protocol) silenced: a caller's error line says it all."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def _first_line(e: BaseException) -> str:

@@ -42,10 +42,13 @@ class RewardModel:
         self.mean, self.std = torch.zeros(width), torch.ones(width)
         self.updates = 0
 
+    def _raw(self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray) -> torch.Tensor:
+        """``[o, a, o']`` of a batch, each cut to this model's dims (a unified space's padding dropped)."""
+        return torch.as_tensor(np.concatenate([obs[:, : self.obs_dim], action[:, : self.act_dim],
+                                               next_obs[:, : self.obs_dim]], axis=1), dtype=torch.float32)
+
     def _inputs(self, obs: np.ndarray, action: np.ndarray, next_obs: np.ndarray) -> torch.Tensor:
-        x = torch.as_tensor(np.concatenate([obs[:, : self.obs_dim], action[:, : self.act_dim],
-                                            next_obs[:, : self.obs_dim]], axis=1), dtype=torch.float32)
-        return (x - self.mean) / self.std
+        return (self._raw(obs, action, next_obs) - self.mean) / self.std
 
     def fit(self, buffer: ReplayBuffer, steps: int, rng: np.random.Generator) -> float:
         """``steps`` updates on batches drawn from ``buffer`` (the real transitions) with ``rng``, after setting
@@ -53,9 +56,8 @@ class RewardModel:
         the buffer is empty or ``steps`` is 0)."""
         if len(buffer) == 0 or steps == 0:
             return float("nan")
-        data = buffer.state_dict()
-        n = len(buffer)
-        x = torch.as_tensor(np.concatenate([data["obs"][:n], data["action"][:n], data["next_obs"][:n]], axis=1))
+        data, n = buffer.state_dict(), len(buffer)
+        x = self._raw(data["obs"][:n], data["action"][:n], data["next_obs"][:n])
         self.mean, self.std = x.mean(0), x.std(0, correction=0).clamp_min(1e-3)
         loss = torch.tensor(float("nan"))
         for _ in range(steps):
